@@ -13,15 +13,16 @@ import json
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 
 from tff_research import checkpoint_evaluation  # pylint: disable=g-import-not-at-top
-from tff_research import experiment  # pylint: disable=g-import-not-at-top
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import binary  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags as experiment_flags  # pylint: disable=g-import-not-at-top
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
     'checkpoint_dir', None, 'LOGDIR/NAME/checkpoints of a training run.')
@@ -70,7 +71,7 @@ def run():
 
 def main(argv):
   del argv
-  experiment.main_or_exit(run)
+  binary.main_or_exit(run)
 
 
 if __name__ == '__main__':

@@ -1,7 +1,7 @@
 r"""Trains a federated model and logs everything to TensorBoard.
 
   uv run python experiments/train.py --experiment_name=NAME [--logdir=logdir]
-      [--dataset=digits|emnist|emnist_digits] [--model=linear|mlp|cnn|...]
+      [--dataset=digits|emnist|emnist_digits] [--model=linear|mlp|cnn|pkg.mod:fn]
       [--algorithm=fedavg] [--total_rounds=20] ...
 
 Outputs under LOGDIR/NAME/: TensorBoard events, metrics.csv, hparams.json,
@@ -12,20 +12,34 @@ Run with --helpfull for every flag.
 import os
 import sys
 
-# TensorFlow's C++ INFO lines drown the progress bar; warnings still show.
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 
-from tff_research import experiment  # pylint: disable=g-import-not-at-top
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import binary  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import training  # pylint: disable=g-import-not-at-top
+
+
+def run():
+  config = flags.config_from_flags()
+  rows = training.train(config)
+  if rows:
+    last = rows[-1]
+    print(f'Round {last["round"]}: train loss'
+          f' {last.get("train_loss", float("nan")):.4f}, held-out accuracy'
+          f' {last.get("eval_accuracy", float("nan")):.4f}')
+  print(f'Logs: {os.path.abspath(config.run_dir)}')
+  print('TensorBoard: uv run tensorboard --logdir'
+        f' {os.path.abspath(config.logdir)}')
 
 
 def main(argv):
   del argv  # Positional arguments are rejected by the flags parser.
-  experiment.main_or_exit(experiment.run_from_flags)
+  binary.main_or_exit(run)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=experiment_flags.parse_flags_or_exit)
+  app.run(main, flags_parser=flags.parse_flags_or_exit)

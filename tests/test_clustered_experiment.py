@@ -4,25 +4,19 @@ and experiments/train.py's logs, images and resume with --clustering."""
 import asyncio
 import csv
 import glob
-import json
 import os
 
-from absl import flags
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
-import tensorflow_federated as tff
 
-from tff_research import algorithms
-from tff_research import experiment
-from tff_research import experiment_flags
-from tff_research import training_loop
 from tff_research.data import federated_data
 from tff_research.data import label_permutation
+from tff_research.program import config as config_lib
+from tff_research.program import flags
+from tff_research.program import held_out_evaluation
+from tff_research.program import training
 from tests import fl_testing
-
-FLAGS = flags.FLAGS
 
 
 # --- the label-permuted federation ----------------------------------------
@@ -79,14 +73,16 @@ def test_permuted_federation_shifts_exactly_the_chosen_clients_labels():
 
 
 def _parse(argv):
-  FLAGS.unparse_flags()
-  FLAGS(['train.py', '--experiment_name=x'] + argv)
+  return flags.config_from_argv(['--experiment_name=x'] + argv)
 
 
 @pytest.mark.parametrize('argv,message', [
-    (['--num_clusters=3'], '--num_clusters applies only with --clustering'),
+    (['--num_clusters=3'],
+     '--num_clusters=3 does not apply to --algorithm=fedavg; it applies to'
+     ' --clustering=cosine|l2'),
     (['--cluster_warmup_rounds=3'],
-     '--cluster_warmup_rounds applies only with --clustering'),
+     '--cluster_warmup_rounds=3 does not apply to --algorithm=fedavg; it'
+     ' applies to --clustering=cosine|l2'),
     (['--clustering=cosine', '--num_clusters=9'],
      '--num_clusters=9 is not valid: must be in [1, 8]'),
     (['--clustering=l2', '--num_clusters=0'],
@@ -96,7 +92,8 @@ def _parse(argv):
     (['--clustering=cosine', '--cluster_warmup_rounds=-1'],
      '--cluster_warmup_rounds=-1 is not valid'),
     (['--clustering=cosine', '--algorithm=fedprox'],
-     'applies only to --algorithm=fedavg, not fedprox'),
+     '--clustering=cosine does not apply to --algorithm=fedprox; it applies'
+     ' to --algorithm=fedavg'),
     (['--clustering=cosine', '--eval_on=heldout_clients'],
      '--eval_on=heldout_clients is not valid with --clustering'),
     (['--label_permutation_shift=3'],
@@ -107,33 +104,30 @@ def _parse(argv):
      '--label_permutation_shift=10 is not valid for --dataset=digits'),
 ])
 def test_bad_clustering_flags_are_one_line_errors(argv, message):
-  with flagsaver.flagsaver():
+  with pytest.raises(flags.FlagError) as e:
     _parse(argv)
-    with pytest.raises(experiment_flags.FlagError) as e:
-      experiment_flags.validate()
   assert message in str(e.value)
   assert '\n' not in str(e.value)
 
 
 def test_clustering_flags_reach_the_algorithm_config():
-  with flagsaver.flagsaver():
-    _parse(['--clustering=l2', '--num_clusters=4', '--recluster_every=3',
-            '--cluster_warmup_rounds=7', '--permute_labels_fraction=0.25'])
-    experiment_flags.validate()
-    config = experiment_flags.algorithm_config()
-    data = experiment_flags.data_config()
+  parsed = _parse(['--clustering=l2', '--num_clusters=4',
+                    '--recluster_every=3', '--cluster_warmup_rounds=7',
+                    '--permute_labels_fraction=0.25'])
+  config, data = parsed.algorithm, parsed.data
   assert (config.clustering, config.num_clusters, config.recluster_every,
           config.cluster_warmup_rounds) == ('l2', 4, 3, 7)
   assert (data.permute_labels_fraction, data.label_permutation_shift) == (
       0.25, 5)
   # A run recorded before these flags existed: no clustering, no permutation.
-  old = experiment_flags.hparams()
+  old = config_lib.to_hparams(parsed)
   for name in ('clustering', 'num_clusters', 'recluster_every',
                'cluster_warmup_rounds', 'permute_labels_fraction',
                'label_permutation_shift'):
     del old[name]
-  assert experiment_flags.algorithm_config(old).clustering == 'none'
-  assert experiment_flags.data_config(old).permute_labels_fraction == 0.0
+  rebuilt = config_lib.from_hparams(old)
+  assert rebuilt.algorithm.clustering == 'none'
+  assert rebuilt.data.permute_labels_fraction == 0.0
 
 
 def test_group_metrics_weight_clients_by_examples():
@@ -141,7 +135,7 @@ def test_group_metrics_weight_clients_by_examples():
                 per_client_loss=np.array([0.1, 0.2, 0.3]),
                 per_client_num_examples=np.array([1.0, 3.0, 2.0]))
   groups = [(None, [0, 1]), (None, [2]), (None, [])]
-  out = training_loop._group_metrics(groups, result)  # pylint: disable=protected-access
+  out = held_out_evaluation.group_metrics(groups, result)
   assert out == {
       'group0_accuracy': pytest.approx((1.0 + 1.5) / 4),
       'group0_loss': pytest.approx((0.1 + 0.6) / 4),
@@ -150,7 +144,7 @@ def test_group_metrics_weight_clients_by_examples():
       'group1_loss': pytest.approx(0.3),
       'group1_clients': 1,
   }
-  assert training_loop._group_metrics(groups[:1], result) == {}  # pylint: disable=protected-access
+  assert held_out_evaluation.group_metrics(groups[:1], result) == {}
 
 
 # --- experiments/train.py with --clustering ----------------------------------
@@ -168,20 +162,9 @@ def _run(tmp_path, name, **overrides):
 
 
 def _final_state(run_dir):
-  with open(os.path.join(run_dir, 'hparams.json')) as f:
-    hparams = json.load(f)
-  data = federated_data.load_federated_data(
-      experiment_flags.data_config(hparams))
-  split = training_loop.ClientSplit(data, experiment_flags.train_config(hparams))
-  alg = algorithms.build_algorithm(
-      experiment_flags.algorithm_config(hparams),
-      experiment.build_model_fn('linear', 10, hparams['seed']),
-      split.train_client_ids)
-  manager = tff.program.FileProgramStateManager(
-      os.path.join(run_dir, 'checkpoints'),
-      prefix=training_loop.CHECKPOINT_PREFIX)
-  restored, _ = asyncio.run(
-      manager.load_latest({'round': 0, 'state': alg.initialize()}))
+  run = training.rebuild_run(str(run_dir))
+  restored, _ = asyncio.run(training.state_manager(
+      run.directory.checkpoint_dir).load_latest(run.state_template()))
   return restored
 
 

@@ -15,14 +15,13 @@ import sys
 import time
 import urllib.request
 
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import dashboard
-from tff_research import experiment
+from tff_research import evaluation
 from tff_research.algorithms import base
 from tff_research.algorithms import fed_avg
 from tff_research.algorithms import scaffold
@@ -92,9 +91,10 @@ def test_confusion_matrix_matches_numpy(tff_worker):
   algorithm = _fedavg(model_fn)
   weights = algorithm.get_model_weights(algorithm.initialize())
   weights = weights._replace(trainable=[w, b])
-  matrix = dashboard.build_confusion_eval(model_fn, 10)(
+  # The held-out evaluation's own pass sums it (no second pass).
+  matrix = evaluation.Evaluator(model_fn, num_classes=10).evaluate(
       weights, [fl_testing.to_dataset(x1, y1, 5),
-                fl_testing.to_dataset(x2, y2, 5)])
+                fl_testing.to_dataset(x2, y2, 5)])['confusion_matrix']
   x, y = np.concatenate([x1, x2]), np.concatenate([y1, y2])
   predicted = (x.astype(np.float64) @ w + b).argmax(axis=1)
   expected = np.zeros((10, 10), np.int64)
@@ -143,12 +143,11 @@ _TAGS = {
 
 def test_tensorboard_serves_scalars_images_and_hparams(tff_worker, tmp_path):
   logdir = tmp_path / 'logs'
-  with flagsaver.flagsaver(
-      model='linear', num_clients=6, clients_per_round=3,
-      client_learning_rate=0.01, total_rounds=3, eval_every=2,
-      rounds_per_checkpoint=3, batch_size=10, progress=False,
-      logdir=str(logdir), experiment_name='run3'):
-    experiment.run_from_flags()
+  fl_testing.run_experiment(
+      dict(model='linear', num_clients=6, clients_per_round=3,
+           client_learning_rate=0.01, total_rounds=3, eval_every=2,
+           rounds_per_checkpoint=3, batch_size=10, progress=False),
+      logdir, 'run3')
   with open(logdir / 'run3' / 'metrics.csv', newline='') as f:
     rows = list(csv.DictReader(f))
   assert len(rows) == 3

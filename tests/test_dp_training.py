@@ -5,22 +5,19 @@ privacy budget, and flag validation."""
 import glob
 import os
 
-from absl import flags
-from absl.testing import flagsaver
 import dp_accounting
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from tff_research import algorithms
-from tff_research import experiment_flags
-from tff_research import training_loop
 from tff_research.data import federated_data
 from tff_research.data import sampling
 from tff_research.privacy import dp_algorithm
+from tff_research.program import client_split
+from tff_research.program import flags
 from tests import fl_testing
 
-FLAGS = flags.FLAGS
 LR, BATCH = 0.05, 4
 DELTA = 1e-5
 SMALL = dict(model='linear', num_clients=6, client_learning_rate=0.05,
@@ -36,10 +33,10 @@ def _run(tmp_path, name, **overrides):
 
 
 def _train_ids(**overrides):
-  with flagsaver.flagsaver(**dict(SMALL, experiment_name='ids', **overrides)):
-    data = federated_data.load_federated_data(experiment_flags.data_config())
-    return training_loop.ClientSplit(
-        data, experiment_flags.train_config()).train_client_ids
+  config = fl_testing.config_for(SMALL, '/unused', 'ids', **overrides)
+  data = federated_data.load_federated_data(config.data)
+  return client_split.ClientSplit(data, config.evaluation,
+                                  config.seed).train_client_ids
 
 
 def _rdp_epsilon(event, count,
@@ -111,7 +108,7 @@ def test_dp_composes_with_fedprox_and_rejects_what_it_cannot_wrap(tff_worker):
     algorithms.build_algorithm(
         algorithms.AlgorithmConfig(weighted=True, dp=dp),
         fl_testing.linear_model_fn(), ['a', 'b'])
-  with pytest.raises(ValueError, match="not 'scaffold'"):
+  with pytest.raises(ValueError, match='not valid with --algorithm=scaffold'):
     algorithms.build_algorithm(
         algorithms.AlgorithmConfig(algorithm='scaffold', weighted=False, dp=dp),
         fl_testing.linear_model_fn(), ['a', 'b'])
@@ -245,13 +242,6 @@ def test_client_dp_reports_the_local_epsilon_of_the_busiest_client(
      r'--dp=server is not valid with --algorithm=scaffold'),
 ])
 def test_bad_dp_flags_are_one_line_errors(argv, message):
-  with flagsaver.flagsaver():
-    try:
-      FLAGS.unparse_flags()
-      FLAGS(['train.py', '--experiment_name=x'] + argv)
-      with pytest.raises(experiment_flags.FlagError, match=message) as e:
-        experiment_flags.validate()
-      assert '\n' not in str(e.value)
-    finally:
-      FLAGS.unparse_flags()
-      FLAGS.mark_as_parsed()
+  with pytest.raises(flags.FlagError, match=message) as e:
+    flags.config_from_argv(['--experiment_name=x'] + argv)
+  assert '\n' not in str(e.value)

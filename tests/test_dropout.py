@@ -2,14 +2,14 @@
 
 import csv
 
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 from scipy import stats
 
-from tff_research import experiment
-from tff_research import experiment_flags
 from tff_research.data import sampling
+from tff_research.program import flags
+from tff_research.program import training
+from tests import fl_testing
 
 # Every statistical test here fails a correct implementation with probability
 # ALPHA (its false-alarm rate).
@@ -70,18 +70,10 @@ def test_bad_dropout_rate_is_rejected(rate):
 
 
 def test_dropout_flag_is_validated():
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  fv = flags.FLAGS
-  try:
-    fv.unparse_flags()
-    fv(['train.py', '--experiment_name=x', '--dropout_rate=0.95'])
-    with pytest.raises(experiment_flags.FlagError,
-                       match=r'--dropout_rate=0.95 is not valid: must be in'
-                       r' \[0, 0.9\]'):
-      experiment_flags.validate()
-  finally:
-    fv.unparse_flags()
-    fv.mark_as_parsed()
+  with pytest.raises(flags.FlagError,
+                     match=r'--dropout_rate=0.95 is not valid: must be in'
+                     r' \[0, 0.9\]'):
+    flags.config_from_argv(['--experiment_name=x', '--dropout_rate=0.95'])
 
 
 class _Recording:
@@ -101,20 +93,19 @@ class _Recording:
 
 def test_dropout_0_9_two_clients_20_rounds(tff_worker, tmp_path, monkeypatch):
   built = []
-  build = experiment.algorithms.build_algorithm
+  build = training.algorithms.build_algorithm
 
   def recording_build(*args, **kwargs):
     built.append(_Recording(build(*args, **kwargs)))
     return built[-1]
 
-  monkeypatch.setattr(experiment.algorithms, 'build_algorithm',
+  monkeypatch.setattr(training.algorithms, 'build_algorithm',
                       recording_build)
-  with flagsaver.flagsaver(
-      model='linear', num_clients=6, clients_per_round=2, dropout_rate=0.9,
-      client_learning_rate=0.01, total_rounds=20, eval_every=20,
-      rounds_per_checkpoint=20, batch_size=10, progress=False, seed=3,
-      logdir=str(tmp_path), experiment_name='drop'):
-    rows = experiment.run_from_flags()
+  rows = fl_testing.run_experiment(
+      dict(model='linear', num_clients=6, clients_per_round=2,
+           dropout_rate=0.9, client_learning_rate=0.01, total_rounds=20,
+           eval_every=20, rounds_per_checkpoint=20, batch_size=10,
+           progress=False, seed=3), tmp_path, 'drop')
   assert [r['round'] for r in rows] == list(range(1, 21))
   with open(tmp_path / 'drop' / 'metrics.csv', newline='') as f:
     logged = list(csv.DictReader(f))

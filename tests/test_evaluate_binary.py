@@ -6,11 +6,10 @@ import os
 import subprocess
 import sys
 
-from absl.testing import flagsaver
 import pytest
 
 from tff_research import checkpoint_evaluation
-from tff_research import experiment
+from tests import fl_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,12 +17,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.mark.parametrize('eval_on', ['test_split', 'heldout_clients'])
 def test_checkpoint_evaluation_reproduces_the_logged_metrics(
     tff_worker, tmp_path, eval_on):
-  with flagsaver.flagsaver(
-      logdir=str(tmp_path), experiment_name='run', model='linear',
-      num_clients=8, clients_per_round=3, client_learning_rate=0.01,
-      total_rounds=2, eval_every=2, rounds_per_checkpoint=1, progress=False,
-      eval_on=eval_on):
-    experiment.run_from_flags()
+  fl_testing.run_experiment(
+      dict(model='linear', num_clients=8, clients_per_round=3,
+           client_learning_rate=0.01, total_rounds=2, eval_every=2,
+           rounds_per_checkpoint=1, progress=False, eval_on=eval_on),
+      tmp_path, 'run')
   with open(tmp_path / 'run' / 'metrics.csv', newline='') as f:
     logged = list(csv.DictReader(f))[-1]
   result = checkpoint_evaluation.evaluate_checkpoint(

@@ -4,9 +4,7 @@ exactly from a checkpoint holding c and every c_i."""
 
 import asyncio
 import csv
-import dataclasses
 
-from absl.testing import flagsaver
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -14,11 +12,9 @@ import tensorflow_federated as tff
 
 from tff_research import algorithms
 from tff_research import checkpoint_evaluation
-from tff_research import experiment
-from tff_research import experiment_flags
-from tff_research import scaffold_experiment
-from tff_research import training_loop
 from tff_research.algorithms import scaffold
+from tff_research.program import flags
+from tff_research.program import run_directory
 from tests import fl_testing
 
 LR = 0.05
@@ -160,7 +156,7 @@ def test_first_round_with_zero_controls_equals_fed_avg(tff_worker):
   model_fn = fl_testing.linear_model_fn()
   fedavg = algorithms.build_algorithm(config, model_fn, IDS)
   scaf = algorithms.build_algorithm(
-      dataclasses.replace(config, algorithm='scaffold'), model_fn, IDS)
+      config.replace(algorithm='scaffold'), model_fn, IDS)
   assert isinstance(scaf, scaffold.Scaffold)
 
   def rounds(alg, schedule):
@@ -242,10 +238,9 @@ def test_type_signature_places_client_controls_at_clients():
 
 
 def test_bad_inputs_give_one_line_errors():
-  config = algorithms.AlgorithmConfig(algorithm='scaffold',
-                                      client_optimizer='adam')
-  with pytest.raises(ValueError, match=r"client_optimizer='adam'.*sgd"):
-    algorithms.build_algorithm(config, fl_testing.linear_model_fn(), IDS)
+  with pytest.raises(ValueError, match=r'client_optimizer=adam is not valid'
+                     r' with --algorithm=scaffold.*sgd'):
+    algorithms.AlgorithmConfig(algorithm='scaffold', client_optimizer='adam')
   with pytest.raises(ValueError, match='needs the training client ids'):
     scaffold.build_scaffold(fl_testing.linear_model_fn(), client_ids=[],
                             client_learning_rate=LR)
@@ -268,15 +263,12 @@ SMALL_RUN = dict(
 
 
 def _train(tmp_path, name, **overrides):
-  values = dict(SMALL_RUN, logdir=str(tmp_path), experiment_name=name,
-                **overrides)
-  with flagsaver.flagsaver(**values):
-    return experiment.run_from_flags()
+  return fl_testing.run_experiment(SMALL_RUN, tmp_path, name, **overrides)
 
 
 def _final_checkpoint(run_dir, template_alg):
   manager = tff.program.FileProgramStateManager(
-      str(run_dir / 'checkpoints'), prefix=training_loop.CHECKPOINT_PREFIX)
+      str(run_dir / 'checkpoints'), prefix=run_directory.CHECKPOINT_PREFIX)
   state, version = asyncio.run(manager.load_latest(
       {'round': 0, 'state': template_alg.initialize()}))
   return state, version
@@ -316,22 +308,22 @@ def test_resume_from_checkpoint_gives_identical_state(tff_worker, tmp_path):
                                            'metrics.csv')}
   resumed_csv = {r['round']: r for r in _read_csv(tmp_path / 'resumed' /
                                                   'metrics.csv')}
-  assert sorted(resumed_csv) == ['1', '2', '3', '4']
-  for r in ('3', '4'):
+  assert sorted(resumed_csv) == [1, 2, 3, 4]
+  for r in (3, 4):
     assert rows[r]['train_loss'] == resumed_csv[r]['train_loss']
   # Communication: x and c down, Delta y and Delta c up, 3 clients a round.
   model_kb = (784 * 10 + 10) * 4 / 1024
-  assert float(rows['1']['communication_kb_down']) == pytest.approx(
+  assert float(rows[1]['communication_kb_down']) == pytest.approx(
       3 * 2 * model_kb)
-  assert float(rows['1']['communication_kb_up']) == pytest.approx(
+  assert float(rows[1]['communication_kb_up']) == pytest.approx(
       3 * 2 * model_kb)
-  assert float(rows['1']['scaffold_new_clients']) == 3
+  assert float(rows[1]['scaffold_new_clients']) == 3
   # experiments/evaluate.py's library path restores the SCAFFOLD state too.
   evaluated = checkpoint_evaluation.evaluate_checkpoint(
       str(tmp_path / 'straight' / 'checkpoints'))
   assert evaluated['round'] == 4
   np.testing.assert_allclose(evaluated['accuracy'],
-                             float(rows['4']['eval_accuracy']), rtol=1e-6)
+                             float(rows[4]['eval_accuracy']), rtol=1e-6)
 
 
 def _flatten(structure):
@@ -339,59 +331,10 @@ def _flatten(structure):
 
 
 def test_flags_reject_scaffold_with_a_non_sgd_client_optimizer():
-  with flagsaver.flagsaver(experiment_name='x', algorithm='scaffold',
-                           client_optimizer='adam'):
-    with pytest.raises(experiment_flags.FlagError,
-                       match='client_optimizer=adam is not valid with'
-                       ' --algorithm=scaffold'):
-      experiment_flags.validate()
-  with flagsaver.flagsaver(experiment_name='x', algorithm='scaffold'):
-    experiment_flags.validate()  # sgd, the default: valid.
-
-
-def _write_metrics(path, rows):
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def test_comparison_reports_first_evaluated_round_reaching_target(tmp_path):
-  runs = {}
-  for name, accs in (('fast', [0.5, 0.85, 0.79, 0.9]),
-                     ('never', [0.1, 0.2, 0.3, 0.7])):
-    run_dir = tmp_path / name
-    run_dir.mkdir()
-    rows = []
-    for r in range(1, 9):
-      acc = accs[r // 2 - 1] if r % 2 == 0 else ''
-      rows.append(dict(round=r, eval_accuracy=acc, round_seconds=2.0 * r,
-                       communication_cumulative_kb=1024.0 * r))
-    _write_metrics(run_dir / 'metrics.csv', rows)
-    runs[name] = str(run_dir)
-  results = scaffold_experiment.summarize(runs, target=0.8)
-  assert results['fast']['curve'] == [(2, 0.5), (4, 0.85), (6, 0.79),
-                                      (8, 0.9)]
-  assert results['fast']['rounds_to_target'] == 4
-  assert results['fast']['mb_to_target'] == 4.0  # cumulative after round 4
-  assert results['fast']['final_accuracy'] == 0.9
-  assert results['fast']['best_accuracy'] == 0.9
-  assert results['fast']['seconds_per_round'] == 9.0
-  assert results['never']['rounds_to_target'] is None
-  table = scaffold_experiment.comparison_table(results, 0.8)
-  np.testing.assert_allclose(results['fast']['last_mean_accuracy'],
-                             (0.5 + 0.85 + 0.79 + 0.9) / 4)
-  assert '| fast | 4 | 4.0 | 0.9000 | 0.7600 | 0.9000 | 9.0 |' in table
-  assert '| never | - | - | 0.7000 | 0.3250 | 0.7000 | 9.0 |' in table
-  assert '| 6 | 0.7900 | 0.3000 |' in table
-
-
-def test_comparison_refuses_a_given_algorithm_flag():
-  experiment_flags.FLAGS.unparse_flags()
-  experiment_flags.FLAGS(['x', '--algorithm=fedavg', '--experiment_name=c'])
-  try:
-    with pytest.raises(ValueError, match='--algorithm=fedavg is not valid'):
-      scaffold_experiment.run_comparison()
-  finally:
-    experiment_flags.FLAGS.unparse_flags()
-    experiment_flags.FLAGS.mark_as_parsed()
+  with pytest.raises(flags.FlagError,
+                     match='client_optimizer=adam is not valid with'
+                     ' --algorithm=scaffold'):
+    flags.config_from_argv(['--experiment_name=x', '--algorithm=scaffold',
+                            '--client_optimizer=adam'])
+  # sgd, the default: valid.
+  flags.config_from_argv(['--experiment_name=x', '--algorithm=scaffold'])

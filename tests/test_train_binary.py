@@ -5,27 +5,19 @@ import os
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 
-from tff_research import experiment_flags
-from tff_research import training_loop
+from tff_research.program import flags
+from tff_research.program import run_directory
 from tests import fl_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-FLAGS = flags.FLAGS
 
 # A run small enough for a unit test: 6 digit clients, linear model.
 SMALL = dict(
     model='linear', num_clients=6, clients_per_round=3, client_learning_rate=0.01,
     eval_every=2, rounds_per_checkpoint=2, progress=False, batch_size=10)
-
-
-def _parse(argv):
-  """Parses argv as the binary would (so `.present` is set)."""
-  FLAGS.unparse_flags()
-  FLAGS(['train.py'] + argv)
 
 
 _read_csv = fl_testing.read_csv
@@ -53,7 +45,7 @@ def test_run_writes_every_output(tff_worker, tmp_path):
   assert float(logged[0]['communication_kb_down']) == pytest.approx(
       3 * 7850 * 4 / 1024)
   hparams = json.loads((run_dir / 'hparams.json').read_text())
-  assert set(hparams) == set(experiment_flags.all_flag_names())
+  assert set(hparams) == set(flags.all_flag_names())
   assert hparams['client_learning_rate'] == 0.01
   assert sorted(os.listdir(run_dir / 'checkpoints')) == ['round_2', 'round_3']
   assert any(p.startswith('events.out.tfevents') for p in os.listdir(run_dir))
@@ -100,7 +92,7 @@ def test_resume_with_different_hparams_is_refused_and_changes_nothing(
   _run(tmp_path, 'b', total_rounds=2)
   before = {p: os.path.getmtime(tmp_path / 'b' / p)
             for p in os.listdir(tmp_path / 'b')}
-  with pytest.raises(training_loop.RunDirError,
+  with pytest.raises(run_directory.RunDirError,
                      match=r'--client_learning_rate=0.5 differs from 0.01'):
     _run(tmp_path, 'b', total_rounds=4, client_learning_rate=0.5)
   after = {p: os.path.getmtime(tmp_path / 'b' / p)
@@ -121,14 +113,9 @@ def test_resume_with_different_hparams_is_refused_and_changes_nothing(
     (['--dataset=emnist', '--num_clients=5'], r'--num_clients applies to'),
 ])
 def test_bad_flags_are_one_line_errors(argv, message):
-  try:
-    _parse(['--experiment_name=x'] + argv)
-    with pytest.raises(experiment_flags.FlagError, match=message) as e:
-      experiment_flags.validate()
-    assert '\n' not in str(e.value)
-  finally:
-    FLAGS.unparse_flags()
-    FLAGS.mark_as_parsed()
+  with pytest.raises(flags.FlagError, match=message) as e:
+    flags.config_from_argv(['--experiment_name=x'] + argv)
+  assert '\n' not in str(e.value)
 
 
 def test_binary_rejects_bad_values_before_writing_anything(tmp_path):

@@ -9,38 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
-import json
 import os
 from typing import Any, Optional
 
-import numpy as np
-import tensorflow_federated as tff
 
-from tff_research import algorithms
 from tff_research import evaluation
-from tff_research import experiment
-from tff_research import experiment_flags
-from tff_research import runtime
-from tff_research import training_loop
-from tff_research.data import federated_data
+from tff_research.program import run_directory
+from tff_research.program import training
 
 
-def load_hparams(checkpoint_dir: str) -> dict[str, Any]:
-  run_dir = os.path.dirname(os.path.abspath(checkpoint_dir.rstrip('/')))
-  path = os.path.join(run_dir, 'hparams.json')
+def run_dir_of(checkpoint_dir: str) -> str:
+  """The run directory whose checkpoints/ is `checkpoint_dir`."""
   if not os.path.isdir(checkpoint_dir):
     raise ValueError(
         f'--checkpoint_dir={checkpoint_dir} does not exist; expected'
         ' LOGDIR/NAME/checkpoints of a run of experiments/train.py'
     )
-  if not os.path.exists(path):
+  run_dir = os.path.dirname(os.path.abspath(checkpoint_dir.rstrip('/')))
+  if not os.path.exists(os.path.join(run_dir, 'hparams.json')):
     raise ValueError(
-        f'{path} not found: --checkpoint_dir must be the checkpoints/'
-        ' directory of a run of experiments/train.py'
+        f'{os.path.join(run_dir, "hparams.json")} not found: --checkpoint_dir'
+        ' must be the checkpoints/ directory of a run of experiments/train.py'
     )
-  with open(path) as f:
-    return json.load(f)
+  return run_dir
 
 
 def evaluate_checkpoint(
@@ -57,38 +48,20 @@ def evaluate_checkpoint(
   `accuracy_min`, `accuracy_p10`, `accuracy_median`, ...) plus `round`,
   `eval_on` and `per_client` (client id -> accuracy, loss, num_examples).
   """
-  hparams = load_hparams(checkpoint_dir)
-  if data_dir is not None:
-    hparams['data_dir'] = data_dir
-  if max_eval_clients is not None:
-    hparams['max_eval_clients'] = max_eval_clients
-  if eval_on is not None:
-    if eval_on == 'heldout_clients' and hparams['eval_on'] != eval_on:
-      raise ValueError(
-          '--eval_on=heldout_clients needs a run trained with'
-          ' --eval_on=heldout_clients (this run trained on every client);'
-          ' use --eval_on=test_split'
-      )
-    hparams['eval_on'] = eval_on
-  data = federated_data.load_federated_data(
-      experiment_flags.data_config(hparams)
-  )
-  config = experiment_flags.train_config(hparams)
-  split = training_loop.ClientSplit(data, config)
-  runtime.start()
-  model_fn = experiment.build_model_fn(
-      hparams['model'], data.num_classes, hparams['seed']
-  )
-  algorithm = algorithms.build_algorithm(
-      experiment_flags.algorithm_config(hparams), model_fn,
-      split.train_client_ids,
-  )
-  manager = tff.program.FileProgramStateManager(
-      checkpoint_dir, prefix=training_loop.CHECKPOINT_PREFIX
-  )
-  template = {'round': 0, 'state': algorithm.initialize()}
+  run_dir = run_dir_of(checkpoint_dir)
+  recorded = run_directory.read_hparams(os.path.join(run_dir, 'hparams.json'))
+  if eval_on == 'heldout_clients' and recorded.get('eval_on') != eval_on:
+    raise ValueError(
+        '--eval_on=heldout_clients needs a run trained with'
+        ' --eval_on=heldout_clients (this run trained on every client);'
+        ' use --eval_on=test_split'
+    )
+  run = training.rebuild_run(run_dir, data_dir=data_dir, eval_on=eval_on,
+                             max_eval_clients=max_eval_clients)
+  manager = training.state_manager(checkpoint_dir)
+  template = run.state_template()
   if round_num is None:
-    restored, version = asyncio.run(manager.load_latest(template))
+    restored, _ = asyncio.run(manager.load_latest(template))
     if restored is None:
       raise ValueError(f'no checkpoint in {checkpoint_dir}')
   else:
@@ -101,20 +74,22 @@ def evaluate_checkpoint(
     restored = asyncio.run(manager.load(round_num, template))
   # Each held-out client is evaluated with the model the algorithm assigns it
   # (one global model, or its cluster's), exactly as during training.
-  result = evaluation.Evaluator(model_fn).evaluate_groups(
-      algorithm.eval_model_groups(restored['state'], split.eval_client_ids),
-      split.eval_datasets(),
+  result = evaluation.Evaluator(run.model_fn).evaluate_groups(
+      run.algorithm.eval_model_groups(restored['state'],
+                                      run.split.eval_client_ids),
+      run.split.eval_datasets(),
   )
   out = collections.OrderedDict(
-      round=int(restored['round']), eval_on=config.eval_on
+      round=int(restored['round']), eval_on=run.config.evaluation.eval_on
   )
   out.update(
-      (k, v) for k, v in result.items() if not k.startswith('per_client')
+      (k, v) for k, v in result.items()
+      if not k.startswith('per_client') and k != 'confusion_matrix'
   )
   out['per_client'] = collections.OrderedDict(
       (cid, dict(accuracy=float(a), loss=float(l), num_examples=int(n)))
       for cid, a, l, n in zip(
-          split.eval_client_ids,
+          run.split.eval_client_ids,
           result['per_client_accuracy'],
           result['per_client_loss'],
           result['per_client_num_examples'],

@@ -22,7 +22,7 @@ that every algorithm gets it the same way:
   per-client values; they are a simulation diagnostic.
 * `convergence/rate`: (previous train loss - current) / previous, from the
   algorithm's `train/loss` of consecutive rounds that trained.
-* `fairness` (evaluation rounds): held-out accuracy quantiles across clients
+* `fairness` (evaluation rounds, from the evaluation's own pass): held-out accuracy quantiles across clients
   and their spread (Li et al. 2020, "Fair Resource Allocation in Federated
   Learning"), and the Gini coefficient of how often each training client has
   been selected so far (0 = everyone equally often). Selection counts are
@@ -38,16 +38,13 @@ that every algorithm gets it the same way:
 from __future__ import annotations
 
 import collections
-import csv
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from absl import logging
 import numpy as np
 import tensorflow as tf
-import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.types import computation_types
 
 from tff_research import evaluation
 from tff_research.data import preprocessing
@@ -117,10 +114,9 @@ def custom_scalar_layout():
   ])
 
 
-def write_run_start(writer, hparams: Mapping[str, Any], data,
-                    train_client_ids: Sequence[str]) -> None:
+def write_run_start(writer, data, train_client_ids: Sequence[str]) -> None:
   """Everything a fresh run writes once: the custom-scalars layout and the
-  round-0 data images. (Its HParams session is `_write_hparams_summary`.)
+  round-0 data images. (Its HParams session is `write_hparams_session`.)
 
   A run writes no HParams experiment config: the plugin takes one config for
   the whole logdir, from whichever run has it, so independent runs sharing a
@@ -129,7 +125,6 @@ def write_run_start(writer, hparams: Mapping[str, Any], data,
   metric. A sweep, which knows its grid, writes one at its logdir's root
   (`write_hparams_config`).
   """
-  del hparams  # Recorded by the HParams session summary.
   from tensorboard.plugins.custom_scalar import summary as cs_summary  # pylint: disable=g-import-not-at-top
 
   with writer.as_default():
@@ -261,102 +256,58 @@ def confusion_matrix_image(matrix: np.ndarray, title: str) -> np.ndarray:
 # --- Federated computations --------------------------------------------------
 
 
-def build_confusion_eval(model_fn: Callable[[], tff.learning.models.VariableModel],
-                         num_classes: int) -> tff.Computation:
-  """Sum over clients of each client's confusion matrix.
-
-      (<M@SERVER, {B*}@CLIENTS> -> int64[num_classes, num_classes]@SERVER)
-
-  Row = true label, column = predicted (argmax of the model's predictions).
-  """
-  with tf.Graph().as_default():
-    model = model_fn()
-    weights_type = tff.learning.models.weights_type_from_model(model)
-    batch_type = computation_types.tensorflow_to_type(model.input_spec)
-
-  @tff.tensorflow.computation(weights_type, tff.SequenceType(batch_type))
-  @tf.function
-  def client_confusion(incoming_weights, dataset):
-    with tf.init_scope():
-      model = model_fn()
-    tf.nest.map_structure(
-        lambda v, t: v.assign(t),
-        tff.learning.models.ModelWeights.from_model(model), incoming_weights)
-
-    def reduce_fn(acc, batch):
-      output = model.forward_pass(batch, training=False)
-      labels = tf.reshape(batch['y'], [-1])
-      predicted = tf.argmax(output.predictions, axis=-1,
-                            output_type=labels.dtype)
-      return acc + tf.math.confusion_matrix(
-          labels, predicted, num_classes=num_classes, dtype=tf.int64)
-
-    return dataset.reduce(tf.zeros([num_classes, num_classes], tf.int64),
-                          reduce_fn)
-
-  @tff.federated_computation(
-      tff.FederatedType(weights_type, tff.SERVER),
-      tff.FederatedType(tff.SequenceType(batch_type), tff.CLIENTS),
-  )
-  def confusion(weights, datasets):
-    return tff.federated_sum(tff.federated_map(
-        client_confusion, (tff.federated_broadcast(weights), datasets)))
-
-  return confusion
-
-
-def _last_train_loss(metrics_path: str, round_num: int) -> float | None:
-  """The latest logged `train_loss` at or before `round_num` (resume)."""
-  if round_num == 0 or not os.path.exists(metrics_path):
-    return None
-  last = None
-  with open(metrics_path, newline='') as f:
-    for row in csv.DictReader(f):
-      if int(row['round']) <= round_num and row.get('train_loss'):
-        last = float(row['train_loss'])
-  return last
-
-
-class RoundDashboard:
-  """Per-round dashboard metrics of one run; computations built once.
+class DashboardHook:
+  """The round hook of the dashboard (module docstring); computations built
+  once per run.
 
   Args:
+    algorithm: the run's algorithm (which model each client receives).
     model_fn: the run's model constructor.
     data: the run's FederatedData.
-    train_client_ids: the clients that can be selected, in sampler order.
-    sample_round: round_num -> selected client ids (pure; replayed on resume
-      to rebuild selection counts).
-    start_round: the last round already done (0 for a fresh run).
-    metrics_path: the run's metrics.csv (previous loss on resume).
+    sampler: the run's `ClientSampler` (replayed on resume to rebuild the
+      selection counts).
+    run_directory: the run's `RunDirectory` (previous loss on resume).
+    writer: the run's summary writer (round-0 images, the confusion matrix).
+    hparams: the run's recorded hyperparameters (HParams session).
     eval_batch_size: batch size of the per-client loss pass.
   """
 
-  def __init__(self, *, model_fn, data, train_client_ids: Sequence[str],
-               sample_round: Callable[[int], Sequence[str]], start_round: int,
-               metrics_path: str, eval_batch_size: int):
-    self._model_fn = model_fn
+  def __init__(self, *, algorithm, model_fn, data, sampler, run_directory,
+               writer, hparams: Mapping[str, Any], eval_batch_size: int):
+    self._algorithm = algorithm
     self._data = data
-    self._train_ids = list(train_client_ids)
+    self._sampler = sampler
+    self._run_directory = run_directory
+    self._writer = writer
+    self._hparams = hparams
+    self._train_ids = list(sampler.client_ids)
     self._index = {cid: i for i, cid in enumerate(self._train_ids)}
     self._eval_batch_size = eval_batch_size
     # Sized for every training client so that any round (Poisson sampling,
     # dropout) reuses the one traced computation.
     self._per_client_eval = evaluation.build_per_client_eval(
         model_fn, len(self._train_ids))
-    self._confusion = None
     self.selection_counts = np.zeros(len(self._train_ids), np.int64)
+    self._prev_loss = None
+
+  def start(self, start_round: int, state) -> None:
+    del state
+    if start_round == 0:
+      write_hparams_session(self._writer, self._hparams)
+      write_run_start(self._writer, self._data, self._train_ids)
     for r in range(1, start_round + 1):
-      self._count(sample_round(r))
-    self._prev_loss = _last_train_loss(metrics_path, start_round)
+      self._count(self._sampler.sample(r))
+    self._prev_loss = self._run_directory.last_logged(start_round,
+                                                      'train_loss')
 
   def _count(self, selected):
     for cid in selected:
       self.selection_counts[self._index[cid]] += 1
 
-  def before_round(self, algorithm, state, selected: Sequence[str],
-                   reported: Sequence[str]) -> dict[str, dict[str, Any]]:
+  def before_round(self, record) -> dict[str, dict[str, Any]]:
     """`participation`, `client_loss` and `clients` groups of a round, from
     the state *before* the round (the models the clients receive)."""
+    selected, reported = record.selected, record.reporting
     self._count(selected)
     n = len(self._train_ids)
     groups = collections.OrderedDict()
@@ -377,20 +328,22 @@ class RoundDashboard:
         for cid in reported
     ]
     table = np.zeros((n, 3))
-    for weights, indices in algorithm.eval_model_groups(state, list(reported)):
+    for weights, indices in self._algorithm.eval_model_groups(
+        record.state_before, list(reported)):
       indices = list(indices)
       if indices:
-        table += self._per_client_eval(
+        rows, _ = self._per_client_eval(
             weights, [datasets[i] for i in indices], indices)
+        table += rows
     loss, accuracy = table[:len(reported), 0], table[:len(reported), 1]
     groups['client_loss'] = collections.OrderedDict(
         max=float(loss.max()), mean=float(loss.mean()), min=float(loss.min()))
     groups['clients'] = collections.OrderedDict(loss=loss, accuracy=accuracy)
     return groups
 
-  def after_round(self, metrics: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+  def after_round(self, record) -> dict[str, dict[str, Any]]:
     """`convergence/rate` = (previous - current) / previous train loss."""
-    train = metrics.get('train')
+    train = record.metrics.get('train')
     if not isinstance(train, Mapping) or 'loss' not in train:
       return {}  # Nobody reported: the previous loss stays the reference.
     loss = float(np.asarray(train['loss']))
@@ -399,8 +352,10 @@ class RoundDashboard:
       return {}
     return {'convergence': collections.OrderedDict(rate=(prev - loss) / prev)}
 
-  def on_eval(self, groups, eval_datasets, result: Mapping[str, Any]):
-    """(`fairness` group, confusion-matrix image) of an evaluation round."""
+  def on_evaluation(self, record, result: Mapping[str, Any]):
+    """`fairness` group and the confusion-matrix image of an evaluation
+    round, from the evaluation's own pass."""
+    del record
     accuracy = np.asarray(result['per_client_accuracy'], np.float64)
     p10, p90 = np.percentile(accuracy, [10, 90])
     fairness = collections.OrderedDict(
@@ -411,17 +366,19 @@ class RoundDashboard:
         selection_gini=gini(self.selection_counts),
         selection_counts=self.selection_counts.copy(),
     )
-    if self._confusion is None:
-      self._confusion = build_confusion_eval(self._model_fn,
-                                             self._data.num_classes)
-    matrix = np.zeros((self._data.num_classes,) * 2, np.int64)
-    for weights, indices in groups:
-      indices = list(indices)
-      if indices:
-        matrix += np.asarray(self._confusion(
-            weights, [eval_datasets[i] for i in indices]))
-    self.last_confusion_matrix = matrix
+    matrix = np.asarray(result['confusion_matrix'])
     accuracy_all = np.trace(matrix) / max(matrix.sum(), 1)
     image = confusion_matrix_image(
         matrix, f'held-out confusion matrix (accuracy {accuracy_all:.3f})')
-    return fairness, image
+    return {'fairness': fairness, 'eval': {'confusion_matrix': image}}
+
+
+def write_hparams_session(writer, hparams: Mapping[str, Any]) -> None:
+  """Registers the run with TensorBoard's HParams dashboard."""
+  from tensorboard.plugins.hparams import api as hp  # pylint: disable=g-import-not-at-top
+  with writer.as_default():
+    hp.hparams(
+        {k: v for k, v in hparams.items()
+         if isinstance(v, (bool, int, float, str))},
+        trial_id=os.path.basename(hparams.get('experiment_name', '')) or None,
+    )

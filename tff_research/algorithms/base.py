@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
@@ -23,7 +23,15 @@ import tensorflow_federated as tff
 
 
 class FederatedAlgorithm(abc.ABC):
-  """A federated training algorithm driven round by round by the loop."""
+  """A federated training algorithm driven round by round by the loop.
+
+  Everything the loop may ask of an algorithm is a method here; `next` and
+  every query are pure functions of their arguments (no call history).
+  """
+
+  # Whether a round in which no client reports still runs `next` (server
+  # DP adds its noise to the empty sum); otherwise the loop skips it.
+  runs_empty_rounds: bool = False
 
   @abc.abstractmethod
   def initialize(self) -> Any:
@@ -57,6 +65,23 @@ class FederatedAlgorithm(abc.ABC):
     per cluster.
     """
     return [(self.get_model_weights(state), list(range(len(client_ids))))]
+
+  def plan_rounds(
+      self, state: Any, start_round: int, total_rounds: int, sampler: Any
+  ) -> tuple[int, Optional[str]]:
+    """(last round to run, why it is before `total_rounds` or None).
+
+    `sampler` is the run's `sampling.ClientSampler`. Only a budgeted
+    algorithm (DP with a target epsilon) stops early.
+    """
+    del state, start_round, sampler
+    return total_rounds, None
+
+  def report(self, state: Any, round_num: int) -> Mapping[str, Any]:
+    """Metric groups too costly for every round, computed on evaluation
+    rounds and the last round (DP's PLD epsilon)."""
+    del state, round_num
+    return {}
 
   def bytes_per_client(self, state: Any) -> tuple[int, int]:
     """(bytes sent to, bytes sent from) one participating client per round.

@@ -24,6 +24,10 @@ from typing import Callable, Optional
 
 import tensorflow_federated as tff
 
+from tff_research.algorithms import base
+from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import spec
+
 
 def build_fed_avg(
     model_fn: Callable[[], tff.learning.models.VariableModel],
@@ -58,3 +62,28 @@ def build_fed_avg(
       server_optimizer_fn=server_optimizer,
       model_aggregator=model_aggregator,
   )
+
+
+def _build(config, model_fn, client_ids):
+  del client_ids  # No per-client state.
+  return base.LearningProcessAlgorithm(build_fed_avg(
+      model_fn,
+      client_optimizer=hp.build_client_optimizer(config.values),
+      server_optimizer=hp.server_sgd(config.values),
+      weighted=config.weighted,
+      model_aggregator=config.model_aggregator(),
+  ))
+
+
+SPEC = spec.AlgorithmSpec(
+    name='fedavg',
+    paper='McMahan et al. 2017',
+    summary='`tff.learning.algorithms.build_weighted_fed_avg` /'
+    ' `build_unweighted_fed_avg`',
+    build=_build,
+    hyperparameters=(*hp.CLIENT, hp.SERVER_LEARNING_RATE),
+    dp_capable=True,
+    clusterable=True,
+    comparison_client_learning_rate=10**-1,
+    docs='README.md',
+)

@@ -28,6 +28,10 @@ from typing import Callable, Optional
 
 import tensorflow_federated as tff
 
+from tff_research.algorithms import base
+from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import spec
+
 DEFAULT_LEARNING_RATE = 0.1
 
 
@@ -60,3 +64,31 @@ def build_fed_sgd(
           learning_rate=learning_rate),
       model_aggregator=model_aggregator,
   )
+
+
+def _check(config):
+  if not config.weighted:
+    raise ValueError(
+        '--noweight_by_size is not valid with --algorithm=fedsgd: FedSGD is'
+        ' always example-weighted (one full-batch gradient step on the union'
+        " of the clients' data)")
+
+
+def _build(config, model_fn, client_ids):
+  del client_ids  # No per-client state.
+  return base.LearningProcessAlgorithm(build_fed_sgd(
+      model_fn, learning_rate=config.server_learning_rate))
+
+
+SPEC = spec.AlgorithmSpec(
+    name='fedsgd',
+    paper='McMahan et al. 2017',
+    summary='`tff.learning.algorithms.build_fed_sgd`',
+    build=_build,
+    # One full-batch gradient per client: no local optimizer.
+    hyperparameters=(hp.SERVER_LEARNING_RATE,),
+    defaults={'server_learning_rate': DEFAULT_LEARNING_RATE},
+    check=_check,
+    fixed_training={'client_epochs': (
+        1, 'it takes one full-batch gradient per client (no local epochs)')},
+)

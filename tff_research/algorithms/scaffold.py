@@ -72,6 +72,8 @@ from tensorflow_federated.python.core.impl.types import computation_types
 from tensorflow_federated.python.learning import tensor_utils
 
 from tff_research.algorithms import base
+from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import spec
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
@@ -433,3 +435,40 @@ def build_scaffold(
       weighted=weighted,
       model_aggregator=model_aggregator,
   )
+
+
+def _check(config):
+  # Option II's (x - y) / (K eta_l) is the mean corrected gradient only for
+  # plain SGD steps.
+  if config.client_optimizer != 'sgd':
+    raise ValueError(
+        f'--client_optimizer={config.client_optimizer} is not valid with'
+        ' --algorithm=scaffold: SCAFFOLD assumes plain SGD (use'
+        ' --client_optimizer=sgd)')
+
+
+def _build(config, model_fn, client_ids):
+  return build_scaffold(
+      model_fn,
+      client_ids=client_ids,
+      client_learning_rate=config.client_learning_rate,
+      server_learning_rate=config.server_learning_rate,
+      weighted=config.weighted,
+  )
+
+
+SPEC = spec.AlgorithmSpec(
+    name='scaffold',
+    paper='Karimireddy et al. 2020',
+    summary='custom federated-core process, per-client control variates in'
+    ' the checkpoint',
+    build=_build,
+    hyperparameters=(hp.CLIENT_OPTIMIZER, hp.CLIENT_LEARNING_RATE,
+                     hp.SERVER_LEARNING_RATE),
+    check=_check,
+    per_client_state=True,
+    # Client controls enter and leave CLIENTS-placed: not yet mergeable.
+    distributed=False,
+    comparison_client_learning_rate=10**-1,
+    docs='docs/scaffold.md',
+)

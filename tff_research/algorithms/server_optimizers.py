@@ -54,7 +54,10 @@ from typing import Callable, Optional
 
 import tensorflow_federated as tff
 
+from tff_research.algorithms import base
 from tff_research.algorithms import fed_avg
+from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import spec
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
@@ -202,3 +205,71 @@ def build_fed_adagrad(
   return _build('fedadagrad', model_fn, client_optimizer, weighted,
                 model_aggregator, learning_rate=learning_rate,
                 epsilon=epsilon)
+
+
+def _unit_interval(v):
+  return 0 <= v < 1
+
+
+SERVER_MOMENTUM = spec.Hyperparameter(
+    'server_momentum', float, 0.9,
+    'fedavgm: server momentum beta in [0, 1) (default 0.9).',
+    valid=_unit_interval, valid_text='must be in [0, 1)')
+SERVER_BETA_1 = spec.Hyperparameter(
+    'server_beta_1', float, 0.9,
+    'fedadam|fedyogi: first-moment decay in [0, 1) (default 0.9).',
+    valid=_unit_interval, valid_text='must be in [0, 1)')
+SERVER_BETA_2 = spec.Hyperparameter(
+    'server_beta_2', float, 0.999,
+    'fedadam|fedyogi: second-moment decay in [0, 1) (default 0.999).',
+    valid=_unit_interval, valid_text='must be in [0, 1)')
+SERVER_EPSILON = spec.Hyperparameter(
+    'server_epsilon', float, 1e-4,
+    'fedadam|fedyogi|fedadagrad: adaptivity tau > 0 (default 1e-4 for'
+    ' fedadam/fedyogi, 1e-2 for fedadagrad; Reddi et al. EMNIST).',
+    valid=lambda v: v > 0, valid_text='must be > 0')
+# Server-optimizer argument -> its hyperparameter.
+_HYPERPARAMETERS = {
+    'learning_rate': hp.SERVER_LEARNING_RATE,
+    'momentum': SERVER_MOMENTUM,
+    'beta_1': SERVER_BETA_1,
+    'beta_2': SERVER_BETA_2,
+    'epsilon': SERVER_EPSILON,
+}
+_PAPERS = {
+    'fedavgm': 'Hsu et al. 2019; Reddi et al. 2021',
+    'fedadam': 'Reddi et al. 2021',
+    'fedyogi': 'Reddi et al. 2021',
+    'fedadagrad': 'Reddi et al. 2021',
+}
+
+
+def _spec(algorithm: str) -> spec.AlgorithmSpec:
+  used = PAPER_DEFAULTS[algorithm]
+
+  def build(config, model_fn, client_ids):
+    del client_ids  # No per-client state.
+    return base.LearningProcessAlgorithm(_build(
+        algorithm, model_fn, hp.build_client_optimizer(config.values),
+        config.weighted, config.model_aggregator(),
+        **{arg: config.values[_HYPERPARAMETERS[arg].name] for arg in used}))
+
+  return spec.AlgorithmSpec(
+      name=algorithm,
+      paper=_PAPERS[algorithm],
+      summary=f'FedAvg with TFF\'s {_OPTIMIZER_NAMES[algorithm]} server'
+      ' optimizer, paper defaults',
+      build=build,
+      hyperparameters=(*hp.CLIENT,
+                       *(_HYPERPARAMETERS[arg] for arg in used)),
+      defaults={_HYPERPARAMETERS[arg].name: value
+                for arg, value in used.items()},
+      dp_capable=True,
+      comparison_client_learning_rate=PAPER_CLIENT_LEARNING_RATES[algorithm],
+  )
+
+
+_OPTIMIZER_NAMES = {'fedavgm': '`build_sgdm`', 'fedadam': '`build_adam`',
+                    'fedyogi': '`build_yogi`', 'fedadagrad': '`build_adagrad`'}
+SPECS = tuple(_spec(a) for a in ('fedavgm', 'fedadam', 'fedyogi',
+                                 'fedadagrad'))

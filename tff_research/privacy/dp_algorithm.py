@@ -10,7 +10,8 @@ the loop needs around it:
 * metrics group `dp` each round: the aggregator's clipping statistics (clip,
   clipped_fraction, nonfinite_clients, noise_stddev, and with adaptive
   clipping next_clip / unclipped_fraction), `epsilon` at `delta` (RDP) and,
-  every `pld_every` rounds and on the last planned round, `epsilon_pld`;
+  and, on the loop's evaluation rounds and last round (`report`),
+  `epsilon_pld`;
 * the privacy budget: `plan_rounds` tells the loop the last round that stays
   within `target_epsilon`, so training stops before the round that would
   exceed it;
@@ -64,8 +65,6 @@ class DPConfig:
     sampling: 'fixed' or 'poisson' (what the training loop does).
     clients_per_round / client_fraction: as the training flags.
     seed: the run's seed (the server noise seed derives from it).
-    pld_every: report PLD epsilon every this many rounds (0 = only on the
-      last planned round).
     num_clients: N, set by `algorithms.build_algorithm` from the training
       clients.
   """
@@ -81,7 +80,6 @@ class DPConfig:
   clients_per_round: Optional[int] = None
   client_fraction: Optional[float] = None
   seed: int = 0
-  pld_every: int = 0
   num_clients: Optional[int] = None
 
   def __post_init__(self):
@@ -90,20 +88,26 @@ class DPConfig:
           f'--dp={self.mode!r} is not valid; valid: none,'
           f' {", ".join(accounting.MODES)}'
       )
-    if not self.clip > 0:
-      raise ValueError(f'--dp_clip={self.clip} is not valid: must be > 0')
-    if not self.noise_multiplier >= 0:
+    if self.clip is None or not self.clip > 0:
       raise ValueError(
-          f'--dp_noise_multiplier={self.noise_multiplier} is not valid: must'
-          ' be >= 0'
-      )
+          f'--dp_clip={self.clip} is not valid: --dp={self.mode} needs an L2'
+          ' clip norm > 0')
+    if self.noise_multiplier is None or not self.noise_multiplier >= 0:
+      raise ValueError(
+          f'--dp_noise_multiplier={self.noise_multiplier} is not valid:'
+          f' --dp={self.mode} needs a noise multiplier >= 0')
     if not 0 < self.delta < 1:
       raise ValueError(f'--dp_delta={self.delta} is not valid: must be in (0, 1)')
-    if self.target_epsilon is not None and not self.target_epsilon > 0:
-      raise ValueError(
-          f'--dp_target_epsilon={self.target_epsilon} is not valid: must be'
-          ' > 0'
-      )
+    if self.target_epsilon is not None:
+      if not self.target_epsilon > 0:
+        raise ValueError(
+            f'--dp_target_epsilon={self.target_epsilon} is not valid: must'
+            ' be > 0')
+      if self.noise_multiplier == 0:
+        raise ValueError(
+            f'--dp_target_epsilon={self.target_epsilon} cannot be met with'
+            ' --dp_noise_multiplier=0 (epsilon is infinite); set a noise'
+            ' multiplier > 0')
     if self.adaptive_clipping and self.mode != 'server':
       raise ValueError(
           '--dp_adaptive_clipping applies only to --dp=server (Andrew et al.'
@@ -177,12 +181,8 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
     self.accountant = config.accountant()
     self._index = {cid: i for i, cid in enumerate(client_ids)}
     self._num_clients = len(client_ids)
-    self._final_round: Optional[int] = None
-
-  @property
-  def runs_empty_rounds(self) -> bool:
-    """Whether a round without clients still runs (server DP adds noise)."""
-    return self.config.mode == 'server'
+    # A round without clients still runs: server DP adds its noise.
+    self.runs_empty_rounds = config.mode == 'server'
 
   def initialize(self):
     return {
@@ -214,11 +214,6 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
     )
     spent = self._spent(round_num, participation)
     dp['epsilon'] = self.accountant.epsilon(spent)
-    if self.accountant.pld_applies and (
-        (self.config.pld_every and round_num % self.config.pld_every == 0)
-        or round_num == self._final_round
-    ):
-      dp['epsilon_pld'] = self.accountant.epsilon_pld(spent)
     if self.config.mode == 'client':
       dp['max_participations'] = spent
     metrics['dp'] = dp
@@ -226,6 +221,13 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
 
   def get_model_weights(self, state):
     return self.inner.get_model_weights(state['process'])
+
+  def report(self, state, round_num):
+    """PLD epsilon (tighter than RDP, seconds to compute) after `round_num`."""
+    if not self.accountant.pld_applies:
+      return {}
+    spent = self._spent(round_num, state['participation'])
+    return {'dp': {'epsilon_pld': self.accountant.epsilon_pld(spent)}}
 
   def check_sampling(
       self,
@@ -256,15 +258,19 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
       state: Any,
       start_round: int,
       total_rounds: int,
-      sample_round: Callable[[int], Sequence[str]],
+      sampler: Any,
   ) -> tuple[int, Optional[str]]:
     """(last round to run, message if the budget stops training early).
 
     Rounds after `start_round` run while the epsilon they leave stays within
     `target_epsilon`. Server-level: the RDP epsilon after r rounds. Client
     level: the local epsilon of the most-participating client, replaying the
-    (pure, seeded) client sampling `sample_round(r)` of the coming rounds.
+    (pure, seeded) client sampling `sampler.sample(r)` of the coming rounds.
+    Raises ValueError if `sampler` does not sample as the accountant assumes.
     """
+    self.check_sampling(sampler.method, sampler.clients_per_round,
+                        sampler.probability)
+    sample_round = sampler.sample
     target = self.config.target_epsilon
     final = total_rounds
     if target is not None:
@@ -279,7 +285,6 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
           if counts.max(initial=0) > allowed:
             break
           final = r
-    self._final_round = final
     if final >= total_rounds:
       return total_rounds, None
     if self.config.mode == 'server':

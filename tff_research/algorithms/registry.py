@@ -1,0 +1,348 @@
+"""The algorithms (`SPECS`), their validated configuration, and the builder.
+
+`AlgorithmConfig(algorithm, weighted=..., dp=..., **hyperparameters)` checks
+every algorithm rule, here and in the specs, once: unknown algorithm, a
+hyperparameter the algorithm does not use, a value out of range, the spec's
+combination rules, and the two axes that wrap an algorithm:
+
+* privacy (`dp`, a `privacy.DPConfig`): applies to specs with `dp_capable`
+  (their model aggregator becomes the DP one) and needs uniform weighting;
+* clustering (`clustering='cosine'|'l2'` and its hyperparameters): clustered
+  FL (Sattler et al. 2020; Ghosh et al. 2020) runs a `clusterable`
+  algorithm's rounds per cluster. It is an axis, not an algorithm: the
+  clustered process is FedAvg with K models and per-client assignments.
+
+Adding an algorithm: write its module with a `SPEC`, add it to `SPECS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import dataclasses
+from typing import Any, Optional
+
+import tensorflow_federated as tff
+
+from tff_research.algorithms import base
+from tff_research.algorithms import clustered
+from tff_research.algorithms import fed_avg
+from tff_research.algorithms import fed_prox
+from tff_research.algorithms import fed_sgd
+from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import scaffold
+from tff_research.algorithms import server_optimizers
+from tff_research.algorithms import spec as spec_lib
+
+ModelFn = Callable[[], tff.learning.models.VariableModel]
+
+SPECS: dict[str, spec_lib.AlgorithmSpec] = {}
+
+
+def register(spec: spec_lib.AlgorithmSpec) -> spec_lib.AlgorithmSpec:
+  """Adds `spec` to the registry (tests register their own algorithms)."""
+  if spec.name in SPECS and SPECS[spec.name] is not spec:
+    raise ValueError(f'algorithm {spec.name!r} is registered twice')
+  for h in spec.hyperparameters:
+    known = _known_hyperparameter(h.name)
+    if known is not None and known is not h:
+      raise ValueError(
+          f'hyperparameter {h.name!r} of {spec.name!r} is declared twice:'
+          ' share one Hyperparameter object')
+  SPECS[spec.name] = spec
+  return spec
+
+
+def _known_hyperparameter(name: str) -> Optional[spec_lib.Hyperparameter]:
+  for s in SPECS.values():
+    for h in s.hyperparameters:
+      if h.name == name:
+        return h
+  for h in CLUSTERING_HYPERPARAMETERS:
+    if h.name == name:
+      return h
+  return None
+
+
+# --- the clustering axis ---
+CLUSTERING_METRICS = ('none',) + clustered.METRICS
+_CLUSTERED = lambda h: h.get('clustering', 'none') != 'none'  # pylint: disable=unnecessary-lambda-assignment
+CLUSTERING_HYPERPARAMETERS = (
+    spec_lib.Hyperparameter(
+        'clustering', str, 'none',
+        'Clustered FL, FedAvg within each cluster: none = one model; cosine ='
+        ' clients grouped by the cosine similarity of their updates (Sattler'
+        ' et al. 2020); l2 = by the L2 distance between them (Ghosh et al.'
+        ' 2020).', choices=CLUSTERING_METRICS),
+    spec_lib.Hyperparameter(
+        'num_clusters', int, 2,
+        'With --clustering: K in [1, 8], the most clusters that may form.',
+        valid=lambda v: 1 <= v <= clustered.MAX_CLUSTERS,
+        valid_text=f'must be in [1, {clustered.MAX_CLUSTERS}]',
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'recluster_every', int, 10,
+        'With --clustering: rounds between clustering steps (>= 1).',
+        valid=lambda v: v >= 1, valid_text='must be >= 1',
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'cluster_warmup_rounds', int, 10,
+        'With --clustering: rounds of plain FedAvg before the first'
+        ' clustering step (>= 0).',
+        valid=lambda v: v >= 0, valid_text='must be >= 0',
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+)
+
+
+def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids):
+  # Clustered FL keeps each client's cluster: state indexed by client_ids.
+  h = config.values
+  return clustered.build_clustered_fed_avg(
+      model_fn,
+      client_ids,
+      client_optimizer=hp.build_client_optimizer(h),
+      metric=h['clustering'],
+      num_clusters=h['num_clusters'],
+      recluster_every=h['recluster_every'],
+      warmup_rounds=h['cluster_warmup_rounds'],
+      server_learning_rate=h['server_learning_rate'],
+      weighted=config.weighted,
+  )
+
+
+for _spec in (
+    fed_avg.SPEC,
+    fed_sgd.SPEC,
+    fed_prox.SPEC,
+    *server_optimizers.SPECS,
+    scaffold.SPEC,
+):
+  register(_spec)
+
+
+def algorithm_names() -> tuple[str, ...]:
+  return tuple(SPECS)
+
+
+def get_spec(algorithm: str) -> spec_lib.AlgorithmSpec:
+  try:
+    return SPECS[algorithm]
+  except KeyError:
+    raise ValueError(
+        f'--algorithm={algorithm} is not valid; valid:'
+        f' {", ".join(SPECS)}') from None
+
+
+def hyperparameters_of(spec: spec_lib.AlgorithmSpec):
+  """The hyperparameters `spec` may take: its own and its axes'."""
+  axes = CLUSTERING_HYPERPARAMETERS if spec.clusterable else ()
+  return (*spec.hyperparameters, *axes)
+
+
+def all_hyperparameters() -> dict[str, spec_lib.Hyperparameter]:
+  """Every hyperparameter of every registered algorithm, by name."""
+  out = {}
+  for s in SPECS.values():
+    for h in hyperparameters_of(s):
+      out.setdefault(h.name, h)
+  for h in CLUSTERING_HYPERPARAMETERS:
+    out.setdefault(h.name, h)
+  return out
+
+
+def scope(name: str) -> str:
+  """Where hyperparameter `name` applies, for error messages."""
+  users = [s.name for s in SPECS.values()
+           if any(h.name == name for h in hyperparameters_of(s))]
+  h = all_hyperparameters()[name]
+  where = f'--algorithm={"|".join(users)}'
+  if len(users) == len(SPECS):
+    where = 'every --algorithm'
+  elif len(users) > len(SPECS) / 2:
+    others = [a for a in SPECS if a not in users]
+    where = f'every --algorithm except {"|".join(others)}'
+  return f'{h.applies_text} ({where})' if h.applies_text else where
+
+
+def resolve(
+    spec: spec_lib.AlgorithmSpec, given: Mapping[str, Any],
+    lenient: bool = False,
+) -> dict[str, Any]:
+  """Given hyperparameters -> every hyperparameter `spec` uses, resolved.
+
+  Raises ValueError (one line) for an unknown name, a value out of range or
+  a hyperparameter that does not apply (to this algorithm, or with the other
+  values, e.g. `client_momentum` without `client_optimizer=sgdm`); with
+  `lenient`, hyperparameters that do not apply are dropped instead (a run
+  recorded by an older version, a config derived for another algorithm).
+  """
+  if lenient:
+    own = {h.name for h in hyperparameters_of(spec)}
+    given = {k: v for k, v in given.items() if k in own}
+  known = all_hyperparameters()
+  for name in given:
+    if name not in known:
+      raise ValueError(
+          f'{name!r} is not a hyperparameter of any algorithm; known:'
+          f' {", ".join(sorted(known))}')
+  own = {h.name: h for h in hyperparameters_of(spec)}
+  values = {}
+  for h in own.values():
+    values[h.name] = (h.check(given[h.name]) if h.name in given
+                      else spec.default(h))
+  for name, value in given.items():
+    if name not in own:
+      raise ValueError(_does_not_apply(name, value, spec, values))
+  for h in own.values():
+    if h.applies is not None and not h.applies(values):
+      if h.name in given and not lenient:
+        raise ValueError(_does_not_apply(h.name, given[h.name], spec, values))
+      del values[h.name]
+  return values
+
+
+def _does_not_apply(name, value, spec, values) -> str:
+  shown = f'--{name}' if value is None else f'--{name}={value}'
+  context = ''
+  if name == 'client_momentum' and 'client_optimizer' in values:
+    context = f' with --client_optimizer={values["client_optimizer"]}'
+  return (f'{shown} does not apply to --algorithm={spec.name}{context}; it'
+          f' applies to {scope(name)}')
+
+
+@dataclasses.dataclass(frozen=True, init=False)
+class AlgorithmConfig:
+  """An algorithm and its resolved hyperparameters; valid by construction.
+
+  `AlgorithmConfig('fedadam').server_learning_rate` is Reddi et al.'s
+  10^-2.5; a hyperparameter the algorithm does not use reads as None.
+
+  Attributes:
+    algorithm: the registered name.
+    weighted: weight client updates by their number of examples.
+    hyperparameters: ((name, value), ...) of every hyperparameter the
+      algorithm uses, resolved, sorted by name.
+    dp: the DP mechanism (`privacy.dp_algorithm.DPConfig`), None = no DP.
+  """
+
+  algorithm: str
+  weighted: bool
+  hyperparameters: tuple[tuple[str, Any], ...]
+  dp: Any
+
+  def __init__(self, algorithm: str = 'fedavg', *, weighted: bool = True,
+               dp: Any = None, hyperparameters=(), lenient: bool = False,
+               **given):
+    spec = get_spec(algorithm)
+    given = {**dict(hyperparameters), **given}
+    values = resolve(spec, given, lenient)
+    object.__setattr__(self, 'algorithm', algorithm)
+    object.__setattr__(self, 'weighted', bool(weighted))
+    object.__setattr__(self, 'hyperparameters', tuple(sorted(values.items())))
+    object.__setattr__(self, 'dp', dp)
+    if spec.check is not None:
+      spec.check(self)
+    self._check_dp()
+
+  def _check_dp(self) -> None:
+    if self.dp is None:
+      return
+    spec = self.spec
+    if not spec.dp_capable or self.clustered:
+      capable = '|'.join(s.name for s in SPECS.values() if s.dp_capable)
+      raise ValueError(
+          f'--dp={self.dp.mode} is not valid with --algorithm={self.algorithm}'
+          + (f' --clustering={self.clustering}' if self.clustered else '')
+          + f': DP replaces the model aggregator of --algorithm={capable}'
+          ' (without clustering)')
+    if self.weighted:
+      # As TFF's DifferentiallyPrivateFactory, which is unweighted only.
+      raise ValueError(
+          f'--dp={self.dp.mode} requires uniform client weighting (example'
+          " weights would scale a client's clipped update by its data size"
+          ' and break the sensitivity bound): add --noweight_by_size')
+
+  def __getattr__(self, name: str):
+    # Only called for names that are not fields: hyperparameters.
+    if name.startswith('_') or name not in all_hyperparameters():
+      raise AttributeError(name)
+    return self.values.get(name)
+
+  @property
+  def values(self) -> dict[str, Any]:
+    """name -> value of every hyperparameter the algorithm uses."""
+    return dict(self.hyperparameters)
+
+  @property
+  def spec(self) -> spec_lib.AlgorithmSpec:
+    return SPECS[self.algorithm]
+
+  @property
+  def clustered(self) -> bool:
+    return self.values.get('clustering', 'none') != 'none'
+
+  def model_aggregator(self):
+    """The DP model aggregator of `dp`; None = the algorithm's mean."""
+    return None if self.dp is None else self.dp.model_aggregator()
+
+  def replace(self, **changes) -> 'AlgorithmConfig':
+    """A copy with `changes` (fields or hyperparameters), re-validated.
+
+    With another `algorithm`, the values that differed from this
+    algorithm's defaults carry over where the new one uses them; the rest
+    take the new algorithm's defaults.
+    """
+    fields = {k: changes.pop(k) for k in ('algorithm', 'weighted', 'dp')
+              if k in changes}
+    hyperparameters = self.values
+    lenient = False
+    if fields.get('algorithm', self.algorithm) != self.algorithm:
+      known = all_hyperparameters()
+      hyperparameters = {k: v for k, v in hyperparameters.items()
+                         if v != self.spec.default(known[k])}
+      lenient = True
+    explicit = AlgorithmConfig(
+        fields.get('algorithm', self.algorithm),
+        weighted=fields.get('weighted', self.weighted),
+        dp=fields.get('dp', self.dp), lenient=lenient,
+        **{**hyperparameters, **changes})
+    if lenient and changes:
+      # Values given now must apply: validate them strictly.
+      resolve(explicit.spec, {**{k: v for k, v in explicit.values.items()},
+                              **changes})
+    return explicit
+
+
+def build_algorithm(
+    config: AlgorithmConfig,
+    model_fn: ModelFn,
+    client_ids: Sequence[str] = (),
+) -> base.FederatedAlgorithm:
+  """The algorithm `config` describes, with its axes (clustering, DP).
+
+  Args:
+    config: a valid configuration.
+    model_fn: builds a fresh `tff.learning.models.VariableModel`.
+    client_ids: every training client, in a fixed order (per-client state is
+      indexed by position in it).
+  """
+  # Imported here: privacy wraps algorithms, so it depends on this package.
+  from tff_research.privacy import dp_algorithm  # pylint: disable=g-import-not-at-top
+  client_ids = tuple(client_ids)
+  if config.clustered:
+    return _build_clustered(config, model_fn, client_ids)
+  if config.dp is not None:
+    # The DP aggregator's denominator and the accountant need N.
+    config = dataclasses.replace(
+        config, dp=dataclasses.replace(config.dp, num_clients=len(client_ids)))
+  algorithm = config.spec.build(config, model_fn, client_ids)
+  if config.dp is not None:
+    algorithm = dp_algorithm.PrivateAlgorithm(algorithm, config.dp, client_ids)
+  return algorithm
+
+
+def markdown_table() -> str:
+  """The README's algorithm table, from the specs."""
+  lines = ['| `--algorithm` | paper | how | docs |', '| --- | --- | --- | --- |']
+  for s in SPECS.values():
+    lines.append(f'| `{s.name}` | {s.paper} | {s.summary} | [{s.docs}]({s.docs}) |')
+  return '\n'.join(lines)

@@ -1,0 +1,58 @@
+"""The clients of each round: selected, and those that report back.
+
+Both are pure functions of (seed, round) (`data.sampling`), so a resumed run
+samples exactly what the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+import dataclasses
+from typing import Optional
+
+from tff_research.data import sampling
+from tff_research.program import config as config_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ClientSampler:
+  """Samples a round's cohort from `client_ids`.
+
+  Attributes:
+    client_ids: the training clients, in a fixed order.
+    seed: the run's seed.
+    method: 'fixed' (exactly `clients_per_round`) or 'poisson' (each client
+      with `probability`).
+    clients_per_round: with 'fixed'.
+    probability: with 'poisson'.
+    dropout_rate: probability that a selected client does not report.
+  """
+
+  client_ids: tuple[str, ...]
+  seed: int
+  method: str = 'fixed'
+  clients_per_round: Optional[int] = None
+  probability: Optional[float] = None
+  dropout_rate: float = 0.0
+
+  @classmethod
+  def from_config(cls, client_ids: Sequence[str],
+                  training: config_lib.TrainConfig, seed: int):
+    cpr = None
+    if training.sampling != 'poisson':
+      cpr = sampling.fixed_round_size(
+          len(client_ids), training.clients_per_round, training.client_fraction)
+    return cls(tuple(client_ids), seed, training.sampling, cpr,
+               training.client_fraction, training.dropout_rate)
+
+  def sample(self, round_num: int) -> list[str]:
+    """The clients selected for `round_num`."""
+    return sampling.sample_round(
+        self.client_ids, round_num, seed=self.seed, method=self.method,
+        clients_per_round=self.clients_per_round,
+        probability=self.probability)
+
+  def reporting(self, selected: Sequence[str], round_num: int) -> list[str]:
+    """The clients of `selected` that report in `round_num` (dropout)."""
+    return sampling.reporting_clients(
+        selected, round_num, seed=self.seed, dropout_rate=self.dropout_rate)

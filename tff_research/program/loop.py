@@ -1,0 +1,95 @@
+"""The round loop. It receives its collaborators and only loops.
+
+Modelled on `tff.learning.programs.train_model`: the algorithm, the client
+sampler, the clients' training data, the program state manager, the metrics
+release, the held-out evaluation and the round hooks are built elsewhere
+(`program/training.py`). Each round: sample, train, evaluate when due,
+release, checkpoint when due. Resuming restores the latest checkpoint; every
+random choice is a pure function of (seed, round), so a resumed run is the
+run that would have happened without the interruption.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any, Optional
+
+import tqdm
+
+from tff_research.program import hooks as hooks_lib
+
+
+def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
+               evaluation, hooks, total_rounds: int, rounds_per_checkpoint: int,
+               name: str = '', progress: bool = True,
+               log=print) -> list[dict[str, Any]]:
+  """Trains to `total_rounds`; returns the metric rows of the rounds run."""
+  initial = algorithm.initialize()
+  restored, version = asyncio.run(
+      state_manager.load_latest({'round': 0, 'state': initial}))
+  state, start = (initial, 0) if restored is None else (
+      restored['state'], int(restored['round']))
+  if restored is not None:
+    log(f'Resuming {name} after round {start} (checkpoint {version}).')
+  if start >= total_rounds:
+    log(f'{name} already has {start} rounds (--total_rounds={total_rounds});'
+        ' nothing to do.')
+    return []
+  final, stop_reason = algorithm.plan_rounds(state, start, total_rounds,
+                                             sampler)
+  if final <= start:
+    log(f'{name}: nothing to do; {stop_reason}')
+    return []
+  for hook in hooks:
+    if hasattr(hook, 'start'):
+      hook.start(start, state)
+  rows = []
+  bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name), unit='round',
+                  disable=not progress, initial=start, total=final)
+  for round_num in bar:
+    began = time.monotonic()
+    selected = sampler.sample(round_num)
+    record = hooks_lib.RoundRecord(round_num, selected,
+                                   sampler.reporting(selected, round_num), state)
+    metrics = hooks_lib.call(hooks, 'before_round', record)
+    if record.reporting or algorithm.runs_empty_rounds:
+      state, trained = algorithm.next(
+          state, round_num, record.reporting,
+          training_data.datasets(round_num, record.reporting))
+      if not record.reporting:  # Noise only: there is no training metric.
+        trained = {k: v for k, v in trained.items() if k != 'train'}
+      metrics.update(trained)
+    record.state, record.metrics = state, metrics
+    metrics.setdefault('train', {})
+    metrics['train'] = {**metrics['train'], 'clients': len(record.reporting)}
+    _merge(metrics, hooks_lib.call(hooks, 'after_round', record))
+    metrics['train']['round_seconds'] = time.monotonic() - began
+    if evaluation.due(round_num, final):
+      group, result = evaluation(state)
+      _merge(metrics, {'eval': group})
+      _merge(metrics, hooks_lib.call(hooks, 'on_evaluation', record, result))
+      _merge(metrics, algorithm.report(state, round_num))
+    row = release.release(round_num, metrics)
+    if round_num % rounds_per_checkpoint == 0 or round_num == final:
+      asyncio.run(state_manager.save({'round': round_num, 'state': state},
+                                     round_num))
+    bar.set_postfix(_postfix(row))
+    rows.append(dict(round=round_num, **row))
+  release.flush()
+  if stop_reason:
+    log(stop_reason)
+  return rows
+
+
+def _merge(metrics: dict, groups: dict) -> None:
+  for group, values in groups.items():
+    metrics[group] = {**metrics.get(group, {}), **values}
+
+
+def _postfix(row) -> dict[str, str]:
+  postfix = {'loss': f'{row.get("train_loss", float("nan")):.3f}'}
+  if 'eval_accuracy' in row:
+    postfix['eval_acc'] = f'{row["eval_accuracy"]:.3f}'
+  return postfix

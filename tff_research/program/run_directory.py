@@ -1,0 +1,149 @@
+"""The files of one run, the rules for reusing them, and their readers.
+
+One run owns one directory `LOGDIR/NAME/`:
+
+    hparams.json      the run's ExperimentConfig (`config.to_hparams`)
+    metrics.csv       one row per round (tff.program.CSVFileReleaseManager)
+    events.out.*      TensorBoard (TensorBoardReleaseManager + summaries)
+    checkpoints/      program state {'round': r, 'state': algorithm state}
+
+This module is the one place that validates a run name, reads a run's
+`hparams.json` and reads its `metrics.csv`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Mapping
+from typing import Any, Optional
+
+from tff_research.program import config as config_lib
+
+CHECKPOINT_PREFIX = 'round_'
+
+
+class RunDirError(ValueError):
+  """The run directory cannot be used for this run."""
+
+
+def check_name(name: Optional[str], flag: str = '--experiment_name') -> str:
+  """`name` if it is a valid run name; RunDirError (one line) otherwise."""
+  if not name or '/' in name or name in ('.', '..'):
+    raise RunDirError(
+        f'{flag}={name!r} is not valid: give a non-empty name without "/"')
+  return name
+
+
+def read_hparams(path: str) -> dict[str, Any]:
+  """A run's hparams.json as a dict; RunDirError (one line) if unreadable."""
+  try:
+    with open(path) as f:
+      values = json.load(f)
+  except FileNotFoundError:
+    raise RunDirError(f'{path} not found') from None
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise RunDirError(f'{path} is not a readable hparams.json ({e})') from None
+  if not isinstance(values, dict):
+    raise RunDirError(f'{path} is not a JSON object of flag values')
+  return values
+
+
+def read_metrics(path: str) -> list[dict[str, Any]]:
+  """A run's metrics.csv as rows sorted by round: numbers as float (round as
+  int), empty cells as None. [] if the file does not exist."""
+  if not os.path.exists(path):
+    return []
+  with open(path, newline='') as f:
+    rows = list(csv.DictReader(f))
+  out = []
+  for row in rows:
+    parsed = {}
+    for key, value in row.items():
+      if value in ('', None):
+        parsed[key] = None
+      else:
+        try:
+          parsed[key] = float(value)
+        except ValueError:
+          parsed[key] = value
+    parsed['round'] = int(parsed['round'])
+    out.append(parsed)
+  return sorted(out, key=lambda r: r['round'])
+
+
+class RunDirectory:
+  """The paths of a run and the rules for resuming it."""
+
+  # Changing these between invocations does not change what a round computes.
+  RESUMABLE_OVERRIDES = frozenset({
+      'total_rounds', 'eval_every', 'rounds_per_checkpoint', 'progress',
+      'max_eval_clients', 'data_dir', 'logdir',
+      # A larger privacy budget lets a stopped DP run continue.
+      'dp_target_epsilon',
+  })
+
+  def __init__(self, path: str):
+    self.path = path
+    self.hparams_path = os.path.join(path, 'hparams.json')
+    self.metrics_path = os.path.join(path, 'metrics.csv')
+    self.checkpoint_dir = os.path.join(path, 'checkpoints')
+
+  def recorded_config(self) -> config_lib.ExperimentConfig:
+    """The config recorded in hparams.json (RunDirError if unusable)."""
+    values = read_hparams(self.hparams_path)
+    try:
+      return config_lib.from_hparams(values)
+    except (ValueError, KeyError, TypeError) as e:
+      raise RunDirError(
+          f'{self.hparams_path} does not describe a valid run ({e})') from None
+
+  def check_compatible(self, config: config_lib.ExperimentConfig) -> None:
+    """RunDirError if a run here used other hyperparameters than `config`."""
+    if not os.path.exists(self.hparams_path):
+      if os.path.isdir(self.path) and set(os.listdir(self.path)) - {'.lock'}:
+        raise RunDirError(
+            f'{self.path} exists and is not a tff-research run (no'
+            ' hparams.json); choose another --experiment_name or --logdir')
+      return
+    # Both sides through the config, so runs recorded by older versions
+    # (other defaults, flags that did not exist) compare by what they mean.
+    recorded = config_lib.to_hparams(self.recorded_config())
+    new = config_lib.to_hparams(config)
+    for key in sorted(set(recorded) | set(new)):
+      if key in self.RESUMABLE_OVERRIDES or key == 'experiment_name':
+        continue
+      old, value = recorded.get(key), new.get(key)
+      if old != value:
+        raise RunDirError(
+            f'--{key}={value!r} differs from {old!r} recorded in'
+            f' {self.hparams_path}; resume with the same value or use a new'
+            ' --experiment_name')
+
+  def write_hparams(self, config: config_lib.ExperimentConfig) -> None:
+    os.makedirs(self.path, exist_ok=True)
+    tmp = self.hparams_path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(config_lib.to_hparams(config), f, indent=2, sort_keys=True)
+    os.replace(tmp, self.hparams_path)
+
+  def metrics(self) -> list[dict[str, Any]]:
+    return read_metrics(self.metrics_path)
+
+  def last_logged(self, round_num: int, column: str) -> Optional[float]:
+    """The value of `column` at the latest round <= `round_num` that has one
+    (running totals and references continue across a resume)."""
+    value = None
+    if round_num == 0:
+      return None
+    for row in self.metrics():
+      if row['round'] <= round_num and row.get(column) is not None:
+        value = row[column]
+    return value
+
+
+def hparams_values(hparams: Mapping[str, Any]) -> dict[str, Any]:
+  """`hparams` without non-scalar values (for TensorBoard's HParams)."""
+  return {k: v for k, v in hparams.items()
+          if isinstance(v, (bool, int, float, str))}

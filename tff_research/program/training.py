@@ -1,0 +1,190 @@
+"""From an `ExperimentConfig` to a finished run, and back from a run directory.
+
+`train(config)` is the Python entry point of every experiment (the binaries
+call it with the config their flags describe):
+
+    from tff_research.program import config, training
+    cfg = config.ExperimentConfig(experiment_name='mine', model='cnn')
+    rows = training.train(cfg)                       # built-in model and data
+    rows = training.train(cfg, model=my_keras_fn,    # any Keras constructor
+                          client_data=(train_cd, test_cd))  # any ClientData
+
+`build_run(config)` assembles the pieces (data, model, client split,
+algorithm) once; `rebuild_run(run_dir)` does the same from a run's
+hparams.json, for evaluation, reports and tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+import dataclasses
+import os
+from typing import Any, Optional, Union
+
+import tensorflow as tf
+import tensorflow_federated as tff
+
+from tff_research import algorithms
+from tff_research import dashboard
+from tff_research import models
+from tff_research import runtime
+from tff_research.data import federated_data
+from tff_research.data import preprocessing
+from tff_research.program import client_data as client_data_lib
+from tff_research.program import client_sampler
+from tff_research.program import client_split
+from tff_research.program import config as config_lib
+from tff_research.program import held_out_evaluation
+from tff_research.program import hooks as hooks_lib
+from tff_research.program import loop
+from tff_research.program import release as release_lib
+from tff_research.program import run_directory as run_directory_lib
+
+ClientDataPair = tuple[tff.simulation.datasets.ClientData,
+                       tff.simulation.datasets.ClientData]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """The assembled pieces of a run."""
+
+  config: config_lib.ExperimentConfig
+  data: federated_data.FederatedData
+  model_fn: Callable[[], tff.learning.models.VariableModel]
+  split: client_split.ClientSplit
+  algorithm: Any
+
+  @property
+  def directory(self) -> run_directory_lib.RunDirectory:
+    return run_directory_lib.RunDirectory(self.config.run_dir)
+
+  def state_template(self) -> dict[str, Any]:
+    return {'round': 0, 'state': self.algorithm.initialize()}
+
+
+def federated_data_from(
+    client_data: Union[federated_data.FederatedData, ClientDataPair],
+    num_classes: Optional[int] = None,
+    description: str = 'your ClientData',
+) -> federated_data.FederatedData:
+  """A researcher's federation as the `FederatedData` the pipeline uses.
+
+  `client_data` is (train, test) `tff.simulation.datasets.ClientData` whose
+  elements are `OrderedDict(pixels=float32 [28, 28] or [784], label=int32)`
+  (test holds a subset of train's client ids), or a FederatedData.
+  """
+  if isinstance(client_data, federated_data.FederatedData):
+    return client_data
+  train, test = client_data
+  if num_classes is None:
+    labels = [int(e['label']) for e in
+              train.create_tf_dataset_from_all_clients().as_numpy_iterator()]
+    num_classes = max(labels) + 1
+  return federated_data.FederatedData(
+      train, test, num_classes, tuple(train.client_ids),
+      f'{description}: {len(train.client_ids)} clients, {num_classes} classes')
+
+
+def build_run(
+    config: config_lib.ExperimentConfig,
+    *,
+    model: Union[str, models.KerasConstructor, None] = None,
+    client_data=None,
+) -> Run:
+  """Data, model, client split and algorithm of `config`, each built once.
+
+  Args:
+    config: the experiment.
+    model: overrides `config.model` with a Keras constructor (a function of
+      `num_classes` returning an uncompiled Keras model).
+    client_data: overrides `config.data` with your federation (see
+      `federated_data_from`).
+  """
+  if client_data is None:
+    data = federated_data.load_federated_data(config.data)
+  else:
+    data = federated_data_from(client_data)
+  model_fn = models.model_fn(config.model if model is None else model,
+                             data.num_classes, preprocessing.element_spec(),
+                             seed=config.seed)
+  split = client_split.ClientSplit(data, config.evaluation, config.seed)
+  algorithm = algorithms.build_algorithm(config.algorithm, model_fn,
+                                         split.train_client_ids)
+  return Run(config, data, model_fn, split, algorithm)
+
+
+def state_manager(checkpoint_dir: str, keep_total: int = 3):
+  return tff.program.FileProgramStateManager(
+      checkpoint_dir, prefix=run_directory_lib.CHECKPOINT_PREFIX,
+      keep_total=keep_total, keep_first=False)
+
+
+def train(
+    config: config_lib.ExperimentConfig,
+    *,
+    model: Union[str, models.KerasConstructor, None] = None,
+    client_data=None,
+    log=print,
+) -> list[dict[str, Any]]:
+  """Trains `config` into `config.run_dir`, resuming what is there.
+
+  Returns the metric rows of the rounds this call ran. Raises ValueError
+  (one line) for a run directory that cannot be used, before anything is
+  written.
+  """
+  directory = run_directory_lib.RunDirectory(config.run_dir)
+  run_directory_lib.check_name(config.experiment_name)
+  # Cheap checks first: a mismatched resume fails before data is loaded.
+  directory.check_compatible(config)
+  runtime.start()
+  run = build_run(config, model=model, client_data=client_data)
+  log(f'Data: {run.data.description}')
+  sampler = client_sampler.ClientSampler.from_config(
+      run.split.train_client_ids, config.training, config.seed)
+  directory.write_hparams(config)
+  writer = tf.summary.create_file_writer(config.run_dir)
+  hooks = [
+      dashboard.DashboardHook(
+          algorithm=run.algorithm, model_fn=run.model_fn, data=run.data,
+          sampler=sampler, run_directory=directory, writer=writer,
+          hparams=config_lib.to_hparams(config),
+          eval_batch_size=config.evaluation.eval_batch_size),
+      hooks_lib.CommunicationHook(run.algorithm, directory),
+  ]
+  rows = loop.run_rounds(
+      algorithm=run.algorithm,
+      sampler=sampler,
+      training_data=client_data_lib.TrainingData(
+          run.data.train, config.training, config.seed),
+      state_manager=state_manager(directory.checkpoint_dir),
+      release=release_lib.MetricsRelease(directory.metrics_path, writer,
+                                         config.run_dir),
+      evaluation=held_out_evaluation.HeldOutEvaluation(
+          run.algorithm, run.model_fn, run.split,
+          config.evaluation.eval_every, run.data.num_classes),
+      hooks=hooks,
+      total_rounds=config.training.total_rounds,
+      rounds_per_checkpoint=config.training.rounds_per_checkpoint,
+      name=config.run_dir,
+      progress=config.progress,
+      log=log,
+  )
+  return rows
+
+
+def rebuild_run(run_dir: str, **overrides) -> Run:
+  """The `Run` recorded in `run_dir`/hparams.json.
+
+  `overrides` replace recorded flag values that do not change what was
+  trained (`data_dir`, `eval_on`, `max_eval_clients`).
+  """
+  directory = run_directory_lib.RunDirectory(run_dir)
+  values = run_directory_lib.read_hparams(directory.hparams_path)
+  values.update({k: v for k, v in overrides.items() if v is not None})
+  try:
+    config = config_lib.from_hparams(values)
+  except ValueError as e:
+    raise run_directory_lib.RunDirError(
+        f'{directory.hparams_path}: {e}') from None
+  runtime.start()
+  return build_run(config)
