@@ -2,7 +2,8 @@ r"""Accuracy against epsilon: one non-private baseline and server-/client-level
 DP at several noise multipliers, as a markdown table (docs/privacy.md).
 
   uv run python experiments/dp_sweep.py --experiment_name=PREFIX \
-      --dp_clip=C [any experiments/train.py flag ...]
+      --dp_clip=C [any experiments/train.py flag except --dp and
+      --dp_noise_multiplier ...]
 
 Runs, one after the other in this process, `train.py` with the given flags
 and --dp=server --dp_noise_multiplier=0 (clipped uniform FedAvg, no privacy),
@@ -13,69 +14,98 @@ runs). Prints one row per run: epsilon at --dp_delta after the last round
 most-participating client) and the final held-out accuracy.
 """
 
-import csv
+import dataclasses
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
-from absl.testing import flagsaver  # pylint: disable=g-import-not-at-top
+from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import experiment  # pylint: disable=g-import-not-at-top
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
-from tff_research import training_loop  # pylint: disable=g-import-not-at-top
+from tff_research.program import binary  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
 
 # Only this binary sweeps; the flag is not part of a run's hparams.
-_SIGMAS = flags.DEFINE_list(
+_SIGMAS = absl_flags.DEFINE_list(
     'sweep_noise_multipliers', ['0.3', '0.7', '1.0'],
     'Noise multipliers sigma > 0 to run at both DP levels (plus sigma = 0).')
+_SET_BY_SWEEP = ('dp', 'dp_noise_multiplier')
 
 
-def _runs():
-  sigmas = [float(s) for s in _SIGMAS.value]
+def base_config(given):
+  """The baseline's config (--dp=server --dp_noise_multiplier=0) of a
+  command line that set `given` (flag -> value). Raises ValueError."""
+  for name in _SET_BY_SWEEP:
+    if name in given:
+      raise flags.FlagError(
+          f'--{name} is set by dp_sweep.py for each run; use'
+          ' --sweep_noise_multipliers')
+  return flags.build_config({**given, 'dp': 'server',
+                             'dp_noise_multiplier': 0.0})
+
+
+def parse_sigmas(values):
+  try:
+    sigmas = [float(s) for s in values]
+  except ValueError:
+    sigmas = []
   if not sigmas or any(not s > 0 for s in sigmas):
     raise ValueError(
-        f'--sweep_noise_multipliers={",".join(_SIGMAS.value)} is not valid:'
+        f'--sweep_noise_multipliers={",".join(values)} is not valid:'
         ' give noise multipliers > 0 (sigma = 0 is always run)')
-  return [('server', 0.0)] + [(m, s) for m in ('server', 'client')
+  return sigmas
+
+
+def run_configs(config, sigmas):
+  """Run name -> (mode, sigma, config), the baseline first."""
+  runs = [('server', 0.0)] + [(m, s) for m in ('server', 'client')
                               for s in sigmas]
+  out = {}
+  for mode, sigma in runs:
+    name = f'{config.experiment_name}_{mode}_z{sigma:g}'
+    dp = dataclasses.replace(config.algorithm.dp, mode=mode,
+                             noise_multiplier=sigma)
+    out[name] = (mode, sigma, dataclasses.replace(
+        config, algorithm=config.algorithm.replace(dp=dp),
+        experiment_name=name))
+  return out
 
 
-def _final_row(run_dir):
-  with open(training_loop.RunDirectory(run_dir).metrics_path, newline='') as f:
-    return list(csv.DictReader(f))[-1]
-
-
-def sweep():
-  f = experiment_flags.FLAGS
-  prefix = f.experiment_name
+def sweep(config, sigmas, log=print):
+  """Trains every run of `run_configs`; returns the markdown table."""
+  runs = run_configs(config, sigmas)
+  comparison.train_all({name: c for name, (_, _, c) in runs.items()}, log=log)
   table = ['| DP | sigma | epsilon (RDP) | epsilon (PLD) | rounds | held-out'
            ' accuracy |', '|---|---|---|---|---|---|']
-  for mode, sigma in _runs():
-    name = f'{prefix}_{mode}_z{sigma:g}'
-    with flagsaver.flagsaver(dp=mode, dp_noise_multiplier=sigma,
-                             experiment_name=name):
-      experiment.run_from_flags()
-    row = _final_row(os.path.join(f.logdir, name))
+  for name, (mode, sigma, c) in runs.items():
+    summary = comparison.summarize_run(c.run_dir)
+    row = summary.last_row
     label = ('none (clipped FedAvg)' if sigma == 0 else
              f'{mode}' + (' (local, busiest client)' if mode == 'client'
                           else ''))
-    pld = row.get('dp_epsilon_pld') or '-'
+    pld = row.get('dp_epsilon_pld')
     table.append(
-        f'| {label} | {sigma:g} | {float(row["dp_epsilon"]):.4g} |'
-        f' {pld if pld == "-" else f"{float(pld):.4g}"} | {row["round"]} |'
-        f' {float(row["eval_accuracy"]):.4f} |')
-  print(f'\nepsilon at delta={f.dp_delta:g}:')
-  print('\n'.join(table))
+        f'| {label} | {sigma:g} | {row["dp_epsilon"]:.4g} |'
+        f' {"-" if pld is None else f"{pld:.4g}"} | {summary.rounds} |'
+        f' {summary.final_accuracy:.4f} |')
+  return (f'epsilon at delta={config.algorithm.dp.delta:g}:\n'
+          + '\n'.join(table))
+
+
+def run():
+  sigmas = parse_sigmas(_SIGMAS.value)
+  config = base_config(flags.given_flags())
+  print('\n' + sweep(config, sigmas))
 
 
 def main(argv):
-  del argv
-  experiment.main_or_exit(sweep)
+  del argv  # Positional arguments are rejected by the flags parser.
+  binary.main_or_exit(run)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=experiment_flags.parse_flags_or_exit)
+  app.run(main, flags_parser=flags.parse_flags_or_exit)

@@ -20,7 +20,7 @@ console.import_tensorflow_quietly()
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import checkpoint_evaluation  # pylint: disable=g-import-not-at-top
+from tff_research.evaluation import checkpoint as checkpoint_evaluation  # pylint: disable=g-import-not-at-top
 from tff_research.program import binary  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags as experiment_flags  # pylint: disable=g-import-not-at-top
 

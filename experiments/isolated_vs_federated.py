@@ -22,28 +22,29 @@ isolated_vs_federated_DATASET). Runs offline by default (--dataset=digits).
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import experiment  # pylint: disable=g-import-not-at-top
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import binary  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags  # pylint: disable=g-import-not-at-top
 from tff_research.reference import isolated_vs_federated  # pylint: disable=g-import-not-at-top
 
-_LOCAL_EPOCHS = flags.DEFINE_integer(
+_LOCAL_EPOCHS = absl_flags.DEFINE_integer(
     'local_epochs', 10,
     'Epochs of isolated training, and local epochs per FedAvg round.')
-_FEDAVG_ROUNDS = flags.DEFINE_integer(
+_FEDAVG_ROUNDS = absl_flags.DEFINE_integer(
     'fedavg_rounds', 3, 'FedAvg rounds (all three silos every round).')
 
 
 def main(argv):
   del argv  # Positional arguments are rejected by the flags parser.
-  experiment.main_or_exit(lambda: isolated_vs_federated.run_from_flags(
-      _LOCAL_EPOCHS.value, _FEDAVG_ROUNDS.value))
+  binary.main_or_exit(lambda: isolated_vs_federated.run_from_flags(
+      flags.given_flags(), _LOCAL_EPOCHS.value, _FEDAVG_ROUNDS.value))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=experiment_flags.parse_flags_or_exit)
+  app.run(main, flags_parser=flags.parse_flags_or_exit)

@@ -4,47 +4,54 @@ r"""SCAFFOLD versus FedAvg and FedProx at equal rounds (issue 4).
       [every flag of train.py except --algorithm] \
       [--compare_algorithms=scaffold,fedavg,fedprox] [--target_accuracy=0.8]
 
-Trains each algorithm in LOGDIR/NAME_<algorithm> with the same flags, then
-prints and writes LOGDIR/NAME_comparison.md/.json: held-out accuracy per
-evaluated round and the first evaluated round reaching --target_accuracy.
-Re-running the command resumes every run. docs/scaffold.md has the measured
-command and results.
+Trains each algorithm in LOGDIR/NAME/<algorithm>/ with the same flags (the
+algorithm hyperparameters given apply to every algorithm), then prints and
+writes LOGDIR/NAME/comparison.md (and .json): rounds and MB to
+--target_accuracy, final / recent / best accuracy and held-out accuracy per
+evaluated round. Re-running the command resumes every run. docs/scaffold.md
+has the measured command and results.
 """
 
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import algorithms  # pylint: disable=g-import-not-at-top
-from tff_research import experiment  # pylint: disable=g-import-not-at-top
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
-from tff_research import scaffold_experiment  # pylint: disable=g-import-not-at-top
+from tff_research.algorithms import registry  # pylint: disable=g-import-not-at-top
+from tff_research.program import binary  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
 
-_ALGORITHMS = flags.DEFINE_list(
-    'compare_algorithms', list(scaffold_experiment.DEFAULT_ALGORITHMS),
-    f'Algorithms to compare, from {",".join(algorithms.ALGORITHMS)}.')
-_TARGET = flags.DEFINE_float(
+_ALGORITHMS = absl_flags.DEFINE_list(
+    'compare_algorithms', list(comparison.DRIFT_ALGORITHMS),
+    f'Algorithms to compare, from {",".join(registry.SPECS)}.')
+_TARGET = absl_flags.DEFINE_float(
     'target_accuracy', 0.8, 'Held-out accuracy whose first round is reported.')
 
 
-def _run():
-  unknown = [a for a in _ALGORITHMS.value if a not in algorithms.ALGORITHMS]
-  if unknown or not _ALGORITHMS.value:
+def run():
+  given = flags.given_flags()
+  if 'algorithm' in given:
     raise ValueError(
-        f'--compare_algorithms={",".join(_ALGORITHMS.value)} is not valid:'
-        f' give a comma-separated subset of {",".join(algorithms.ALGORITHMS)}')
-  scaffold_experiment.run_comparison(_ALGORITHMS.value, _TARGET.value)
+        f'--algorithm={given["algorithm"]} is not valid here: the comparison'
+        f' runs every algorithm of {",".join(_ALGORITHMS.value)} itself')
+  path, _ = comparison.run_drift_comparison(
+      flags.config_from_flags(), _ALGORITHMS.value, given=given,
+      target_accuracy=_TARGET.value)
+  with open(path) as f:
+    print(f.read())
+  print(f'Comparison: {os.path.abspath(path)}')
 
 
 def main(argv):
   del argv  # Positional arguments are rejected by the flags parser.
-  experiment.main_or_exit(_run)
+  binary.main_or_exit(run)
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=experiment_flags.parse_flags_or_exit)
+  app.run(main, flags_parser=flags.parse_flags_or_exit)

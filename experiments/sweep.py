@@ -3,27 +3,28 @@ r"""Runs a grid of experiments/train.py runs under one logdir.
   uv run python experiments/sweep.py --config=sweep.json [--parallel=N]
 
 The config (JSON) names the logdir, the flags every run shares ("base") and
-the grid (flag -> list of values); see tff_research/sweep.py. Complete runs
-are skipped, unfinished ones resume. Writes LOGDIR/results.csv and
-LOGDIR/results.md (final held-out metrics of every run) and the HParams
+the grid (flag -> list of values); see tff_research/studies/sweep.py.
+Complete runs are skipped, unfinished ones resume. Writes LOGDIR/results.csv
+and LOGDIR/results.md (final held-out metrics of every run) and the HParams
 experiment of the logdir; per-run output goes to LOGDIR/sweep_logs/.
 """
 
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
 from tff_research import runtime  # pylint: disable=g-import-not-at-top
-from tff_research import sweep  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.studies import sweep  # pylint: disable=g-import-not-at-top
 
-_CONFIG = flags.DEFINE_string('config', None, 'Sweep config (JSON).')
-_PARALLEL = flags.DEFINE_integer(
+_CONFIG = absl_flags.DEFINE_string('config', None, 'Sweep config (JSON).')
+_PARALLEL = absl_flags.DEFINE_integer(
     'parallel', None, 'Runs at a time (overrides the config\'s "parallel").')
 
 
@@ -34,7 +35,7 @@ def main(argv):
     if not _CONFIG.value:
       raise sweep.SweepError('--config is required: a JSON sweep config')
     config = sweep.load_config(_CONFIG.value, parallel=_PARALLEL.value)
-    # Validating rewrites the process's flags: read ours first.
+    # Each run's flags are parsed in a private FlagValues, as train.py will.
     runs = sweep.expand(config, sweep.validate_with_train_flags)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
@@ -53,4 +54,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=experiment_flags.parse_flags_or_exit)
+  app.run(main, flags_parser=flags.parse_flags_or_exit)

@@ -21,17 +21,18 @@ TensorBoard events (train/, eval/), results.json and results.md to LOGDIR/NAME
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from tff_research.program import console  # pylint: disable=g-import-not-at-top
+console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
-from absl import flags  # pylint: disable=g-import-not-at-top
+from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import experiment  # pylint: disable=g-import-not-at-top
-from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import binary  # pylint: disable=g-import-not-at-top
+from tff_research.program import flags  # pylint: disable=g-import-not-at-top
 from tff_research.reference import tutorial  # pylint: disable=g-import-not-at-top
 
-_FIRST_CLIENT = flags.DEFINE_integer(
+_FIRST_CLIENT = absl_flags.DEFINE_integer(
     'first_client', 0,
     'Train client_ids[first_client:first_client + 10] instead of the first 10'
     ' (0 = the tutorial); for measuring writer-to-writer spread.')
@@ -39,8 +40,9 @@ _FIRST_CLIENT = flags.DEFINE_integer(
 
 def main(argv):
   del argv  # Positional arguments are rejected by the flags parser.
-  experiment.main_or_exit(lambda: tutorial.run_from_flags(_FIRST_CLIENT.value))
+  binary.main_or_exit(lambda: tutorial.run_from_flags(
+      flags.given_flags(), _FIRST_CLIENT.value))
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=experiment_flags.parse_flags_or_exit)
+  app.run(main, flags_parser=flags.parse_flags_or_exit)

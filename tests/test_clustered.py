@@ -9,8 +9,10 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research import algorithms
 from tff_research import clustering
+from tff_research.algorithms import base
+from tff_research.algorithms import clustered
+from tff_research.algorithms import fed_avg
 from tests import fl_testing
 
 LR = 0.05
@@ -18,13 +20,19 @@ BATCH = 10
 
 
 def _build(ids, *, k=2, warmup=2, recluster_every=1, metric='cosine',
-           weighted=True, model_name='linear'):
-  config = algorithms.AlgorithmConfig(
-      clustering=metric, num_clusters=k, recluster_every=recluster_every,
-      cluster_warmup_rounds=warmup, client_learning_rate=LR,
-      weighted=weighted)
-  return algorithms.build_algorithm(
-      config, fl_testing.linear_model_fn(name=model_name), ids)
+           weighted=True, model_name='linear', **kwargs):
+  return clustered.build_clustered_fed_avg(
+      fl_testing.linear_model_fn(name=model_name), ids,
+      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+      metric=metric, num_clusters=k, recluster_every=recluster_every,
+      warmup_rounds=warmup, weighted=weighted, **kwargs)
+
+
+def _fed_avg(weighted):
+  return base.LearningProcessAlgorithm(fed_avg.build_fed_avg(
+      fl_testing.linear_model_fn(),
+      client_optimizer=tff.learning.optimizers.build_sgdm(LR),
+      weighted=weighted))
 
 
 def _datasets(clients):
@@ -78,16 +86,15 @@ def test_one_cluster_is_exactly_fed_avg(tff_worker, k, warmup, weighted):
   # client update, same weighted mean, same server step.
   clients = fl_testing.make_clients([9, 4, 6])
   ids = ['a', 'b', 'c']
-  fed_avg = algorithms.build_algorithm(
-      algorithms.AlgorithmConfig(client_learning_rate=LR, weighted=weighted),
-      fl_testing.linear_model_fn())
+  reference = _fed_avg(weighted)
   alg = _build(ids, k=k, warmup=warmup, weighted=weighted)
   state, history = _run(alg, clients, ids, 3)
-  ref_state = fed_avg.initialize()
+  ref_state = reference.initialize()
   for r in range(1, 4):
-    ref_state, ref_metrics = fed_avg.next(ref_state, r, ids, _datasets(clients))
+    ref_state, ref_metrics = reference.next(ref_state, r, ids,
+                                            _datasets(clients))
   ours = alg.get_model_weights(state)
-  ref = fed_avg.get_model_weights(ref_state)
+  ref = reference.get_model_weights(ref_state)
   for a, b in zip(ours.trainable, ref.trainable):
     np.testing.assert_array_equal(a, b)
   for key in ('loss', 'sparse_categorical_accuracy', 'num_examples',
@@ -193,7 +200,8 @@ def test_clients_absent_at_the_split_are_placed_by_the_metric(tff_worker):
   permuted = {5, 6, 7, 8, 9}
   clients = _teacher_clients(10, permuted, seed=3)
   ids = [f'c{i}' for i in range(10)]
-  alg = _build(ids, k=2, warmup=2, recluster_every=100)
+  # update_window=1: the step compares only its own sampled clients.
+  alg = _build(ids, k=2, warmup=2, recluster_every=100, update_window=1)
   # Clients 4 and 9 miss the clustering step (round 3) and return in round 4.
   sampled = lambda r: ([0, 1, 2, 3, 5, 6, 7, 8] if r == 3 else
                        [0, 4, 5, 9] if r == 4 else list(range(10)))
@@ -212,6 +220,54 @@ def test_clients_absent_at_the_split_are_placed_by_the_metric(tff_worker):
   # A brand-new client with the same data is placed the same way.
   new = alg.assign_clients(state, _datasets([clients[4], clients[9]]))
   assert new.tolist() == [state['assignments'][4], state['assignments'][9]]
+
+
+def test_a_step_compares_every_client_seen_in_its_window(tff_worker):
+  # Partial participation: 4 of 10 clients per round. The step at round 5
+  # compares the newest update of every client seen in rounds 3..5
+  # (update_window=3, stored as projections), not only its own 4, and
+  # places all of them; with ground truth it logs purity.
+  permuted = {5, 6, 7, 8, 9}
+  clients = _teacher_clients(10, permuted, seed=3)
+  ids = [f'c{i}' for i in range(10)]
+  truth = [int(i in permuted) for i in range(10)]
+  alg = _build(ids, k=2, warmup=4, recluster_every=3, ground_truth=truth,
+               projection_dim=512)
+  assert alg.update_window == 3 and alg.sketch_dim == 512
+  plan = {1: range(10), 2: range(10), 3: [0, 1, 5, 6], 4: [2, 3, 7, 8],
+          5: [4, 9, 0, 5]}
+  state, history = _run(alg, clients, ids, 5, sampled=lambda r: list(plan[r]))
+  assert not alg.needs_sketches(alg.initialize(), 1)  # outside the window
+  assert all(alg.needs_sketches(alg.initialize(), r) for r in (3, 4, 5))
+  step = history[-1]['clusters']
+  assert step['num_clusters'] == 2 and step['splits'] == 1
+  assert step['compared'] == 10 and step['compared_0'] == 10
+  assert step['split_decision_0'] == clustering.SPLIT
+  assert step['gamma_bound_0'] > alg.split_gamma_max
+  assert step['purity'] == step['purity_compared'] == 1.0
+  assert step['unresolved'] == 0
+  assert clustering.purity(state['assignments'], truth) == 1.0
+  assert np.asarray(state['sketch_round']).tolist() == [5, 3, 4, 4, 5, 5, 3,
+                                                       4, 4, 5]
+  assert alg.last_decisions[0].split
+  # The split references live in projection space.
+  assert np.asarray(state['split_ref_moved']).shape == (2, 512)
+
+
+def test_stationarity_thresholds_block_the_split(tff_worker):
+  permuted = {1, 3, 4, 6}
+  clients = _teacher_clients(8, permuted)
+  ids = [f'c{i}' for i in range(8)]
+  for kwargs, code in (({'split_mean_norm_max': 1e-6},
+                        clustering.NOT_STATIONARY),
+                       ({'split_max_norm_min': 1e6}, clustering.SMALL_UPDATES),
+                       ({'split_gamma_max': 0.99}, clustering.NOT_SEPARATED)):
+    alg = _build(ids, k=2, warmup=2, recluster_every=1, **kwargs)
+    _, history = _run(alg, clients, ids, 3)
+    step = history[-1]['clusters']
+    assert step['num_clusters'] == 1, kwargs
+    assert step['split_decision_0'] == code, kwargs
+    assert step['mean_update_norm_0'] < step['max_update_norm_0']
 
 
 def test_l2_also_separates_the_incongruent_federation(tff_worker):
@@ -233,12 +289,12 @@ def test_state_round_trips_through_a_checkpoint(tff_worker, tmp_path):
   ids = [f'c{i}' for i in range(10)]
   sampled = lambda r: ([0, 1, 2, 3, 5, 6, 7, 8] if r == 3 else
                        [0, 4, 5, 9] if r >= 4 else list(range(10)))
-  alg = _build(ids, k=2, warmup=2, recluster_every=3)
+  alg = _build(ids, k=2, warmup=2, recluster_every=3, update_window=1)
   straight, _ = _run(alg, clients, ids, 5, sampled=sampled)
   first, _ = _run(alg, clients, ids, 3, sampled=sampled)
   manager = tff.program.FileProgramStateManager(str(tmp_path))
   asyncio.run(manager.save({'round': 3, 'state': first}, 3))
-  fresh = _build(ids, k=2, warmup=2, recluster_every=3)
+  fresh = _build(ids, k=2, warmup=2, recluster_every=3, update_window=1)
   restored, _ = asyncio.run(
       manager.load_latest({'round': 0, 'state': fresh.initialize()}))
   assert int(restored['round']) == 3
@@ -261,10 +317,16 @@ def test_bad_arguments_are_one_line_errors():
     _build(ids, k=9)
   with pytest.raises(ValueError, match=r"'manhattan' is not valid"):
     _build(ids, metric='manhattan')
-  with pytest.raises(ValueError, match='applies only to algorithm fedavg'):
-    algorithms.build_algorithm(
-        algorithms.AlgorithmConfig(algorithm='fedprox', clustering='cosine'),
-        fl_testing.linear_model_fn(), ids)
+  for kwargs, message in (
+      ({'split_rule': 'ward'}, r"split_rule='ward' is not valid"),
+      ({'split_gamma_max': 1.0}, r'split_gamma_max=1.0 is not valid'),
+      ({'split_mean_norm_max': 0.0}, r'split_mean_norm_max=0.0 is not valid'),
+      ({'split_max_norm_min': -1.0}, r'split_max_norm_min=-1.0 is not valid'),
+      ({'update_window': 2}, r'update_window=2 is not valid'),
+      ({'projection_dim': -1}, r'projection_dim=-1 is not valid'),
+      ({'ground_truth': [0]}, r'ground_truth has 1 entries')):
+    with pytest.raises(ValueError, match=message):
+      _build(ids, **kwargs)
   alg = _build(ids)
   with pytest.raises(ValueError, match="'z' is not one of the 2 training"):
     alg.next(alg.initialize(), 1, ['z'], [])

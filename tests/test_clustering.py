@@ -183,3 +183,136 @@ def test_similarity_image_colours_and_masks():
   assert image[2, 2, 2] > image[2, 2, 0]  # (1, 1) diagonal: +1
   assert image[4, 2, 0] > image[4, 2, 2]  # (2, 1): -1
   assert image[2, 4, 0] > image[2, 4, 2]  # (1, 2): -1
+
+
+# --- Sattler et al.'s rule --------------------------------------------------
+
+
+def test_gamma_bound_by_hand():
+  # Two groups at 90 degrees: alpha = 0, gamma_bound = sqrt(1/2).
+  v = np.array([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 3.0]])
+  first, second = np.array([0, 1]), np.array([2, 3])
+  for statistic in ('group_mean', 'pairwise_max'):
+    assert clustering.gamma_bound(v, first, second, 'cosine',
+                                  statistic=statistic) == pytest.approx(
+                                      np.sqrt(0.5))
+  # l2, relative distance: cross pairs |(1,0)-(0,1)| / 2 = 0.7071 is the min
+  # (= the cosine value for unit vectors); of the means (1.5,0), (0,2):
+  # 2.5 / 3.5.
+  assert clustering.gamma_bound(v, first, second, 'l2',
+                                statistic='pairwise_max') == pytest.approx(
+                                    np.sqrt(2) / 2)
+  assert clustering.gamma_bound(v, first, second, 'l2') == pytest.approx(
+      2.5 / 3.5)
+  # Opposed groups: alpha = -1, gamma_bound = 1.
+  w = np.array([[1.0, 0.1], [1.0, -0.1], [-1.0, 0.1], [-1.0, -0.1]])
+  alpha_max, alpha_mean = clustering.cross_similarities(w, first, second)
+  assert alpha_mean == pytest.approx(-1.0)
+  assert alpha_max == pytest.approx((-1 + 0.01) / 1.01)
+  assert clustering.gamma_bound(w, first, second, 'cosine') == pytest.approx(
+      1.0)
+  with pytest.raises(ValueError, match="'median' is not valid"):
+    clustering.gamma_bound(w, first, second, 'cosine', statistic='median')
+
+
+def _noisy_groups(rng, n, dim, shared, opposed, noise):
+  """n clients: common direction `shared`, +-`opposed` along a second
+  direction for the two halves (incongruent if opposed > 0), and noise."""
+  u, v = np.linalg.qr(rng.standard_normal((dim, 2)))[0].T
+  sign = np.repeat([1.0, -1.0], n // 2)
+  return (shared * u + opposed * sign[:, None] * v
+          + noise * rng.standard_normal((n, dim)) / np.sqrt(dim)), sign > 0
+
+
+def test_group_mean_criterion_separates_noisy_incongruent_clients():
+  # Noise-dominated updates (pairwise cosines ~0.1, as real writers'): the
+  # pairwise max-cross statistic cannot tell the federations apart, the
+  # group-mean statistic can (the reason it is the default).
+  rng = np.random.default_rng(0)
+  results = {}
+  for name, opposed in (('incongruent', 0.5), ('congruent', 0.0)):
+    v, truth = _noisy_groups(rng, 100, 2000, 0.3, opposed, 1.0)
+    dec = clustering.split_decision(v, np.ones(100), metric='cosine')
+    results[name] = dec
+  inc, con = results['incongruent'], results['congruent']
+  assert inc.split and inc.reason == 'split'
+  assert inc.alpha_mean_cross < -0.2
+  assert clustering.purity(
+      np.isin(np.arange(100), inc.bipartition.first),
+      np.repeat([1, 0], 50)) == 1.0
+  assert con.code == clustering.NOT_SEPARATED
+  assert con.gamma_bound < 0.775 < inc.gamma_bound
+  # The paper's pairwise statistic: both bounds below the default gamma_max.
+  for dec in (inc, con):
+    assert np.sqrt((1 - dec.alpha_max_cross) / 2) < 0.775
+
+
+def test_split_decision_conditions_in_order():
+  rng = np.random.default_rng(1)
+  v, _ = _noisy_groups(rng, 20, 500, 0.0, 1.0, 0.2)
+  w = np.ones(20)
+  dec = clustering.split_decision(v, w, metric='cosine')
+  assert dec.split and dec.num_clients == 20
+  mean = v.mean(axis=0)
+  assert dec.mean_norm == pytest.approx(np.linalg.norm(mean))
+  assert dec.max_norm == pytest.approx(np.linalg.norm(v, axis=1).max())
+  assert dec.margin == pytest.approx(dec.gamma_bound - 0.775)
+  cases = [
+      (dict(min_size=11), clustering.TOO_FEW_CLIENTS),
+      (dict(mean_norm_max=dec.mean_norm), clustering.NOT_STATIONARY),
+      (dict(max_norm_min=dec.max_norm), clustering.SMALL_UPDATES),
+      (dict(gamma_max=dec.gamma_bound), clustering.NOT_SEPARATED),
+      (dict(can_split=False), clustering.CLUSTER_CAP),
+  ]
+  for kwargs, code in cases:
+    assert clustering.split_decision(v, w, metric='cosine',
+                                     **kwargs).code == code, kwargs
+  # An opposed singleton: separated, but one side too small.
+  v1 = np.concatenate([np.ones((5, 20)), -np.ones((1, 20))])
+  v1 += 0.01 * rng.standard_normal(v1.shape)
+  assert clustering.split_decision(v1, np.ones(6), metric='cosine').code == (
+      clustering.SMALL_SIDE)
+  # The 'gap' rule ignores the norm thresholds.
+  assert clustering.split_decision(v, w, metric='cosine', rule='gap',
+                                   mean_norm_max=1e-9).split
+  assert not clustering.split_decision(v[:1], w[:1], metric='cosine').split
+  assert clustering.split_decision(v[:0], w[:0], metric='l2').code == (
+      clustering.TOO_FEW_CLIENTS)
+  with pytest.raises(ValueError, match="split rule 'x' is not valid"):
+    clustering.split_decision(v, w, metric='cosine', rule='x')
+
+
+def test_l2_rule_splits_aligned_updates_of_different_sizes_cosine_does_not():
+  # The L2 failure mode of the module docstring, under the Sattler rule:
+  # magnitudes ~1 and ~10.5 give a relative distance of the group means
+  # 9.4 / 11.6 = 0.81 > gamma_max; the cosine is 1.
+  direction = np.array([1.0, 2.0, 2.0])
+  v = np.array([1.0, 1.1, 1.2, 10.0, 10.5, 11.0])[:, None] * direction
+  assert clustering.split_decision(v, np.ones(6), metric='l2').split
+  assert not clustering.split_decision(v, np.ones(6), metric='cosine').split
+
+
+def test_sketch_is_linear_preserves_cosines_and_matches_tf():
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  dim, size = 1024, 50_000
+  x = rng.standard_normal(size)
+  y = 0.5 * x + rng.standard_normal(size)
+  sx, sy = (clustering.sketch(v, dim, seed=3) for v in (x, y))
+  assert sx.shape == (dim,)
+  np.testing.assert_allclose(clustering.sketch(2 * x - y, dim, 3),
+                             2 * sx - sy, atol=1e-9)
+  exact = clustering.cosine_similarity(np.stack([x, y]))[0, 1]
+  approx = clustering.cosine_similarity(np.stack([sx, sy]))[0, 1]
+  assert abs(exact - approx) < 4 / np.sqrt(dim)
+  assert np.linalg.norm(sx) == pytest.approx(np.linalg.norm(x), rel=0.15)
+  # The TF version (what clients compute) equals the numpy twin.
+  tf_sx = clustering.sketch_tf(tf.constant(x, tf.float32), dim, 3).numpy()
+  np.testing.assert_allclose(tf_sx, sx, rtol=1e-4, atol=1e-3)
+  # Another seed, another projection; small vectors are kept exactly.
+  assert not np.allclose(clustering.sketch(x, dim, 4), sx)
+  np.testing.assert_array_equal(clustering.sketch(x[:10], dim, 3), x[:10])
+  assert clustering.sketch_dim(size, 0) == size
+  assert clustering.sketch_dim(size, dim) == dim
+  with pytest.raises(ValueError, match='must be >= 0'):
+    clustering.sketch_dim(size, -1)

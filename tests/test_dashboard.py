@@ -20,7 +20,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research import dashboard
+from tff_research.program import dashboard
 from tff_research import evaluation
 from tff_research.algorithms import base
 from tff_research.algorithms import fed_avg

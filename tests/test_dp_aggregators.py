@@ -12,10 +12,10 @@ import pytest
 from scipy import stats
 import tensorflow_federated as tff
 
-from tff_research.aggregators import adaptive_clipping
-from tff_research.aggregators import clipping
-from tff_research.aggregators import dp_client
-from tff_research.aggregators import dp_server
+from tff_research.privacy import adaptive_clipping
+from tff_research.privacy import clipping
+from tff_research.privacy import dp_client
+from tff_research.privacy import dp_server
 
 VALUE_TYPE = tff.to_type(collections.OrderedDict(
     w=tff.TensorType(np.float32, [4, 3]), b=tff.TensorType(np.float32, [3])))

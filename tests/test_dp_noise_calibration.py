@@ -17,9 +17,9 @@ import numpy as np
 from scipy import stats
 import tensorflow_federated as tff
 
-from tff_research.aggregators import adaptive_clipping
-from tff_research.aggregators import dp_client
-from tff_research.aggregators import dp_server
+from tff_research.privacy import adaptive_clipping
+from tff_research.privacy import dp_client
+from tff_research.privacy import dp_server
 
 # False-alarm rate of each acceptance; for the seeded server noise the
 # outcome is fixed, for the clients' unseeded noise it is the per-run rate.

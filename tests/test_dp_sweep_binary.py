@@ -3,7 +3,6 @@
 import importlib.util
 import os
 
-from absl.testing import flagsaver
 import dp_accounting
 import pytest
 
@@ -19,16 +18,20 @@ def _load_binary():
 
 
 @pytest.mark.slow  # three one-round training runs: ~1 min on 2 cores
-def test_sweep_prints_one_row_per_run_with_its_epsilon(tff_worker, tmp_path,
-                                                       capsys):
+def test_sweep_prints_one_row_per_run_with_its_epsilon(tff_worker, tmp_path):
   dp_sweep = _load_binary()
-  with flagsaver.flagsaver(
+  with pytest.raises(ValueError, match='--dp is set by dp_sweep.py'):
+    dp_sweep.base_config(dict(experiment_name='sw', dp='server'))
+  with pytest.raises(ValueError, match='--sweep_noise_multipliers=0 is not'):
+    dp_sweep.parse_sigmas(['0'])
+  # The flags a command line `--experiment_name=sw ... --dp_clip=0.5` sets.
+  config = dp_sweep.base_config(dict(
       experiment_name='sw', logdir=str(tmp_path), model='linear',
       num_clients=6, clients_per_round=3, client_learning_rate=0.05,
       weight_by_size=False, dp_clip=0.5, total_rounds=1, eval_every=1,
-      progress=False, sweep_noise_multipliers=['2.0']):
-    dp_sweep.sweep()
-  out = capsys.readouterr().out
+      progress=False))
+  out = dp_sweep.sweep(config, dp_sweep.parse_sigmas(['2.0']))
+  assert out.splitlines()[0] == 'epsilon at delta=1e-05:'
   rows = [l for l in out.splitlines() if l.startswith('| ') and '---' not in l]
   assert len(rows) == 1 + 3  # header + sigma 0 + server/client at sigma 2
   cells = [[c.strip() for c in r.strip('|').split('|')] for r in rows[1:]]

@@ -13,7 +13,8 @@ import tensorflow as tf
 from tff_research import algorithms
 from tff_research.data import federated_data
 from tff_research.data import sampling
-from tff_research.privacy import dp_algorithm
+from tff_research.algorithms import private
+from tff_research.privacy import dp_config
 from tff_research.program import client_split
 from tff_research.program import flags
 from tests import fl_testing
@@ -59,11 +60,11 @@ def test_noise_free_dp_fedavg_is_fedavg_on_clipped_updates(tff_worker, mode):
   clip = 0.6  # between the clients' first delta norms (0.94, 0.42, 0.69)
   config = algorithms.AlgorithmConfig(
       client_learning_rate=LR, weighted=False,
-      dp=dp_algorithm.DPConfig(mode=mode, clip=clip, noise_multiplier=0.0,
+      dp=dp_config.DPConfig(mode=mode, clip=clip, noise_multiplier=0.0,
                                clients_per_round=3))
   ids = ['a', 'b', 'c']
   alg = algorithms.build_algorithm(config, fl_testing.linear_model_fn(), ids)
-  assert isinstance(alg, dp_algorithm.PrivateAlgorithm)
+  assert isinstance(alg, private.PrivateAlgorithm)
   state = alg.initialize()
   w, b = np.zeros((fl_testing.INPUT_DIM, 10)), np.zeros(10)
   for r in (1, 2):
@@ -88,7 +89,7 @@ def test_noise_free_dp_fedavg_is_fedavg_on_clipped_updates(tff_worker, mode):
 
 
 def test_dp_composes_with_fedprox_and_rejects_what_it_cannot_wrap(tff_worker):
-  dp = dp_algorithm.DPConfig(mode='server', clip=1.0, noise_multiplier=0.5,
+  dp = dp_config.DPConfig(mode='server', clip=1.0, noise_multiplier=0.5,
                              sampling='poisson', client_fraction=0.5)
   alg = algorithms.build_algorithm(
       algorithms.AlgorithmConfig(algorithm='fedprox', weighted=False, dp=dp),

@@ -199,3 +199,9 @@ def test_a_training_run_prints_no_tensorflow_noise(tmp_path):
     assert noise not in output, output[-2000:]
   assert proc.stdout.startswith('Data: digits')
   assert 'Round 1: train loss' in proc.stdout
+
+
+def test_readme_algorithm_table_is_the_registry():
+  with open(os.path.join(REPO, 'README.md')) as f:
+    readme = f.read()
+  assert registry.markdown_table() in readme

@@ -17,8 +17,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tests import fl_testing
-from tff_research import experiment_flags
 from tff_research import models
+from tff_research.program import flags as flags_lib
 from tff_research.algorithms import fed_avg
 from tff_research.data import federated_data
 from tff_research.reference import isolated_vs_federated as ivf
@@ -29,9 +29,18 @@ FLAGS = flags.FLAGS
 
 
 def _parse(argv):
-  """Parses argv as a binary would (so `.present` is set)."""
+  """Parses argv into the process's flags as a binary would."""
   FLAGS.unparse_flags()
   FLAGS(['binary'] + argv)
+
+
+def _given(argv):
+  """The train.py flags a command line `argv` sets (a private FlagValues),
+  as `flags.given_flags()` returns them to a binary."""
+  fv = flags.FlagValues()
+  flags_lib.define_flags(fv)
+  fv(['binary'] + argv)
+  return flags_lib.given_flags(fv)
 
 
 def _summary_tags(directory):
@@ -162,9 +171,8 @@ def test_tutorial_round_one_and_evaluation_match_numpy(tff_worker):
 
 
 def test_tutorial_binary_run_on_digits(tff_worker, tmp_path):
-  with flagsaver.flagsaver():
-    _parse([f'--logdir={tmp_path}', '--model=linear_variable'])
-    result = tutorial.run_from_flags()
+  result = tutorial.run_from_flags(
+      _given([f'--logdir={tmp_path}', '--model=linear_variable']))
   run_dir = tmp_path / 'tutorial_digits_linear_variable'
   # The same clients every round: every round trains the same examples.
   assert [r['round'] for r in result.rounds] == list(range(1, 11))
@@ -219,10 +227,8 @@ def test_tutorial_on_femnist_cache_trains_the_first_ten_writers(
     (['--experiment_name=a/b'], "--experiment_name='a/b' is not valid"),
 ])
 def test_tutorial_rejects_flags_that_do_not_apply(tmp_path, argv, message):
-  with flagsaver.flagsaver():
-    _parse([f'--logdir={tmp_path}'] + argv)
-    with pytest.raises(experiment_flags.FlagError) as e:
-      tutorial.config_from_flags()
+  with pytest.raises(flags_lib.FlagError) as e:
+    tutorial.config_from_flags(_given([f'--logdir={tmp_path}'] + argv))
   assert message in str(e.value)
   assert '\n' not in str(e.value)
   assert not os.listdir(tmp_path)
@@ -232,10 +238,8 @@ def test_existing_run_directory_is_refused_and_left_alone(tmp_path):
   run_dir = tmp_path / 'tutorial_digits'
   run_dir.mkdir()
   (run_dir / 'results.json').write_text('{"keep": 1}')
-  with flagsaver.flagsaver():
-    _parse([f'--logdir={tmp_path}'])
-    with pytest.raises(experiment_flags.FlagError, match='already exists'):
-      tutorial.config_from_flags()
+  with pytest.raises(flags_lib.FlagError, match='already exists'):
+    tutorial.config_from_flags(_given([f'--logdir={tmp_path}']))
   assert (run_dir / 'results.json').read_text() == '{"keep": 1}'
   assert os.listdir(run_dir) == ['results.json']
 
@@ -293,9 +297,9 @@ def test_isolated_model_is_one_silos_fedavg_round_one(tff_worker):
 
 
 def test_isolated_vs_federated_binary_run_on_digits(tff_worker, tmp_path):
-  with flagsaver.flagsaver():
-    _parse([f'--logdir={tmp_path}', '--experiment_name=study'])
-    results = ivf.run_from_flags(local_epochs=10, fedavg_rounds=3)
+  results = ivf.run_from_flags(
+      _given([f'--logdir={tmp_path}', '--experiment_name=study']),
+      local_epochs=10, fedavg_rounds=3)
   names = [r.name for r in results]
   assert names == ['isolated client 1', 'isolated client 2',
                    'isolated client 3', 'federated',
@@ -343,10 +347,9 @@ def test_isolated_vs_federated_binary_run_on_digits(tff_worker, tmp_path):
     (['--client_learning_rate=0'], '--client_learning_rate=0.0 is not valid'),
 ])
 def test_study_rejects_flags_that_do_not_apply(tmp_path, argv, message):
-  with flagsaver.flagsaver():
-    _parse([f'--logdir={tmp_path}'] + argv)
-    with pytest.raises(experiment_flags.FlagError) as e:
-      ivf.config_from_flags(local_epochs=10, fedavg_rounds=3)
+  with pytest.raises(flags_lib.FlagError) as e:
+    ivf.config_from_flags(_given([f'--logdir={tmp_path}'] + argv),
+                          local_epochs=10, fedavg_rounds=3)
   assert message in str(e.value)
   assert '\n' not in str(e.value)
   assert not os.listdir(tmp_path)

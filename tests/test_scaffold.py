@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import algorithms
-from tff_research import checkpoint_evaluation
+from tff_research.evaluation import checkpoint as checkpoint_evaluation
 from tff_research.algorithms import scaffold
 from tff_research.program import flags
 from tff_research.program import run_directory

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tff_research import sweep
+from tff_research.studies import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,10 +98,27 @@ def test_bad_run_flags_name_the_run(tmp_path):
     sweep.expand(config, sweep.validate_with_train_flags)
 
 
+def test_run_flags_are_parsed_in_private_flag_values(tmp_path):
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  before = flags.FLAGS.flag_values_dict()
+  total_rounds, hparams = sweep.validate_with_train_flags(
+      ['--logdir=L', '--experiment_name=a', '--algorithm=fedadam',
+       '--total_rounds=7', '--model=linear'])
+  assert total_rounds == 7
+  assert (hparams['algorithm'], hparams['model'], hparams['logdir']) == (
+      'fedadam', 'linear', 'L')
+  assert hparams['server_learning_rate'] == pytest.approx(10**-2.5)
+  assert flags.FLAGS.flag_values_dict() == before
+  config = sweep.load_config(str(_config(
+      tmp_path, base={}, grid={'data_dir': ['a/b']})))
+  with pytest.raises(sweep.SweepError, match=r"run 'data_dir=a/b': "):
+    sweep.expand(config, _fake_validate)
+
+
 _DRIVER = textwrap.dedent('''
     import sys
     sys.path.insert(0, {repo!r})
-    from tff_research import sweep
+    from tff_research.studies import sweep
     from tests import test_sweep
     config = sweep.load_config({config!r})
     runs = sweep.expand(config, test_sweep._fake_validate)

@@ -10,21 +10,35 @@ The algorithm
 * Clustering steps, at rounds `warmup_rounds + 1 + m * recluster_every`
   (m = 0, 1, ...): every sampled client first walks down the *split tree*
   (below) from the root to its cluster, then trains its cluster's model and
-  returns its update. Within each cluster the sampled clients' updates are
-  compared (`tff_research.clustering`: cosine similarity, or L2 distance) and
-  the cluster is bipartitioned if the two groups separate with a positive
-  gap (every cross pair farther apart than every within pair), each side has
-  at least `min_split_size` clients, and fewer than K clusters exist. The new
-  cluster starts from the model it split from, then each cluster aggregates
-  the updates of its own clients, so the step's training is not wasted.
+  returns its update. A step compares, within each cluster, the most recent
+  update of every client sampled in the last `update_window` rounds (its
+  own sampled clients included; with partial participation one round's
+  clients are too few). Updates are stored as seeded random projections
+  (`clustering.sketch`, 4096 floats per client instead of the model size),
+  computed on the client in the same TFF computation as the update.
+  With `split_rule='sattler'` (default; Sattler et al.'s Algorithm 1) a
+  cluster splits if (1) |mean update| < eps_1 and max |update| > eps_2
+  (near a stationary point, clients still disagree), (2) the complete-
+  linkage bipartition of the similarities satisfies the separation
+  criterion gamma_bound = sqrt((1 - alpha) / 2) > gamma_max, with alpha
+  the cosine of the two groups' mean updates (`split_separation=
+  'group_mean'`) or the max cross-pair cosine ('pairwise_max', the paper's
+  statistic), (3) each side has `min_split_size` clients and fewer than K
+  clusters exist; a cluster splits at most once per step. Every step logs
+  the values and a decision code per cluster (`clustering.SplitDecision`).
+  `split_rule='gap'` is the earlier rule (every cross pair farther apart
+  than every within pair). The new cluster starts from the model it split
+  from, then each cluster aggregates the updates of its own sampled clients,
+  so the step's training is not wasted; every compared client is placed.
 * Other rounds: a sampled client trains its cluster's model; each cluster
   averages only its own clients' updates (FedAvg per cluster, example-weighted
   or uniform, then `x_k <- x_k - eta_g * mean update`).
 
 Clusters only split (as in Sattler et al.'s hierarchical CFL), so the clusters
 form a tree. Each split k stores its base model (the parent's model at the
-split) and the weighted mean update of the clients that stayed and of those
-that moved, all computed from that base. A client whose assignment predates a
+split) and the weighted mean projected update of the clients that stayed
+and of those that moved, from the step's own sampled clients (computed from
+that base; the whole window only for a side with none of them). A client whose assignment predates a
 split of its cluster (it was not sampled then), or a new client, is placed by
 the *same metric*: it computes its update from the split's base model and
 follows the side whose stored mean update is more similar (cosine) or nearer
@@ -79,16 +93,22 @@ indexed by position in the training client list):
 
     models, num_clusters, assignments[N], resolved[N] (number of clusters the
     client's assignment accounts for), split_parent[K], split_base (K models),
-    split_ref_stayed / split_ref_moved (K updates; slot k describes the split
-    that created cluster k).
+    split_ref_stayed / split_ref_moved ([K, P] projected updates; slot k
+    describes the split that created cluster k), sketches[N, P] (each
+    client's most recent projected update), sketch_round[N] (its round, 0 =
+    none), sketch_weight[N]. P = projection_dim (or the model size if not
+    larger): 100 clients x 4096 floats = 1.6 MB.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any, Callable
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -102,6 +122,14 @@ ModelFn = Callable[[], tff.learning.models.VariableModel]
 METRICS = clustering.METRICS
 MAX_CLUSTERS = 8
 MIN_SPLIT_SIZE = 2
+# Split rule defaults (docs/clustered.md, "The split rule"): measured on the
+# EMNIST CNN and MLP with client learning rate 0.1, batch 20, 1 epoch.
+DEFAULT_SPLIT_RULE = 'sattler'
+DEFAULT_SPLIT_MEAN_NORM_MAX = math.inf
+DEFAULT_SPLIT_MAX_NORM_MIN = 0.0
+DEFAULT_SPLIT_GAMMA_MAX = 0.775
+DEFAULT_SPLIT_SEPARATION = 'group_mean'
+DEFAULT_PROJECTION_DIM = 4096
 
 
 def _stack_type(tensor_type, k: int):
@@ -112,7 +140,8 @@ class _Computations:
   """The federated computations, traced once per (model, K)."""
 
   def __init__(self, model_fn: ModelFn, client_optimizer, weighted: bool,
-               num_clusters: int, server_learning_rate: float):
+               num_clusters: int, server_learning_rate: float,
+               projection_dim: int, projection_seed: int):
     k = num_clusters
     with tf.Graph().as_default():
       model = model_fn()
@@ -125,6 +154,9 @@ class _Computations:
     )
     self.weights_type = weights_type
     self.stacked_type = stacked_type
+    self.update_size = int(sum(
+        np.prod(t.shape) for t in weights_type.trainable))
+    self.sketch_dim = clustering.sketch_dim(self.update_size, projection_dim)
     weighting = (
         tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
         else tff.learning.ClientWeighting.UNIFORM
@@ -158,9 +190,15 @@ class _Computations:
           )
       )
       result, metrics = update_fn(client_optimizer, initial, dataset)
+      # The update's random projection (clustering.sketch_tf), computed on
+      # the client: what the server stores to compare clients across rounds.
+      flat = tf.concat(
+          [tf.reshape(tf.cast(u, tf.float32), [-1]) for u in result.update],
+          axis=0)
       return collections.OrderedDict(
           update=list(result.update), weight=result.update_weight,
           metrics=metrics,
+          sketch=clustering.sketch_tf(flat, projection_dim, projection_seed),
       )
 
     max_key = np.int32(k)
@@ -259,6 +297,24 @@ class _Computations:
     def train_round(models, clusters, data):
       return aggregate(models, clusters, client_updates(models, clusters, data))
 
+    @tff.tensorflow.computation(output_type)
+    def to_sketch(output):
+      return collections.OrderedDict(
+          sketch=output['sketch'], weight=output['weight'])
+
+    @tff.federated_computation(
+        tff.FederatedType(stacked_type, tff.SERVER),
+        tff.FederatedType(np.int32, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
+    )
+    def train_round_sketched(models, clusters, data):
+      # As train_round, and each client's projected update (a few kB) comes
+      # back to the server for later clustering steps; the full updates stay
+      # in the computation.
+      outputs = client_updates(models, clusters, data)
+      new_models, metrics = aggregate(models, clusters, outputs)
+      return new_models, metrics, tff.federated_map(to_sketch, outputs)
+
     # As TFF's FedAvg: the initial weights come from a fresh model built in a
     # TF computation, so seeded initialisers give the same values.
     @tff.tensorflow.computation
@@ -269,6 +325,7 @@ class _Computations:
     self.client_updates = client_updates
     self.aggregate = aggregate
     self.train_round = train_round
+    self.train_round_sketched = train_round_sketched
 
 
 def _weights(structure) -> tff.learning.models.ModelWeights:
@@ -318,22 +375,17 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       server_learning_rate: float = 1.0,
       weighted: bool = True,
       min_split_size: int = MIN_SPLIT_SIZE,
+      split_rule: str = DEFAULT_SPLIT_RULE,
+      split_mean_norm_max: float = DEFAULT_SPLIT_MEAN_NORM_MAX,
+      split_max_norm_min: float = DEFAULT_SPLIT_MAX_NORM_MIN,
+      split_gamma_max: float = DEFAULT_SPLIT_GAMMA_MAX,
+      split_separation: str = DEFAULT_SPLIT_SEPARATION,
+      update_window: int | None = None,
+      projection_dim: int = DEFAULT_PROJECTION_DIM,
+      projection_seed: int = 0,
+      ground_truth: Sequence[int] | None = None,
   ):
-    """Builds the computations (once).
-
-    Args:
-      model_fn: builds a fresh `tff.learning.models.VariableModel`.
-      client_ids: every training client, in a fixed order (assignments are
-        indexed by position in it).
-      client_optimizer: local optimizer, as FedAvg's.
-      metric: 'cosine' (Sattler et al.) or 'l2' (Ghosh et al.).
-      num_clusters: K in [1, 8], the most clusters there may be.
-      recluster_every: rounds between clustering steps (>= 1).
-      warmup_rounds: rounds of plain FedAvg before the first step (>= 0).
-      server_learning_rate: eta_g of each cluster's model update.
-      weighted: weight client updates by number of examples.
-      min_split_size: fewest sampled clients on each side of a split.
-    """
+    """Builds the computations (once). Arguments: `build_clustered_fed_avg`."""
     if metric not in METRICS:
       raise ValueError(
           f'clustering metric {metric!r} is not valid; valid:'
@@ -352,10 +404,46 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       raise ValueError(
           f'warmup_rounds={warmup_rounds} is not valid: must be >= 0'
       )
+    if split_rule not in clustering.SPLIT_RULES:
+      raise ValueError(
+          f'split_rule={split_rule!r} is not valid; valid:'
+          f' {", ".join(clustering.SPLIT_RULES)}')
+    if not split_mean_norm_max > 0:
+      raise ValueError(
+          f'split_mean_norm_max={split_mean_norm_max} is not valid: must be'
+          ' > 0 (inf = no stationarity condition)')
+    if not 0 <= split_max_norm_min < math.inf:
+      raise ValueError(
+          f'split_max_norm_min={split_max_norm_min} is not valid: must be'
+          ' finite and >= 0')
+    if not 0 <= split_gamma_max < 1:
+      raise ValueError(
+          f'split_gamma_max={split_gamma_max} is not valid: must be in'
+          ' [0, 1)')
+    if split_separation not in clustering.SEPARATION_STATISTICS:
+      raise ValueError(
+          f'split_separation={split_separation!r} is not valid; valid:'
+          f' {", ".join(clustering.SEPARATION_STATISTICS)}')
+    window = recluster_every if update_window is None else update_window
+    if not 1 <= window <= recluster_every:
+      raise ValueError(
+          f'update_window={update_window} is not valid: must be in'
+          f' [1, recluster_every={recluster_every}]')
+    if projection_dim < 0:
+      raise ValueError(
+          f'projection_dim={projection_dim} is not valid: must be >= 0'
+          ' (0 = store exact updates)')
+    if min_split_size < 1:
+      raise ValueError(
+          f'min_split_size={min_split_size} is not valid: must be >= 1')
     if not client_ids:
       raise ValueError('clustered FL needs the list of training clients')
     if len(set(client_ids)) != len(client_ids):
       raise ValueError('client_ids must be distinct')
+    if ground_truth is not None and len(ground_truth) != len(client_ids):
+      raise ValueError(
+          f'ground_truth has {len(ground_truth)} entries, client_ids'
+          f' {len(client_ids)}')
     self._model_fn = model_fn
     self._client_ids = tuple(client_ids)
     self._pos = {c: i for i, c in enumerate(self._client_ids)}
@@ -364,10 +452,22 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     self.recluster_every = recluster_every
     self.warmup_rounds = warmup_rounds
     self.min_split_size = min_split_size
+    self.split_rule = split_rule
+    self.split_mean_norm_max = float(split_mean_norm_max)
+    self.split_max_norm_min = float(split_max_norm_min)
+    self.split_gamma_max = float(split_gamma_max)
+    self.split_separation = split_separation
+    self.update_window = int(window)
+    self.weighted = weighted
+    self.ground_truth = (None if ground_truth is None
+                         else np.asarray(ground_truth, np.int64))
     self.computations = _Computations(
         model_fn, client_optimizer, weighted, num_clusters,
-        server_learning_rate,
+        server_learning_rate, projection_dim, projection_seed,
     )
+    self.sketch_dim = self.computations.sketch_dim
+    # The decisions of the last clustering step (for callers and tests).
+    self.last_decisions: dict[int, clustering.SplitDecision] = {}
 
   @property
   def client_ids(self) -> tuple[str, ...]:
@@ -380,6 +480,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     weights = self.computations.initial_weights()
     trainable, non_trainable = weights.trainable, weights.non_trainable
     k, n = self.num_clusters, len(self._client_ids)
+    p = self.sketch_dim
     stack = lambda ts: [np.stack([np.asarray(t)] * k) for t in ts]
     models = tff.learning.models.ModelWeights(
         trainable=stack(trainable), non_trainable=stack(non_trainable)
@@ -395,14 +496,34 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
         split_base=tff.learning.models.ModelWeights(
             trainable=zeros(trainable), non_trainable=zeros(non_trainable)
         ),
-        split_ref_stayed=zeros(trainable),
-        split_ref_moved=zeros(trainable),
+        # Reference updates of each split, projected (clustering.sketch).
+        split_ref_stayed=np.zeros((k, p), np.float32),
+        split_ref_moved=np.zeros((k, p), np.float32),
+        # Each client's most recent projected update, its round (0 = none)
+        # and weight: what a clustering step compares.
+        sketches=np.zeros((n, p), np.float32),
+        sketch_round=np.zeros(n, np.int32),
+        sketch_weight=np.zeros(n, np.float32),
     )
 
   def is_clustering_round(self, round_num: int) -> bool:
     if self.num_clusters == 1 or round_num <= self.warmup_rounds:
       return False
     return (round_num - self.warmup_rounds - 1) % self.recluster_every == 0
+
+  def _next_clustering_round(self, round_num: int) -> int:
+    first = self.warmup_rounds + 1
+    if round_num <= first:
+      return first
+    m = -(-(round_num - first) // self.recluster_every)
+    return first + m * self.recluster_every
+
+  def needs_sketches(self, state, round_num: int) -> bool:
+    """Whether this round's projected updates are kept: it lies in the
+    window of the next clustering step and a split is still possible."""
+    if self.num_clusters == 1 or int(state['num_clusters']) >= self.num_clusters:
+      return False
+    return self._next_clustering_round(round_num) - round_num < self.update_window
 
   def _positions(self, client_ids):
     try:
@@ -424,6 +545,8 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     resolved = np.array(resolved, np.int32)
     total = int(state['num_clusters'])
     parent = np.asarray(state['split_parent'])
+    stayed_refs = np.asarray(state['split_ref_stayed'], np.float64)
+    moved_refs = np.asarray(state['split_ref_moved'], np.float64)
     extra = 0
     while True:
       pending = []
@@ -444,10 +567,9 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       )
       extra += len(idx)
       for i, s, out in zip(idx, splits, outputs):
-        update = clustering.flatten(out['update'])
-        stayed = clustering.flatten([t[s] for t in state['split_ref_stayed']])
-        moved = clustering.flatten([t[s] for t in state['split_ref_moved']])
-        if clustering.prefers_second(update, stayed, moved, self.metric):
+        update = np.asarray(out['sketch'], np.float64)
+        if clustering.prefers_second(update, stayed_refs[s], moved_refs[s],
+                                     self.metric):
           clusters[i] = s
         resolved[i] = s + 1
 
@@ -462,6 +584,19 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
 
   # --- one round ---------------------------------------------------------
 
+  @staticmethod
+  def _store_sketches(state, pos, round_num, sketches, weights):
+    """Keeps each client's newest projected update (finite ones only)."""
+    stored = np.array(state['sketches'], np.float32)
+    rounds = np.array(state['sketch_round'], np.int32)
+    stored_w = np.array(state['sketch_weight'], np.float32)
+    for p, sk, w in zip(pos, sketches, weights):
+      sk = np.asarray(sk, np.float32)
+      if w > 0 and np.all(np.isfinite(sk)):
+        stored[p], rounds[p], stored_w[p] = sk, round_num, w
+    state['sketches'], state['sketch_round'] = stored, rounds
+    state['sketch_weight'] = stored_w
+
   def next(self, state, round_num, client_ids, client_datasets):
     pos = self._positions(client_ids)
     datasets = list(client_datasets)
@@ -472,6 +607,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     resolved = np.array(state['resolved'], np.int32)
     before = assignments[pos].copy()
     clustering_round = self.is_clustering_round(round_num)
+    keep_sketches = self.needs_sketches(state, round_num)
     cluster_metrics = collections.OrderedDict()
     if clustering_round:
       # A clustering step re-checks every sampled client from the root.
@@ -490,21 +626,34 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       outputs = self.computations.client_updates(
           models, _at_clients(clusters), datasets
       )
-      state, clusters, step_metrics = self._clustering_step(
-          state, models, clusters, outputs
+      self._store_sketches(
+          state, pos, round_num, [o['sketch'] for o in outputs],
+          [float(o['weight']) for o in outputs])
+      assignments[pos] = clusters
+      state, assignments, step_metrics = self._clustering_step(
+          state, models, assignments, pos, round_num
       )
+      clusters = assignments[pos]
       models = state['models']
       cluster_metrics['changed'] = int(np.sum(clusters != before))
       cluster_metrics.update(step_metrics)
       new_models, metrics = self.computations.aggregate(
           models, _at_clients(clusters), outputs
       )
+    elif keep_sketches:
+      new_models, metrics, sketches = self.computations.train_round_sketched(
+          models, _at_clients(clusters), datasets
+      )
+      self._store_sketches(
+          state, pos, round_num, [s['sketch'] for s in sketches],
+          [float(s['weight']) for s in sketches])
     else:
       new_models, metrics = self.computations.train_round(
           models, _at_clients(clusters), datasets
       )
     total = int(state['num_clusters'])
     assignments[pos] = clusters
+    resolved = np.array(state['resolved'], np.int32)
     resolved[pos] = total
     state['models'] = _weights(new_models)
     state['assignments'] = assignments
@@ -523,35 +672,104 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
         cluster_metrics[f'train_loss_{c}'] = float(
             np.asarray(per_cluster['loss'])[c])
     cluster_metrics['unresolved'] = self.unresolved_clients(state)
+    if self.ground_truth is not None:
+      cluster_metrics['purity'] = clustering.purity(
+          assignments, self.ground_truth)
     cluster_metrics.move_to_end('num_clusters', last=False)
     train = collections.OrderedDict(
         (name, np.asarray(v)) for name, v in metrics['train'].items()
     )
     return state, collections.OrderedDict(train=train, clusters=cluster_metrics)
 
-  def _clustering_step(self, state, models, clusters, outputs):
-    """Splits clusters whose sampled clients separate; returns the new state
-    (models with new clusters initialised from their parents), clusters and
-    the step's metrics (gap, similarity image)."""
-    weights = np.array([float(o['weight']) for o in outputs])
-    vectors = np.stack([clustering.flatten(o['update']) for o in outputs])
-    usable = weights > 0  # TFF zeroes the weight of non-finite updates.
-    d = clustering.dissimilarity(vectors, self.metric)
-    idx = np.flatnonzero(usable)
+  def _window_members(self, state, round_num):
+    """Training-client positions whose stored update is recent enough:
+    computed in rounds (round_num - update_window, round_num]."""
+    rounds = np.asarray(state['sketch_round'])
+    return np.flatnonzero(
+        (rounds > round_num - self.update_window) & (rounds > 0))
+
+  def _clustering_step(self, state, models, assignments, sampled, round_num):
+    """Decides splits on the window's updates (module doc).
+
+    Returns the new state (models with new clusters initialised from their
+    parents, split tree), every training client's cluster and the step's
+    metrics.
+    """
+    members = self._window_members(state, round_num)
+    vectors = np.asarray(state['sketches'], np.float64)[members]
+    weights = np.asarray(state['sketch_weight'], np.float64)[members]
+    rounds = np.asarray(state['sketch_round'])[members]
+    if not self.weighted:
+      weights = np.ones_like(weights)
+    clusters = assignments[members]
     total = int(state['num_clusters'])
-    new_sub, splits, best_gap = clustering.divisive_clustering(
-        d[np.ix_(idx, idx)], clusters[idx], weights[idx],
-        num_clusters=total, max_clusters=self.num_clusters,
-        min_size=self.min_split_size,
-    )
-    new_clusters = np.array(clusters, np.int32)
-    new_clusters[idx] = new_sub
+    d = clustering.dissimilarity(vectors, self.metric)
+    new_sub = np.array(clusters, np.int32)
+    splits = []
+    metrics = collections.OrderedDict()
+    self.last_decisions = {}
+    if self.split_rule == 'gap':
+      new_sub, splits, best_gap = clustering.divisive_clustering(
+          d, clusters, weights, num_clusters=total,
+          max_clusters=self.num_clusters, min_size=self.min_split_size,
+      )
+    else:
+      candidates = []
+      for c in range(total):
+        idx = np.flatnonzero(clusters == c)
+        dec = clustering.split_decision(
+            vectors[idx], weights[idx], metric=self.metric, rule='sattler',
+            mean_norm_max=self.split_mean_norm_max,
+            max_norm_min=self.split_max_norm_min,
+            gamma_max=self.split_gamma_max,
+            separation=self.split_separation, min_size=self.min_split_size,
+            can_split=total < self.num_clusters)
+        self.last_decisions[c] = dec
+        if dec.split:
+          candidates.append((dec.margin, -c, c, idx, dec))
+      # Most clearly separated first; at most one split per cluster and
+      # step (the halves must approach stationarity again before splitting).
+      for _, _, c, idx, dec in sorted(candidates, reverse=True):
+        if total + len(splits) >= self.num_clusters:
+          self.last_decisions[c] = dataclasses.replace(
+              dec, code=clustering.CLUSTER_CAP)
+          continue
+        first, second = idx[dec.bipartition.first], idx[dec.bipartition.second]
+        if weights[second].sum() > weights[first].sum():
+          first, second = second, first
+        child = total + len(splits)
+        new_sub[second] = child
+        splits.append(clustering.Split(c, child, np.sort(first),
+                                       np.sort(second)))
+      gaps = [dec.bipartition.normalized_gap
+              for dec in self.last_decisions.values()
+              if dec.bipartition is not None]
+      best_gap = max(gaps) if gaps else float('nan')
+      for c, dec in self.last_decisions.items():
+        metrics[f'compared_{c}'] = dec.num_clients
+        metrics[f'mean_update_norm_{c}'] = dec.mean_norm
+        metrics[f'max_update_norm_{c}'] = dec.max_norm
+        metrics[f'alpha_max_cross_{c}'] = dec.alpha_max_cross
+        metrics[f'alpha_mean_cross_{c}'] = dec.alpha_mean_cross
+        metrics[f'gamma_bound_{c}'] = dec.gamma_bound
+        metrics[f'split_decision_{c}'] = dec.code
+        logging.info(
+            'clustering step, round %d, cluster %d: %s (%d clients compared,'
+            ' |mean update| %.4g (eps_1 %.4g), max |update| %.4g (eps_2'
+            ' %.4g), alpha_max_cross %.4f, alpha_mean_cross %.4f,'
+            ' gamma_bound (%s) %.4f (gamma_max %.4f))', round_num, c,
+            dec.reason, dec.num_clients, dec.mean_norm,
+            self.split_mean_norm_max, dec.max_norm, self.split_max_norm_min,
+            dec.alpha_max_cross, dec.alpha_mean_cross, self.split_separation,
+            dec.gamma_bound, self.split_gamma_max)
+    new_assignments = np.array(assignments, np.int32)
+    new_assignments[members] = new_sub
     if splits:
       state = collections.OrderedDict(state)
       models = _copy_weights(models)
       base_w = _copy_weights(_weights(state['split_base']))
-      ref_stayed = [np.array(t) for t in state['split_ref_stayed']]
-      ref_moved = [np.array(t) for t in state['split_ref_moved']]
+      ref_stayed = np.array(state['split_ref_stayed'], np.float32)
+      ref_moved = np.array(state['split_ref_moved'], np.float32)
       parent = np.array(state['split_parent'], np.int32)
       for split in splits:
         p, c = split.parent, split.child
@@ -562,14 +780,17 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
                          (models.non_trainable, base_w.non_trainable)):
           for s, t in zip(src, dst):
             t[c] = s[p]
-        for group, refs in ((split.stayed, ref_stayed),
-                            (split.moved, ref_moved)):
-          members = idx[group]
-          w = weights[members] / weights[members].sum()
-          for j, ref in enumerate(refs):
-            ref[c] = np.tensordot(
-                w, np.stack([np.asarray(outputs[m]['update'][j])
-                             for m in members]), axes=1)
+        # References for clients placed later: they compute their update
+        # from the base model (this round's model), so use the updates
+        # computed from it (this round's clients) where a side has any.
+        current = (rounds[split.stayed] == round_num,
+                   rounds[split.moved] == round_num)
+        for group, now, refs in ((split.stayed, current[0], ref_stayed),
+                                 (split.moved, current[1], ref_moved)):
+          if now.any():
+            group = group[now]
+          w = weights[group] / weights[group].sum()
+          refs[c] = w @ vectors[group]
         parent[c] = p
       state['split_base'] = base_w
       state['split_ref_stayed'] = ref_stayed
@@ -577,18 +798,25 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       state['split_parent'] = parent
       state['num_clusters'] = np.int32(total + len(splits))
       state['models'] = models
+      # Every client compared at this step is placed: it accounts for the
+      # new splits (the others walk the split tree when next sampled).
+      resolved = np.array(state['resolved'], np.int32)
+      resolved[members] = total + len(splits)
+      state['resolved'] = resolved
     else:
       state = collections.OrderedDict(state, models=models)
     comparable = clusters[:, None] == clusters[None, :]
-    order = np.lexsort((np.arange(len(clusters)), new_clusters))
-    metrics = collections.OrderedDict(
-        splits=len(splits),
-        split_gap=float(best_gap),
-        similarity=clustering.similarity_image(
-            d, self.metric, order, comparable
-        ),
-    )
-    return state, new_clusters, metrics
+    order = np.lexsort((np.arange(len(clusters)), new_sub))
+    metrics['splits'] = len(splits)
+    metrics['split_gap'] = float(best_gap)
+    metrics['compared'] = len(members)
+    metrics['moved_at_split'] = int(np.sum(new_sub != clusters))
+    if self.ground_truth is not None and len(members):
+      metrics['purity_compared'] = clustering.purity(
+          new_sub, self.ground_truth[members])
+    metrics['similarity'] = clustering.similarity_image(
+        d, self.metric, order, comparable)
+    return state, new_assignments, metrics
 
   # --- models and evaluation ----------------------------------------------
 
@@ -658,8 +886,55 @@ def build_clustered_fed_avg(
     warmup_rounds: int,
     server_learning_rate: float = 1.0,
     weighted: bool = True,
+    split_rule: str = DEFAULT_SPLIT_RULE,
+    split_mean_norm_max: float = DEFAULT_SPLIT_MEAN_NORM_MAX,
+    split_max_norm_min: float = DEFAULT_SPLIT_MAX_NORM_MIN,
+    split_gamma_max: float = DEFAULT_SPLIT_GAMMA_MAX,
+    split_separation: str = DEFAULT_SPLIT_SEPARATION,
+    update_window: int | None = None,
+    projection_dim: int = DEFAULT_PROJECTION_DIM,
+    projection_seed: int = 0,
+    min_split_size: int = MIN_SPLIT_SIZE,
+    ground_truth: Sequence[int] | None = None,
 ) -> ClusteredFedAvg:
-  """Clustered FedAvg (see the module docstring)."""
+  """Clustered FedAvg (see the module docstring).
+
+  Args:
+    model_fn: builds a fresh `tff.learning.models.VariableModel`.
+    client_ids: every training client, in a fixed order (assignments are
+      indexed by position in it).
+    client_optimizer: local optimizer, as FedAvg's.
+    metric: 'cosine' (Sattler et al.) or 'l2' (Ghosh et al.).
+    num_clusters: K in [1, 8], the most clusters there may be.
+    recluster_every: rounds between clustering steps (>= 1).
+    warmup_rounds: rounds of plain FedAvg before the first step (>= 0).
+    server_learning_rate: eta_g of each cluster's model update.
+    weighted: weight client updates by number of examples.
+    split_rule: 'sattler' (Sattler et al.'s Algorithm 1: stationarity
+      thresholds, complete-linkage bipartition, gamma_max criterion) or
+      'gap' (the earlier rule: every cross pair farther apart than every
+      within pair; recursive within a step; norm thresholds unused).
+    split_mean_norm_max: eps_1 > 0: a cluster splits only if the norm of its
+      clients' (weighted) mean update is below it; inf = no condition.
+    split_max_norm_min: eps_2 >= 0: ... and its largest client update norm
+      is above it; 0 = no condition.
+    split_gamma_max: gamma_max in [0, 1): assumed relative error of the
+      compared gradient estimates; a split needs gamma_bound =
+      sqrt((1 - alpha) / 2) > gamma_max, i.e. alpha < 1 - 2 gamma_max^2.
+    split_separation: which alpha: 'group_mean' (cosine of the two sides'
+      mean updates) or 'pairwise_max' (Sattler et al.'s max over cross
+      client pairs; needs a smaller gamma_max, e.g. 0.64, see docs).
+    update_window: in [1, recluster_every] (None = recluster_every): a step
+      compares the most recent update of every client sampled in the last
+      `update_window` rounds (1 = only the step's sampled clients).
+    projection_dim: stored updates are projected to this many coordinates
+      (clustering.sketch, a seeded signed fold); 0 or >= the model size =
+      exact updates.
+    projection_seed: seed of the projection's signs.
+    min_split_size: fewest compared clients on each side of a split (>= 1).
+    ground_truth: optional true group of each client (diagnostics only:
+      logs `purity` every round and `purity_compared` at steps).
+  """
   return ClusteredFedAvg(
       model_fn,
       client_ids=client_ids,
@@ -670,4 +945,14 @@ def build_clustered_fed_avg(
       warmup_rounds=warmup_rounds,
       server_learning_rate=server_learning_rate,
       weighted=weighted,
+      split_rule=split_rule,
+      split_mean_norm_max=split_mean_norm_max,
+      split_max_norm_min=split_max_norm_min,
+      split_gamma_max=split_gamma_max,
+      split_separation=split_separation,
+      update_window=update_window,
+      projection_dim=projection_dim,
+      projection_seed=projection_seed,
+      min_split_size=min_split_size,
+      ground_truth=ground_truth,
   )

@@ -29,6 +29,7 @@ from tff_research.algorithms import fed_avg
 from tff_research.algorithms import fed_prox
 from tff_research.algorithms import fed_sgd
 from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import private
 from tff_research.algorithms import scaffold
 from tff_research.algorithms import server_optimizers
 from tff_research.algorithms import spec as spec_lib
@@ -221,7 +222,7 @@ class AlgorithmConfig:
     weighted: weight client updates by their number of examples.
     hyperparameters: ((name, value), ...) of every hyperparameter the
       algorithm uses, resolved, sorted by name.
-    dp: the DP mechanism (`privacy.dp_algorithm.DPConfig`), None = no DP.
+    dp: the DP mechanism (`privacy.dp_config.DPConfig`), None = no DP.
   """
 
   algorithm: str
@@ -326,7 +327,7 @@ def build_algorithm(
       indexed by position in it).
   """
   # Imported here: privacy wraps algorithms, so it depends on this package.
-  from tff_research.privacy import dp_algorithm  # pylint: disable=g-import-not-at-top
+  from tff_research.privacy import dp_config  # pylint: disable=g-import-not-at-top
   client_ids = tuple(client_ids)
   if config.clustered:
     return _build_clustered(config, model_fn, client_ids)
@@ -336,13 +337,20 @@ def build_algorithm(
         config, dp=dataclasses.replace(config.dp, num_clients=len(client_ids)))
   algorithm = config.spec.build(config, model_fn, client_ids)
   if config.dp is not None:
-    algorithm = dp_algorithm.PrivateAlgorithm(algorithm, config.dp, client_ids)
+    algorithm = private.PrivateAlgorithm(algorithm, config.dp, client_ids)
   return algorithm
 
 
 def markdown_table() -> str:
-  """The README's algorithm table, from the specs."""
-  lines = ['| `--algorithm` | paper | how | docs |', '| --- | --- | --- | --- |']
+  """The README's algorithm table, from the specs (a test keeps them equal)."""
+  def mark(flag):
+    return 'yes' if flag else '-'
+  lines = ['| `--algorithm` | paper | how | `--dp` | `--clustering` |'
+           ' per-client state | docs |',
+           '| --- | --- | --- | --- | --- | --- | --- |']
   for s in SPECS.values():
-    lines.append(f'| `{s.name}` | {s.paper} | {s.summary} | [{s.docs}]({s.docs}) |')
+    lines.append(
+        f'| `{s.name}` | {s.paper} | {s.summary} | {mark(s.dp_capable)} |'
+        f' {mark(s.clusterable)} | {mark(s.per_client_state)} |'
+        f' [{s.docs}]({s.docs}) |')
   return '\n'.join(lines)

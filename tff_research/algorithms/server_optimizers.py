@@ -132,8 +132,18 @@ def build_server_optimizer(
       initial_preconditioner_value=h['epsilon']**2, epsilon=0.0)
 
 
-def _build(algorithm, model_fn, client_optimizer, weighted, model_aggregator,
-           **hyperparameters):
+def build_fed_adaptive(
+    algorithm: str,
+    model_fn: ModelFn,
+    *,
+    client_optimizer: tff.learning.optimizers.Optimizer,
+    weighted: bool = True,
+    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    **hyperparameters,
+) -> tff.learning.templates.LearningProcess:
+  """FedAvg with `algorithm`'s server optimizer (`build_server_optimizer`:
+  FedAvgM, Hsu et al. 2019; FedAdam, FedYogi, FedAdagrad, Reddi et al. 2021
+  Algorithm 2, `epsilon` being the paper's tau)."""
   return fed_avg.build_fed_avg(
       model_fn,
       client_optimizer=client_optimizer,
@@ -141,70 +151,6 @@ def _build(algorithm, model_fn, client_optimizer, weighted, model_aggregator,
       weighted=weighted,
       model_aggregator=model_aggregator,
   )
-
-
-def build_fed_avgm(
-    model_fn: ModelFn,
-    *,
-    client_optimizer: tff.learning.optimizers.Optimizer,
-    learning_rate: Optional[float] = None,
-    momentum: Optional[float] = None,
-    weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
-) -> tff.learning.templates.LearningProcess:
-  """FedAvg with server momentum (Hsu et al. 2019; Reddi et al. 2021)."""
-  return _build('fedavgm', model_fn, client_optimizer, weighted,
-                model_aggregator, learning_rate=learning_rate,
-                momentum=momentum)
-
-
-def build_fed_adam(
-    model_fn: ModelFn,
-    *,
-    client_optimizer: tff.learning.optimizers.Optimizer,
-    learning_rate: Optional[float] = None,
-    beta_1: Optional[float] = None,
-    beta_2: Optional[float] = None,
-    epsilon: Optional[float] = None,
-    weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
-) -> tff.learning.templates.LearningProcess:
-  """FedAdam (Reddi et al. 2021, Algorithm 2); `epsilon` is the paper's tau."""
-  return _build('fedadam', model_fn, client_optimizer, weighted,
-                model_aggregator, learning_rate=learning_rate, beta_1=beta_1,
-                beta_2=beta_2, epsilon=epsilon)
-
-
-def build_fed_yogi(
-    model_fn: ModelFn,
-    *,
-    client_optimizer: tff.learning.optimizers.Optimizer,
-    learning_rate: Optional[float] = None,
-    beta_1: Optional[float] = None,
-    beta_2: Optional[float] = None,
-    epsilon: Optional[float] = None,
-    weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
-) -> tff.learning.templates.LearningProcess:
-  """FedYogi (Reddi et al. 2021, Algorithm 2); `epsilon` is the paper's tau."""
-  return _build('fedyogi', model_fn, client_optimizer, weighted,
-                model_aggregator, learning_rate=learning_rate, beta_1=beta_1,
-                beta_2=beta_2, epsilon=epsilon)
-
-
-def build_fed_adagrad(
-    model_fn: ModelFn,
-    *,
-    client_optimizer: tff.learning.optimizers.Optimizer,
-    learning_rate: Optional[float] = None,
-    epsilon: Optional[float] = None,
-    weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
-) -> tff.learning.templates.LearningProcess:
-  """FedAdagrad (Reddi et al. 2021, Algorithm 2 with beta_1 = 0)."""
-  return _build('fedadagrad', model_fn, client_optimizer, weighted,
-                model_aggregator, learning_rate=learning_rate,
-                epsilon=epsilon)
 
 
 def _unit_interval(v):
@@ -249,9 +195,10 @@ def _spec(algorithm: str) -> spec.AlgorithmSpec:
 
   def build(config, model_fn, client_ids):
     del client_ids  # No per-client state.
-    return base.LearningProcessAlgorithm(_build(
-        algorithm, model_fn, hp.build_client_optimizer(config.values),
-        config.weighted, config.model_aggregator(),
+    return base.LearningProcessAlgorithm(build_fed_adaptive(
+        algorithm, model_fn,
+        client_optimizer=hp.build_client_optimizer(config.values),
+        weighted=config.weighted, model_aggregator=config.model_aggregator(),
         **{arg: config.values[_HYPERPARAMETERS[arg].name] for arg in used}))
 
   return spec.AlgorithmSpec(

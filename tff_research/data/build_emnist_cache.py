@@ -29,7 +29,11 @@ only requires its tables to be present, so the extra index is invisible to it.
 
 The file is written to a temporary file in ``cache_dir`` and moved into place
 with ``os.replace`` (atomic on POSIX), so an interrupted build never leaves a
-half-written cache that TFF would then trust.
+half-written cache that TFF would then trust. The input is read and checked
+completely first (:mod:`~tff_research.data.femnist_arrays`), so a bad input
+changes nothing on disk; a failed write (disk full, unwritable directory)
+removes its temporary file and leaves an existing cache untouched. Either is
+one line ``error: ...`` on stderr and exit status 1.
 
 Usage::
 
@@ -59,6 +63,10 @@ class CacheExistsError(ValueError):
   """The target cache file exists and overwriting was not requested."""
 
 
+class CacheWriteError(ValueError):
+  """The cache could not be written (one line naming the path)."""
+
+
 def _example_bytes(pixels: np.ndarray, label: int) -> bytes:
   # Imported lazily: TensorFlow is only needed to serialize the protos.
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
@@ -86,14 +94,23 @@ def write_emnist_sqlite(
 
   Raises:
     CacheExistsError (a ValueError): the file exists and ``overwrite`` is False.
+    CacheWriteError (a ValueError): the directory or file cannot be written;
+      nothing is left behind and an existing cache is unchanged.
   """
   cache_dir = os.fspath(cache_dir)
   path = os.path.join(cache_dir, DB_FILENAME)
   if os.path.exists(path) and not overwrite:
     raise CacheExistsError(
         f'{path} already exists; pass overwrite=True (--overwrite) to replace it')
-  os.makedirs(cache_dir, exist_ok=True)
-  fd, tmp_path = tempfile.mkstemp(prefix='.emnist_all.', suffix='.sqlite.tmp', dir=cache_dir)
+  if os.path.isdir(path):
+    raise CacheWriteError(f'cannot write {path}: it is a directory')
+  if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+    raise CacheWriteError(f'cannot write {path}: {cache_dir} is not a directory')
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+    fd, tmp_path = tempfile.mkstemp(prefix='.emnist_all.', suffix='.sqlite.tmp', dir=cache_dir)
+  except OSError as e:
+    raise CacheWriteError(f'cannot write {path}: {e.strerror or e}') from None
   os.close(fd)
   try:
     con = sqlite3.connect(tmp_path)
@@ -134,9 +151,12 @@ def write_emnist_sqlite(
     os.umask(umask)
     os.chmod(tmp_path, 0o666 & ~umask)
     os.replace(tmp_path, path)
-  except BaseException:
+  except BaseException as e:
     if os.path.exists(tmp_path):
       os.remove(tmp_path)
+    if isinstance(e, (OSError, sqlite3.Error)):
+      raise CacheWriteError(
+          f'cannot write {path}: {getattr(e, "strerror", None) or e}') from None
     raise
   return path
 

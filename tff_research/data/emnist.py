@@ -19,6 +19,13 @@ an offline-safe failure mode:
 * TFF writes the decompressed download straight to ``emnist_all.sqlite`` and
   afterwards trusts any file of that name, so a download that dies midway
   would poison the cache; we delete such a partial file.
+* Before TFF reads an existing file, :func:`check_emnist_sqlite` checks it
+  read-only, in milliseconds whatever its size: SQLite header (an empty,
+  truncated or non-SQLite file), the two tables and their columns, at least
+  one client and one example in each split used, and that an example parses
+  as ``pixels`` (784 floats) and ``label`` (int64). A bad file is reported as
+  one-line :class:`InvalidCacheError` naming it and the problem; it is never
+  modified or deleted (only a file our own download just wrote is removed).
 
 Default cache directory: TFF's ``emnist.load_data`` docstring says "Keras'
 default cache directory", but the code path (``download.get_compressed_file``)
@@ -32,6 +39,7 @@ import socket
 import sqlite3
 import threading
 import urllib.error
+import urllib.parse
 
 _DB_FILENAME = 'emnist_all.sqlite'
 _HOST = 'storage.googleapis.com'
@@ -40,6 +48,129 @@ _PROBE_TIMEOUT_S = 5.0
 
 class DataNotFoundError(ValueError):
   """A dataset's files are absent and cannot be downloaded."""
+
+
+class InvalidCacheError(DataNotFoundError):
+  """``emnist_all.sqlite`` exists but is not a valid EMNIST cache."""
+
+
+_SQLITE_MAGIC = b'SQLite format 3\x00'
+_TABLES = {
+    'examples': ('split_name', 'client_id', 'serialized_example_proto'),
+    'client_metadata': ('client_id', 'split_name', 'num_examples'),
+}
+
+
+def _rebuild(db_path: str) -> str:
+  return ('rebuild it with uv run python -m tff_research.data.build_emnist_cache '
+          f'--input=PATH --cache_dir={os.path.dirname(db_path)} --overwrite')
+
+
+def cache_path(data_dir: str | None) -> str:
+  """``DATA_DIR/emnist_all.sqlite`` (``~/.tff`` when ``data_dir`` is None)."""
+  cache_dir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_cache_dir()
+  return os.path.join(cache_dir, _DB_FILENAME)
+
+
+def _describe(e: BaseException) -> str:
+  lines = str(e).strip().splitlines()
+  return f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+
+
+def _check_example(blob, db_path: str, split: str) -> None:
+  # pylint: disable=g-import-not-at-top
+  from tensorflow.core.example import example_pb2
+  from google.protobuf import message
+  # pylint: enable=g-import-not-at-top
+  problem = None
+  if not isinstance(blob, bytes):
+    problem = f'serialized_example_proto is {type(blob).__name__}, not bytes'
+  else:
+    try:
+      features = example_pb2.Example.FromString(blob).features.feature
+    except message.DecodeError as e:
+      problem = f'not a tf.train.Example ({_describe(e)})'
+    else:
+      if 'pixels' not in features or len(features['pixels'].float_list.value) != 784:
+        problem = 'no "pixels" feature of 784 floats'
+      elif 'label' not in features or len(features['label'].int64_list.value) != 1:
+        problem = 'no "label" feature of one int64'
+  if problem:
+    raise InvalidCacheError(
+        f'{db_path} is not a valid EMNIST sqlite cache (an example of split '
+        f'{split!r}: {problem}); {_rebuild(db_path)}')
+
+
+def check_emnist_sqlite(db_path: str, only_digits: bool | None = None) -> None:
+  """Checks, read-only, that ``db_path`` is an EMNIST cache TFF can read.
+
+  Args:
+    db_path: the ``emnist_all.sqlite`` file.
+    only_digits: check the ``digits_only_*`` splits (True), the ``all_*``
+      splits (False) or all four (None).
+
+  Raises:
+    InvalidCacheError (a ValueError): one line naming the file and the
+      problem (empty, not SQLite, truncated, missing table or column, a split
+      without clients or examples, an example that is not EMNIST's proto).
+  """
+
+  def bad(problem: str) -> InvalidCacheError:
+    return InvalidCacheError(
+        f'{db_path} is not a valid EMNIST sqlite cache ({problem}); {_rebuild(db_path)}')
+
+  try:
+    size = os.path.getsize(db_path)
+    with open(db_path, 'rb') as f:
+      header = f.read(100)
+  except OSError as e:
+    raise bad(f'cannot read it: {e.strerror}') from None
+  if size == 0:
+    raise bad('the file is empty (0 bytes)')
+  if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+    raise bad('not an SQLite database')
+  page_size = int.from_bytes(header[16:18], 'big')
+  page_size = 65536 if page_size == 1 else page_size
+  pages = int.from_bytes(header[28:32], 'big')
+  # The header's page count is valid when its "version-valid-for" number
+  # equals the change counter (every SQLite >= 3.7.0 writes both).
+  if header[24:28] == header[92:96] and pages and size < pages * page_size:
+    raise bad(f'truncated: {size} bytes, its header says {pages * page_size}')
+  if only_digits is None:
+    splits = ('all_train', 'all_test', 'digits_only_train', 'digits_only_test')
+  else:
+    prefix = 'digits_only' if only_digits else 'all'
+    splits = (f'{prefix}_train', f'{prefix}_test')
+  uri = 'file:' + urllib.parse.quote(os.path.abspath(db_path)) + '?mode=ro'
+  try:
+    con = sqlite3.connect(uri, uri=True)
+  except sqlite3.Error as e:
+    raise bad(_describe(e)) from None
+  try:
+    for table, columns in _TABLES.items():
+      info = con.execute(f'PRAGMA table_info({table});').fetchall()
+      if not info:
+        raise bad(f'no table {table!r}')
+      have = {row[1] for row in info}
+      missing = [c for c in columns if c not in have]
+      if missing:
+        raise bad(f'table {table!r} has no column {missing[0]!r}; expected '
+                  f'columns {", ".join(columns)}')
+    for split in splits:
+      (clients,) = con.execute(
+          'SELECT COUNT(*) FROM client_metadata WHERE split_name = ?;', (split,)).fetchone()
+      if not clients:
+        raise bad(f'no clients of split {split!r} in table client_metadata')
+      row = con.execute(
+          'SELECT serialized_example_proto FROM examples WHERE split_name = ? LIMIT 1;',
+          (split,)).fetchone()
+      if row is None:
+        raise bad(f'no examples of split {split!r} in table examples')
+      _check_example(row[0], db_path, split)
+  except sqlite3.Error as e:
+    raise bad(_describe(e)) from None
+  finally:
+    con.close()
 
 
 def default_cache_dir() -> str:
@@ -87,12 +218,15 @@ def load_emnist(only_digits: bool, data_dir: str | None):
 
   Raises:
     DataNotFoundError (a ValueError): the file is missing and cannot be
-      downloaded, or it is not a valid EMNIST cache.
+      downloaded; InvalidCacheError (a DataNotFoundError) if it is not a
+      valid EMNIST cache (see `check_emnist_sqlite`).
   """
-  cache_dir = os.path.abspath(os.path.expanduser(data_dir)) if data_dir else default_cache_dir()
-  db_path = os.path.join(cache_dir, _DB_FILENAME)
+  db_path = cache_path(data_dir)
+  cache_dir = os.path.dirname(db_path)
   existed = os.path.exists(db_path)
-  if not existed and not _network_available():
+  if existed:
+    check_emnist_sqlite(db_path, only_digits)
+  elif not _network_available():
     raise _not_found(db_path, cache_dir, 'no network to download it')
 
   # pylint: disable=g-import-not-at-top
@@ -108,9 +242,17 @@ def load_emnist(only_digits: bool, data_dir: str | None):
       os.remove(db_path)  # partial download: never leave it to be trusted later
     raise _not_found(db_path, cache_dir, f'download failed: {e}') from None
   except (sqlite3.DatabaseError, sql_client_data.DatabaseFormatError) as e:
-    raise DataNotFoundError(
-        f'{db_path} is not a valid EMNIST sqlite cache ({e}); rebuild it with '
-        'uv run python -m tff_research.data.build_emnist_cache --overwrite ...') from None
+    if not existed and os.path.exists(db_path):
+      os.remove(db_path)  # our own download: never leave it to be trusted later
+    raise InvalidCacheError(
+        f'{db_path} is not a valid EMNIST sqlite cache ({_describe(e)}); '
+        f'{_rebuild(db_path)}') from None
+  if not existed:
+    try:
+      check_emnist_sqlite(db_path, only_digits)
+    except InvalidCacheError:
+      os.remove(db_path)  # a bad download of ours
+      raise
   if not train.client_ids or not test.client_ids:
     split = 'digits_only' if only_digits else 'all'
     raise DataNotFoundError(

@@ -85,9 +85,10 @@ def model_fn(
           ' package.module:function')
 
     def seeded(n):
-      # A researcher's model seeds its unseeded initializers from the run.
+      # A researcher's model seeds its unseeded initializers from the run
+      # (Keras draws them from Python's, NumPy's and TF's global seeds).
       if seed is not None:
-        tf.random.set_seed(seed)
+        tf.keras.utils.set_random_seed(seed)
       return constructor(n)
 
   def build():

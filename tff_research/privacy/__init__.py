@@ -1,14 +1,15 @@
 """Differential privacy for federated training (docs/privacy.md).
 
+* `dp_config`: `DPConfig`, the mechanism, its budget and sampling, and the
+  aggregation factory that implements it.
+* `dp_server`, `dp_client`, `clipping`, `adaptive_clipping`: custom
+  `tff.aggregators` factories in TFF's federated core: central DP-FedAvg
+  (McMahan et al. 2018, adaptive clipping of Andrew et al. 2021) and local DP.
 * `accounting`: epsilon of a run with `dp_accounting` (RDP every round, PLD
-  where it applies), the per-round DpEvent matching the client sampling, and
-  noise calibration.
-* `dp_algorithm`: `DPConfig` and `PrivateAlgorithm`, a FedAvg-family
-  algorithm with a DP model aggregator (`tff_research.aggregators`), privacy
-  metrics and the budget the training loop stops on.
+  where it applies), the per-round DpEvent matching the client sampling.
 * `calibrate`: `python -m tff_research.privacy.calibrate`, the noise
   multiplier that meets a budget.
 
-Kept import-free: `tff_research.algorithms` imports `dp_algorithm`, which
-imports `algorithms.base`.
+The algorithm wrapper that applies a `DPConfig` is
+`tff_research.algorithms.private`; this package never imports algorithms.
 """

@@ -22,7 +22,7 @@ from tff_research.algorithms import registry
 from tff_research.data import federated_data
 from tff_research.data import partition
 from tff_research.data import sampling
-from tff_research.privacy import dp_algorithm
+from tff_research.privacy import dp_config
 
 EVAL_ON = ('test_split', 'heldout_clients')
 DATASETS = federated_data.DATASETS
@@ -296,7 +296,7 @@ def from_hparams(
                        if n in given}
   dp = None
   if v['dp'] != 'none':
-    dp = dp_algorithm.DPConfig(
+    dp = dp_config.DPConfig(
         mode=v['dp'], **{field: v[flag] for flag, field in _DP_FIELDS.items()},
         sampling=v['sampling'], clients_per_round=v['clients_per_round'],
         client_fraction=v['client_fraction'], seed=v['seed'])

@@ -26,7 +26,6 @@ from tff_research.algorithms import registry
 from tff_research.program import config as config_lib
 
 FLAGS = flags.FLAGS
-FLAG_GROUPS: dict[str, list[str]] = collections.defaultdict(list)
 
 
 class FlagError(ValueError):
@@ -149,14 +148,8 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   algorithm's hyperparameter flags.
   """
   defaults = config_lib.default_hparams()
-  entries = list(_FLAGS)
-  for h in registry.all_hyperparameters().values():
-    group = 'clustering' if h in registry.CLUSTERING_HYPERPARAMETERS else (
-        'algorithm')
-    entries.append((group, h.name, h.type, _hyperparameter_help(h)))
-  for group, name, kind, help_text in entries:
-    if name not in FLAG_GROUPS[group]:
-      FLAG_GROUPS[group].append(name)
+  for group, name, kind, help_text in _entries():
+    del group
     if name in flag_values:
       continue
     if name == 'algorithm':
@@ -187,8 +180,27 @@ def _hyperparameter_help(h) -> str:
   return f'{h.help} Applies to {registry.scope(h.name)}.'
 
 
+def _entries():
+  """(group, name, type, help) of every flag, the registered algorithms'
+  hyperparameters included."""
+  entries = list(_FLAGS)
+  for h in registry.all_hyperparameters().values():
+    group = 'clustering' if h in registry.CLUSTERING_HYPERPARAMETERS else (
+        'algorithm')
+    entries.append((group, h.name, h.type, _hyperparameter_help(h)))
+  return entries
+
+
+def flag_groups() -> dict[str, list[str]]:
+  """group -> flag names, in definition order."""
+  groups = collections.defaultdict(list)
+  for group, name, _, _ in _entries():
+    groups[group].append(name)
+  return dict(groups)
+
+
 def all_flag_names() -> list[str]:
-  return [name for names in FLAG_GROUPS.values() for name in names]
+  return [name for _, name, _, _ in _entries()]
 
 
 # Flags that apply only to some runs: name -> (applies(config), where).
@@ -252,7 +264,8 @@ def given_flags(flag_values: flags.FlagValues = FLAGS,
                 names: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """name -> value of the experiment flags set on the command line."""
   names = all_flag_names() if names is None else names
-  return {n: flag_values[n].value for n in names if flag_values[n].present}
+  return {n: flag_values[n].value for n in names
+          if n in flag_values and flag_values[n].present}
 
 
 def config_from_flags(

@@ -12,6 +12,8 @@ import collections
 import dataclasses
 from typing import Any, Optional
 
+import numpy as np
+
 
 @dataclasses.dataclass
 class RoundRecord:
@@ -60,3 +62,81 @@ class CommunicationHook:
     return {'communication': collections.OrderedDict(
         kb_down=kb_down, kb_up=kb_up, kb_total=kb_down + kb_up,
         cumulative_kb=self._cumulative_kb)}
+
+
+class StopRun(Exception):
+  """A hook ends the run: `message` (one line) after keeping `state` as the
+  checkpoint of round `round_num` (None: keep what is on disk)."""
+
+  def __init__(self, message: str, round_num: int, state: Any):
+    super().__init__(message)
+    self.round_num = round_num
+    self.state = state
+
+
+def _finite(value) -> bool:
+  return bool(np.all(np.isfinite(np.asarray(value, np.float64))))
+
+
+class DivergenceGuard:
+  """Stops a run whose global model is no longer finite.
+
+  A model is non-finite when a weight is, or when its loss is: on the
+  reporting clients' data at the start of a round (the dashboard's
+  `client_loss`), or on the held-out data. A round whose every reporting
+  client sent a non-finite update (all excluded by the aggregator, so the
+  round counted no example) also means the model can no longer train.
+  The run stops with one line naming the round and what to lower, after
+  keeping the last finite model as a checkpoint, so metrics never show the
+  0.0 losses of a round that trained on nothing.
+  """
+
+  def __init__(self, algorithm, suggestions: dict[str, Any]):
+    self._algorithm = algorithm
+    self._suggestions = suggestions
+    self._previous: Optional[tuple[int, Any]] = None  # (round, state)
+
+  def start(self, start_round: int, state) -> None:
+    del start_round, state
+    self._previous = None
+
+  def _stop(self, diverged_round: int, why: str, kept: tuple[int, Any]):
+    lower = ' or '.join(f'--{k} (now {v:g})'
+                        for k, v in self._suggestions.items())
+    kept_text = (f'kept the last finite model, round {kept[0]}, as the latest'
+                 ' checkpoint' if kept[0] else 'no round before it was'
+                 ' finite, so nothing was checkpointed')
+    raise StopRun(
+        f'the global model diverged at round {diverged_round} ({why});'
+        f' {kept_text}; lower {lower} and re-run with a new'
+        ' --experiment_name', kept[0], kept[1])
+
+  def after_round(self, record: RoundRecord):
+    before = (record.round_num - 1, record.state_before)
+    start_loss = record.metrics.get('client_loss', {}).get('mean')
+    if start_loss is not None and not _finite(start_loss):
+      if self._previous is None:
+        raise StopRun(
+            f'the model restored at round {before[0]} is not finite (its'
+            f' training loss is {start_loss}); re-run with a new'
+            ' --experiment_name', None, None)
+      self._stop(before[0], f'its training loss is {start_loss}',
+                 self._previous)
+    weights = self._algorithm.get_model_weights(record.state)
+    if not all(_finite(w) for w in weights.trainable):
+      self._stop(record.round_num, 'a weight is not finite', before)
+    train = record.metrics.get('train', {})
+    if record.reporting and 'num_examples' in train and (
+        float(np.asarray(train['num_examples'])) == 0):
+      self._stop(record.round_num,
+                 f'every one of its {len(record.reporting)} client updates'
+                 ' was non-finite', before)
+    self._previous = before
+    return {}
+
+  def on_evaluation(self, record: RoundRecord, result):
+    if not _finite(result['loss']):
+      self._stop(record.round_num,
+                 f'its held-out loss is {result["loss"]}',
+                 (record.round_num - 1, record.state_before))
+    return {}

@@ -46,32 +46,18 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
     if hasattr(hook, 'start'):
       hook.start(start, state)
   rows = []
-  bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name), unit='round',
-                  disable=not progress, initial=start, total=final)
+  bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name),
+                  unit='round', disable=not progress, initial=start, total=final)
   for round_num in bar:
-    began = time.monotonic()
-    selected = sampler.sample(round_num)
-    record = hooks_lib.RoundRecord(round_num, selected,
-                                   sampler.reporting(selected, round_num), state)
-    metrics = hooks_lib.call(hooks, 'before_round', record)
-    if record.reporting or algorithm.runs_empty_rounds:
-      state, trained = algorithm.next(
-          state, round_num, record.reporting,
-          training_data.datasets(round_num, record.reporting))
-      if not record.reporting:  # Noise only: there is no training metric.
-        trained = {k: v for k, v in trained.items() if k != 'train'}
-      metrics.update(trained)
-    record.state, record.metrics = state, metrics
-    metrics.setdefault('train', {})
-    metrics['train'] = {**metrics['train'], 'clients': len(record.reporting)}
-    _merge(metrics, hooks_lib.call(hooks, 'after_round', record))
-    metrics['train']['round_seconds'] = time.monotonic() - began
-    if evaluation.due(round_num, final):
-      group, result = evaluation(state)
-      _merge(metrics, {'eval': group})
-      _merge(metrics, hooks_lib.call(hooks, 'on_evaluation', record, result))
-      _merge(metrics, algorithm.report(state, round_num))
-    row = release.release(round_num, metrics)
+    try:
+      state, row = _round(round_num, state, algorithm, sampler,
+                          training_data, evaluation, hooks, release, final)
+    except hooks_lib.StopRun as stop:
+      if stop.round_num:
+        asyncio.run(state_manager.save(
+            {'round': stop.round_num, 'state': stop.state}, stop.round_num))
+      release.flush()
+      raise ValueError(str(stop)) from None
     if round_num % rounds_per_checkpoint == 0 or round_num == final:
       asyncio.run(state_manager.save({'round': round_num, 'state': state},
                                      round_num))
@@ -81,6 +67,34 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
   if stop_reason:
     log(stop_reason)
   return rows
+
+
+def _round(round_num, state, algorithm, sampler, training_data, evaluation,
+           hooks, release, final):
+  """One round: (new state, its metrics row)."""
+  began = time.monotonic()
+  selected = sampler.sample(round_num)
+  record = hooks_lib.RoundRecord(round_num, selected,
+                                 sampler.reporting(selected, round_num), state)
+  metrics = hooks_lib.call(hooks, 'before_round', record)
+  if record.reporting or algorithm.runs_empty_rounds:
+    state, trained = algorithm.next(
+        state, round_num, record.reporting,
+        training_data.datasets(round_num, record.reporting))
+    if not record.reporting:  # Noise only: there is no training metric.
+      trained = {k: v for k, v in trained.items() if k != 'train'}
+    metrics.update(trained)
+  record.state, record.metrics = state, metrics
+  metrics.setdefault('train', {})
+  metrics['train'] = {**metrics['train'], 'clients': len(record.reporting)}
+  _merge(metrics, hooks_lib.call(hooks, 'after_round', record))
+  metrics['train']['round_seconds'] = time.monotonic() - began
+  if evaluation.due(round_num, final):
+    group, result = evaluation(state)
+    _merge(metrics, {'eval': group})
+    _merge(metrics, hooks_lib.call(hooks, 'on_evaluation', record, result))
+    _merge(metrics, algorithm.report(state, round_num))
+  return state, release.release(round_num, metrics)
 
 
 def _merge(metrics: dict, groups: dict) -> None:

@@ -25,7 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import algorithms
-from tff_research import dashboard
+from tff_research.program import dashboard
 from tff_research import models
 from tff_research import runtime
 from tff_research.data import federated_data
@@ -150,6 +150,9 @@ def train(
           hparams=config_lib.to_hparams(config),
           eval_batch_size=config.evaluation.eval_batch_size),
       hooks_lib.CommunicationHook(run.algorithm, directory),
+      hooks_lib.DivergenceGuard(run.algorithm, {
+          k: v for k, v in config.algorithm.values.items()
+          if k in ('client_learning_rate', 'server_learning_rate')}),
   ]
   rows = loop.run_rounds(
       algorithm=run.algorithm,

@@ -1,10 +1,14 @@
 """What the reference-experiment binaries share.
 
-Both binaries reuse `experiment_flags` (so `--dataset`, `--data_dir`,
-`--logdir`, ... mean exactly what they mean for `experiments/train.py`), but
-each experiment fixes most of what train.py makes configurable. A train.py
-flag the experiment does not use is therefore an error naming the flags that
-do apply, never silently ignored (google-research/federated's rule).
+Both binaries accept `experiments/train.py`'s flags (so `--dataset`,
+`--data_dir`, `--logdir`, ... mean exactly what they mean there), but each
+experiment fixes most of what train.py makes configurable. A train.py flag
+the experiment does not use is therefore an error naming the flags that do
+apply, never silently ignored (google-research/federated's rule).
+
+The library never reads flags: a binary passes the flags its command line
+set (`flags.given_flags()`, flag -> value) and `values(given)` completes
+them with train.py's defaults.
 
 Each run writes into a fresh directory `LOGDIR/NAME/`; an existing non-empty
 one is refused before any work, so a finished run's outputs are never mixed
@@ -15,53 +19,55 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 import os
+from typing import Any
 
-from absl import flags
+from tff_research.program import config as config_lib
+from tff_research.program import flags as flags_lib
+from tff_research.program import run_directory
 
-from tff_research import experiment_flags
-
-FLAGS = flags.FLAGS
+FlagError = flags_lib.FlagError
 
 
-def present(name: str) -> bool:
-  """Whether `--name` was given on the command line."""
-  return FLAGS[name].present > 0
+def values(given: Mapping[str, Any]) -> dict[str, Any]:
+  """Every train.py flag: `given`, else its default (experiment_name: None)."""
+  return {**config_lib.default_hparams(), 'experiment_name': None, **given}
 
 
 def check_applicable(
     binary: str,
+    given: Mapping[str, Any],
     allowed: Iterable[str],
     hints: Mapping[str, str] | None = None,
 ) -> None:
-  """Raises FlagError for any set train.py flag not in `allowed`.
+  """Raises FlagError for any flag in `given` not in `allowed`.
 
   Args:
     binary: the binary's file name, for the message.
-    allowed: the `experiment_flags` names this binary reads.
+    given: the train.py flags the command line set (flag -> value).
+    allowed: the flags this binary reads, in the order the message lists
+      them.
     hints: optional `flag -> sentence` explaining why a flag does not apply
       (e.g. what the experiment fixes it to).
   """
-  allowed = set(allowed)
+  allowed = list(allowed)
   hints = hints or {}
-  for name in experiment_flags.all_flag_names():
-    if name in allowed or not present(name):
+  for name in given:
+    if name in allowed:
       continue
     hint = hints.get(name)
     if hint is None:
-      hint = 'it accepts ' + ', '.join(
-          f'--{n}' for n in experiment_flags.all_flag_names() if n in allowed)
-    raise experiment_flags.FlagError(
-        f'--{name} does not apply to {binary}: {hint}')
+      hint = 'it accepts ' + ', '.join(f'--{n}' for n in allowed)
+    raise FlagError(f'--{name} does not apply to {binary}: {hint}')
 
 
 def require(ok: bool, message: str) -> None:
   if not ok:
-    raise experiment_flags.FlagError(message)
+    raise FlagError(message)
 
 
-def check_positive(*names: str) -> None:
+def check_positive(flag_values: Mapping[str, Any], *names: str) -> None:
   for name in names:
-    value = FLAGS[name].value
+    value = flag_values[name]
     require(value is not None and value > 0,
             f'--{name}={value} is not valid: must be > 0')
 
@@ -73,14 +79,13 @@ def fresh_run_dir(logdir: str, name: str) -> str:
     FlagError: `name` is not a plain directory name, or the directory
       already holds files.
   """
-  require(
-      bool(name) and '/' not in name and name not in ('.', '..'),
-      f'--experiment_name={name!r} is not valid: give a non-empty name'
-      ' without "/"',
-  )
+  try:
+    run_directory.check_name(name)
+  except run_directory.RunDirError as e:
+    raise FlagError(str(e)) from None
   path = os.path.join(logdir, name)
   if os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
-    raise experiment_flags.FlagError(
+    raise FlagError(
         f'{path} already exists and is not empty; choose another'
         ' --experiment_name or --logdir (or delete it)')
   return path

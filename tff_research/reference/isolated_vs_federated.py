@@ -46,13 +46,13 @@ import dataclasses
 import io
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
 import tensorflow as tf
 
 from tff_research import algorithms
-from tff_research import experiment
 from tff_research import models
 from tff_research import runtime
 from tff_research.data import federated_data
@@ -204,10 +204,11 @@ def train_federated(
 ) -> tuple[tf.keras.Model, list[dict[str, float]]]:
   """FedAvg over `client_ids` (default: every silo) for `config.rounds`."""
   client_ids = list(data.client_ids if client_ids is None else client_ids)
-  model_fn = experiment.build_model_fn(config.model, NUM_CLASSES, config.seed)
+  model_fn = models.model_fn(config.model, NUM_CLASSES,
+                             preprocessing.element_spec(), seed=config.seed)
   algorithm = algorithms.build_algorithm(
       algorithms.AlgorithmConfig(
-          algorithm='fedavg',
+          'fedavg',
           client_optimizer='sgd',
           client_learning_rate=config.learning_rate,
           server_learning_rate=1.0,
@@ -437,51 +438,59 @@ _HINTS = {
 
 
 def config_from_flags(
-    local_epochs: int, fedavg_rounds: int
+    given: Mapping[str, Any], local_epochs: int, fedavg_rounds: int
 ) -> tuple[StudyConfig, str, Optional[str], float, str]:
-  """(config, dataset, data_dir, test_fraction, run dir) from parsed flags.
+  """(config, dataset, data_dir, test_fraction, run dir) of a command line.
+
+  Args:
+    given: the train.py flags the command line set (`flags.given_flags()`).
+    local_epochs: `--local_epochs`.
+    fedavg_rounds: `--fedavg_rounds`.
 
   Raises:
     FlagError: a flag that does not apply, or a bad value (one line).
   """
-  f = common.FLAGS
-  common.check_applicable(BINARY, _ALLOWED_FLAGS, _HINTS)
+  common.check_applicable(BINARY, given, _ALLOWED_FLAGS, _HINTS)
+  f = common.values(given)
   common.require(
-      f.dataset in DATASETS,
-      f'--dataset={f.dataset} is not valid for {BINARY}: the study is on'
+      f['dataset'] in DATASETS,
+      f'--dataset={f["dataset"]} is not valid for {BINARY}: the study is on'
       f' digits; use one of {", ".join(DATASETS)}')
-  if f.dataset == 'digits':
-    common.require(not common.present('data_dir'),
+  if f['dataset'] == 'digits':
+    common.require('data_dir' not in given,
                    '--data_dir applies only to --dataset=emnist_digits')
   common.require(local_epochs >= 1,
                  f'--local_epochs={local_epochs} is not valid: must be >= 1')
   common.require(fedavg_rounds >= 1,
                  f'--fedavg_rounds={fedavg_rounds} is not valid: must be >= 1')
-  common.check_positive('client_learning_rate', 'batch_size', 'shuffle_buffer')
+  common.check_positive(f, 'client_learning_rate', 'batch_size',
+                        'shuffle_buffer')
   common.require(
-      0.0 < f.test_fraction < 1.0,
-      f'--test_fraction={f.test_fraction} is not valid: must be in (0, 1)')
-  common.require(f.seed >= 0, f'--seed={f.seed} is not valid: must be >= 0')
-  name = f.experiment_name or f'isolated_vs_federated_{f.dataset}'
-  run_dir = common.fresh_run_dir(f.logdir, name)
+      0.0 < f['test_fraction'] < 1.0,
+      f'--test_fraction={f["test_fraction"]} is not valid: must be in (0, 1)')
+  common.require(f['seed'] >= 0,
+                 f'--seed={f["seed"]} is not valid: must be >= 0')
+  name = f['experiment_name'] or f'isolated_vs_federated_{f["dataset"]}'
+  run_dir = common.fresh_run_dir(f['logdir'], name)
   config = StudyConfig(
       local_epochs=local_epochs,
       rounds=fedavg_rounds,
       # train.py's default (0.1) does not train this network; see StudyConfig.
-      learning_rate=(f.client_learning_rate
-                     if common.present('client_learning_rate')
-                     else StudyConfig.learning_rate),
-      batch_size=f.batch_size,
-      shuffle_buffer=f.shuffle_buffer,
-      seed=f.seed,
+      learning_rate=given.get('client_learning_rate',
+                              StudyConfig.learning_rate),
+      batch_size=f['batch_size'],
+      shuffle_buffer=f['shuffle_buffer'],
+      seed=f['seed'],
   )
-  return config, f.dataset, f.data_dir, f.test_fraction, run_dir
+  return config, f['dataset'], f['data_dir'], f['test_fraction'], run_dir
 
 
-def run_from_flags(local_epochs: int, fedavg_rounds: int) -> list[ModelResult]:
-  """What `experiments/isolated_vs_federated.py` runs."""
+def run_from_flags(given: Mapping[str, Any], local_epochs: int,
+                   fedavg_rounds: int) -> list[ModelResult]:
+  """What `experiments/isolated_vs_federated.py` runs, for a command line
+  that set the train.py flags `given`."""
   config, dataset, data_dir, test_fraction, run_dir = config_from_flags(
-      local_epochs, fedavg_rounds)
+      given, local_epochs, fedavg_rounds)
   data = load_silos(dataset, data_dir, test_fraction, config.seed)
   print(f'Data: {data.description}')
   runtime.start()

@@ -48,13 +48,14 @@ import collections
 import dataclasses
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, Callable, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import evaluation
-from tff_research import experiment
+from tff_research import models
 from tff_research import runtime
 from tff_research.algorithms import fed_avg
 from tff_research.data import federated_data
@@ -107,7 +108,8 @@ def build_model_fn(model: str):
   if model == TUTORIAL_KERAS:
     return tutorial_model_fn
   # Zero initialisation: the seed changes nothing, it only satisfies the API.
-  return experiment.build_model_fn(model, NUM_CLASSES, seed=0)
+  return models.model_fn(model, NUM_CLASSES, preprocessing.element_spec(),
+                         seed=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,66 +323,75 @@ _HINTS = {
 
 
 def config_from_flags(
+    given: Mapping[str, Any],
     first_client: int = 0,
 ) -> tuple[federated_data.DataConfig, str, str, TutorialConfig]:
-  """(data config, model, run directory, tutorial config) from the flags.
+  """(data config, model, run directory, tutorial config) of a command line.
+
+  Args:
+    given: the train.py flags the command line set (`flags.given_flags()`).
+    first_client: `--first_client`.
 
   Raises:
     FlagError: a flag that does not apply, or a bad value (one line).
   """
-  f = common.FLAGS
-  common.check_applicable(BINARY, _ALLOWED_FLAGS, _HINTS)
+  common.check_applicable(BINARY, given, _ALLOWED_FLAGS, _HINTS)
+  f = common.values(given)
   common.require(
       first_client >= 0,
       f'--first_client={first_client} is not valid: must be >= 0')
   common.require(
-      f.dataset in DATASETS,
-      f'--dataset={f.dataset} is not valid for {BINARY}: the tutorial uses'
+      f['dataset'] in DATASETS,
+      f'--dataset={f["dataset"]} is not valid for {BINARY}: the tutorial uses'
       f' digits-only data; use one of {", ".join(DATASETS)}')
   # Without --model: the tutorial's own Keras model (not a --model choice;
-  # experiment_flags' default, the CNN, is not the tutorial's).
-  model = f.model if common.present('model') else TUTORIAL_KERAS
+  # train.py's default, the CNN, is not the tutorial's).
+  model = given.get('model', TUTORIAL_KERAS)
   common.require(
       model in MODELS,
       f'--model={model} is not valid for {BINARY}: omit it for the'
       ' tutorial\'s Keras model, or use linear (logits softmax regression)'
       ' or linear_variable (the from-scratch VariableModel)')
-  if f.dataset == 'digits':
-    common.require(not common.present('data_dir'),
+  if f['dataset'] == 'digits':
+    common.require('data_dir' not in given,
                    '--data_dir applies only to --dataset=emnist_digits')
     common.require(
-        f.num_clients >= _FIXED.num_clients,
-        f'--num_clients={f.num_clients} is not valid: the tutorial trains the'
-        f' first {_FIXED.num_clients} clients, so use >= {_FIXED.num_clients}')
+        f['num_clients'] >= _FIXED.num_clients,
+        f'--num_clients={f["num_clients"]} is not valid: the tutorial trains'
+        f' the first {_FIXED.num_clients} clients, so use >='
+        f' {_FIXED.num_clients}')
     common.require(
-        0.0 < f.test_fraction < 1.0,
-        f'--test_fraction={f.test_fraction} is not valid: must be in (0, 1)')
-    common.require(f.seed >= 0, f'--seed={f.seed} is not valid: must be >= 0')
+        0.0 < f['test_fraction'] < 1.0,
+        f'--test_fraction={f["test_fraction"]} is not valid: must be in (0, 1)')
+    common.require(f['seed'] >= 0,
+                   f'--seed={f["seed"]} is not valid: must be >= 0')
   else:
     for name in ('num_clients', 'test_fraction', 'seed'):
       common.require(
-          not common.present(name),
+          name not in given,
           f'--{name} applies only to --dataset=digits; emnist_digits keeps'
           ' its natural writers and the tutorial\'s fixed shuffle seed (1)')
-  name = f.experiment_name or (
-      f'tutorial_{f.dataset}'
+  name = f['experiment_name'] or (
+      f'tutorial_{f["dataset"]}'
       + ('' if model == TUTORIAL_KERAS else f'_{model}')
       + (f'_from{first_client}' if first_client else ''))
-  run_dir = common.fresh_run_dir(f.logdir, name)
+  run_dir = common.fresh_run_dir(f['logdir'], name)
   data_config = federated_data.DataConfig(
-      dataset=f.dataset,
-      data_dir=f.data_dir,
-      num_clients=f.num_clients,
-      test_fraction=f.test_fraction,
-      seed=f.seed,
+      dataset=f['dataset'],
+      data_dir=f['data_dir'],
+      num_clients=f['num_clients'],
+      test_fraction=f['test_fraction'],
+      seed=f['seed'],
   )
   config = TutorialConfig(first_client=first_client)
   return data_config, model, run_dir, config
 
 
-def run_from_flags(first_client: int = 0) -> TutorialResult:
-  """What `experiments/tutorial_image_classification.py` runs."""
-  data_config, model, run_dir, config = config_from_flags(first_client)
+def run_from_flags(given: Mapping[str, Any],
+                   first_client: int = 0) -> TutorialResult:
+  """What `experiments/tutorial_image_classification.py` runs, for a command
+  line that set the train.py flags `given`."""
+  data_config, model, run_dir, config = config_from_flags(given, first_client)
   data = federated_data.load_federated_data(data_config)
   print(f'Data: {data.description}')
   runtime.start()
@@ -389,6 +400,7 @@ def run_from_flags(first_client: int = 0) -> TutorialResult:
   print(f'Clients: {", ".join(result.client_ids)}')
   table = format_comparison(result)
   print(table)
+  flag_values = common.values(given)
   with open(os.path.join(run_dir, 'results.json'), 'w') as fh:
     json.dump(
         dict(
@@ -396,7 +408,7 @@ def run_from_flags(first_client: int = 0) -> TutorialResult:
             model=model,
             config=dataclasses.asdict(config),
             flags=dict(
-                {n: common.FLAGS[n].value for n in _ALLOWED_FLAGS},
+                {n: flag_values[n] for n in _ALLOWED_FLAGS},
                 model=model, first_client=first_client),
             reference=REFERENCE,
             **result.to_json(),

@@ -1,7 +1,8 @@
 """What a clustered-FL run found: clusters, purity and accuracy per cluster.
 
 `summarize_run(run_dir)` rebuilds the run's data and algorithm from its
-`hparams.json`, loads its latest checkpoint and reports:
+`hparams.json` (`training.rebuild_run`), loads its latest checkpoint and
+reports:
 
 * the clusters formed and their sizes; for a label-permuted federation
   (`--permute_labels_fraction`), how many permuted clients each holds and the
@@ -19,35 +20,28 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import csv
-import json
 import os
 from typing import Any, Optional
 
 import numpy as np
-import tensorflow_federated as tff
 
-from tff_research import algorithms
 from tff_research import clustering
-from tff_research import experiment
-from tff_research import experiment_flags
-from tff_research import runtime
-from tff_research import training_loop
-from tff_research.data import federated_data
 from tff_research.data import label_permutation
-from tff_research.data import preprocessing
+from tff_research.program import client_data
+from tff_research.program import run_directory
+from tff_research.program import training
 
 
 def _last_eval(metrics_path: str) -> dict[str, Any]:
-  with open(metrics_path, newline='') as f:
-    rows = [r for r in csv.DictReader(f) if r.get('eval_accuracy')]
+  rows = [r for r in run_directory.read_metrics(metrics_path)
+          if r.get('eval_accuracy') is not None]
   if not rows:
     return {}
   last = rows[-1]
   out = collections.OrderedDict(
-      round=int(last['round']), accuracy=float(last['eval_accuracy']))
+      round=last['round'], accuracy=last['eval_accuracy'])
   for key, value in last.items():
-    if key.startswith('eval_group') and value:
+    if key.startswith('eval_group') and value is not None:
       out[key[len('eval_'):]] = float(value)
   return out
 
@@ -58,40 +52,32 @@ def summarize_run(
     data_dir: Optional[str] = None,
     place_unresolved: bool = True,
 ) -> dict[str, Any]:
-  """Summary of the run in `run_dir` (see the module docstring)."""
-  path = os.path.join(run_dir, 'hparams.json')
-  if not os.path.exists(path):
+  """Summary of the run in `run_dir` (see the module docstring).
+
+  `data_dir` replaces the recorded one (the data moved). Raises ValueError
+  (one line) for a directory that is not a readable run.
+  """
+  directory = run_directory.RunDirectory(run_dir)
+  if not os.path.exists(directory.hparams_path):
     raise ValueError(
-        f'{path} not found: --run_dirs must name runs of experiments/train.py'
-    )
-  with open(path) as f:
-    hparams = json.load(f)
-  if data_dir is not None:
-    hparams['data_dir'] = data_dir
+        f'{directory.hparams_path} not found: --run_dirs must name runs of'
+        ' experiments/train.py')
+  recorded = directory.recorded_config()
+  clustered = recorded.algorithm.clustered
   out = collections.OrderedDict(
       run=os.path.basename(os.path.normpath(run_dir)),
-      clustering=hparams.get('clustering', 'none'),
-      eval=_last_eval(os.path.join(run_dir, 'metrics.csv')),
+      clustering=recorded.algorithm.values.get('clustering', 'none'),
+      eval=_last_eval(directory.metrics_path),
   )
-  if out['clustering'] == 'none':
+  if not clustered:
     return out
-  data = federated_data.load_federated_data(
-      experiment_flags.data_config(hparams))
-  train_config = experiment_flags.train_config(hparams)
-  split = training_loop.ClientSplit(data, train_config)
-  runtime.start()
-  model_fn = experiment.build_model_fn(
-      hparams['model'], data.num_classes, hparams['seed'])
-  alg = algorithms.build_algorithm(
-      experiment_flags.algorithm_config(hparams), model_fn,
-      split.train_client_ids)
-  manager = tff.program.FileProgramStateManager(
-      os.path.join(run_dir, 'checkpoints'),
-      prefix=training_loop.CHECKPOINT_PREFIX)
+  run = training.rebuild_run(run_dir, data_dir=data_dir)
+  config, alg = run.config, run.algorithm
   restored, _ = asyncio.run(
-      manager.load_latest({'round': 0, 'state': alg.initialize()}))
+      training.state_manager(directory.checkpoint_dir).load_latest(
+          run.state_template()))
   if restored is None:
-    raise ValueError(f'no checkpoint in {run_dir}/checkpoints')
+    raise ValueError(f'no checkpoint in {directory.checkpoint_dir}')
   state, round_num = restored['state'], int(restored['round'])
   assignments = np.array(state['assignments'])
   unresolved = alg.unresolved_mask(state)
@@ -100,17 +86,10 @@ def summarize_run(
   out['unresolved'] = int(unresolved.sum())
   if place_unresolved and unresolved.any():
     ids = [alg.client_ids[i] for i in np.flatnonzero(unresolved)]
-    datasets = [
-        preprocessing.preprocess(
-            data.train.create_tf_dataset_for_client(cid),
-            epochs=train_config.client_epochs,
-            batch_size=train_config.batch_size,
-            shuffle_buffer=train_config.shuffle_buffer,
-            seed=training_loop._client_seed(  # pylint: disable=protected-access
-                train_config.seed, round_num + 1, cid),
-        )
-        for cid in ids
-    ]
+    # Their data exactly as when next sampled (round `round_num + 1`).
+    datasets = client_data.TrainingData(
+        run.data.train, config.training, config.seed).datasets(
+            round_num + 1, ids)
     placed = alg.assign_clients(state, datasets)
     out['placed_moved'] = int(np.sum(placed != assignments[unresolved]))
     assignments_all = assignments.copy()
@@ -119,10 +98,10 @@ def summarize_run(
     assignments_all = assignments
   out['sizes'] = np.bincount(
       assignments_all, minlength=out['num_clusters']).tolist()
-  fraction = hparams.get('permute_labels_fraction', 0.0)
+  fraction = config.data.permute_labels_fraction
   if fraction:
     permuted = set(label_permutation.permuted_clients(
-        data.client_ids, fraction, hparams['seed']))
+        run.data.client_ids, fraction, config.seed))
     truth = np.array([cid in permuted for cid in alg.client_ids], int)
     out['permuted_per_cluster'] = [
         int(truth[assignments_all == c].sum())

@@ -39,14 +39,16 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
+from tff_research.program import run_directory
+
 _CONFIG_KEYS = frozenset({'logdir', 'parallel', 'base', 'grid'})
 # Set by the sweep for each run; not configurable.
 _RESERVED = frozenset({'logdir', 'experiment_name'})
 # Not hyperparameters: left out of the HParams domains.
 _NOT_HPARAMS = frozenset({'logdir', 'experiment_name', 'progress', 'data_dir'})
 TRAIN_SCRIPT = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    'experiments', 'train.py')
+    os.path.dirname(os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__)))), 'experiments', 'train.py')
 # Final metrics in the results table: (metrics.csv column, from the last
 # evaluation round, or the last round that logged it: a round where every
 # client dropped out logs no train loss).
@@ -164,8 +166,11 @@ def expand(config: SweepConfig,
   for values in itertools.product(*(config.grid[n] for n in names)):
     grid_values = dict(zip(names, values))
     name = run_name(grid_values)
-    if '/' in name:
-      raise SweepError(f'run {name!r}: grid values must not contain "/"')
+    try:
+      run_directory.check_name(name)
+    except run_directory.RunDirError as e:
+      raise SweepError(f'run {name!r}: {e} (the grid values name the run)'
+                       ) from None
     flags = {**config.base, **grid_values}
     try:
       total_rounds, hparams = validate(
@@ -178,29 +183,24 @@ def expand(config: SweepConfig,
 
 
 def validate_with_train_flags(argv: list[str]) -> tuple[int, dict[str, Any]]:
-  """Parses and validates train.py's flags for `argv` (the process's absl
-  FLAGS are reset afterwards)."""
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from tff_research import experiment_flags  # pylint: disable=g-import-not-at-top
-  fv = flags.FLAGS
-  try:
-    fv.unparse_flags()
-    try:
-      fv(['train.py'] + argv)
-    except flags.Error as e:
-      raise SweepError(str(e)) from None
-    experiment_flags.validate()
-    return fv.total_rounds, experiment_flags.hparams()
-  finally:
-    fv.unparse_flags()
-    fv.mark_as_parsed()
+  """Parses and validates train.py's flags for `argv` in a private
+  FlagValues (the process's flags are untouched): (total_rounds, hparams)."""
+  # pylint: disable=g-import-not-at-top
+  from tff_research.program import config as config_lib
+  from tff_research.program import flags
+  # pylint: enable=g-import-not-at-top
+  config = flags.config_from_argv(argv)
+  return config.training.total_rounds, config_lib.to_hparams(config)
 
 
 def checkpointed_round(logdir: str, name: str) -> int:
   """The latest checkpointed round of run `name` (0 if none)."""
   rounds = [0]
-  for path in glob.glob(os.path.join(logdir, name, 'checkpoints', 'round_*')):
-    suffix = os.path.basename(path)[len('round_'):]
+  prefix = run_directory.CHECKPOINT_PREFIX
+  checkpoints = run_directory.RunDirectory(os.path.join(logdir, name)
+                                           ).checkpoint_dir
+  for path in glob.glob(os.path.join(checkpoints, prefix + '*')):
+    suffix = os.path.basename(path)[len(prefix):]
     if suffix.isdigit():
       rounds.append(int(suffix))
   return max(rounds)
@@ -213,6 +213,8 @@ def is_complete(logdir: str, run: Run) -> bool:
 def _die_with_parent():
   # A run must not outlive a killed sweep (it would race the re-run for the
   # same directory). SIGTERM lets train.py stop its TFF worker first.
+  # TODO: call runtime.die_with_parent(signal.SIGTERM) once runtime.py has
+  # it (its private _die_with_parent duplicates this with SIGKILL).
   import ctypes  # pylint: disable=g-import-not-at-top
   libc = ctypes.CDLL('libc.so.6', use_errno=True)
   libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
@@ -275,29 +277,25 @@ def run_sweep(config: SweepConfig, runs: Sequence[Run], *,
   return status
 
 
-def _read_rows(path: str) -> list[dict[str, str]]:
-  if not os.path.exists(path):
-    return []
-  with open(path, newline='') as f:
-    return list(csv.DictReader(f))
-
-
 def results(config: SweepConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
   """One row per run: grid values, rounds done and final metrics."""
   table = []
   for run in runs:
-    rows = _read_rows(os.path.join(config.logdir, run.name, 'metrics.csv'))
-    last = rows[-1] if rows else {}
-    last_eval = next((r for r in reversed(rows) if r.get('eval_accuracy')), {})
+    rows = run_directory.read_metrics(
+        run_directory.RunDirectory(
+            os.path.join(config.logdir, run.name)).metrics_path)
+    last_eval = next((r for r in reversed(rows)
+                      if r.get('eval_accuracy') is not None), {})
     row = {'run': run.name, **{k: _format(v) for k, v in run.grid_values.items()},
-           'rounds': int(last['round']) if last else 0,
+           'rounds': rows[-1]['round'] if rows else 0,
            'complete': is_complete(config.logdir, run)}
     for column, source in RESULT_COLUMNS:
       if source == 'eval':
-        value = last_eval.get(column, '')
+        value = last_eval.get(column)
       else:
-        value = next((r[column] for r in reversed(rows) if r.get(column)), '')
-      row[column] = float(value) if value not in ('', None) else None
+        value = next((r[column] for r in reversed(rows)
+                      if r.get(column) is not None), None)
+      row[column] = None if value is None else float(value)
     table.append(row)
   return table
 
@@ -336,7 +334,7 @@ def write_results(config: SweepConfig, table: Sequence[Mapping[str, Any]]
 
 def write_hparams_config(config: SweepConfig, runs: Sequence[Run]) -> None:
   """The logdir's HParams experiment: every flag whose values the runs use."""
-  from tff_research import dashboard  # pylint: disable=g-import-not-at-top
+  from tff_research.program import dashboard  # pylint: disable=g-import-not-at-top
   values: dict[str, list[Any]] = {}
   for run in runs:
     for name, value in run.hparams.items():

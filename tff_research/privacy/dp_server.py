@@ -44,8 +44,8 @@ from typing import Optional
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research.aggregators import adaptive_clipping
-from tff_research.aggregators import clipping
+from tff_research.privacy import adaptive_clipping
+from tff_research.privacy import clipping
 from tff_research.data import sampling
 
 

@@ -13,7 +13,7 @@ import os
 from typing import Any, Optional
 
 
-from tff_research import evaluation
+from tff_research.evaluation import per_client
 from tff_research.program import run_directory
 from tff_research.program import training
 
@@ -74,7 +74,7 @@ def evaluate_checkpoint(
     restored = asyncio.run(manager.load(round_num, template))
   # Each held-out client is evaluated with the model the algorithm assigns it
   # (one global model, or its cluster's), exactly as during training.
-  result = evaluation.Evaluator(run.model_fn).evaluate_groups(
+  result = per_client.Evaluator(run.model_fn).evaluate_groups(
       run.algorithm.eval_model_groups(restored['state'],
                                       run.split.eval_client_ids),
       run.split.eval_datasets(),

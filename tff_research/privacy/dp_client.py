@@ -40,7 +40,7 @@ import collections
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research.aggregators import clipping
+from tff_research.privacy import clipping
 
 
 class ClientDPFactory(tff.aggregators.UnweightedAggregationFactory):

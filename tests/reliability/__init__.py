@@ -1,0 +1,1 @@
+"""Reliability tests: worker health, bad input files, checkpoints, run locks."""

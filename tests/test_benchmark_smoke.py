@@ -1,0 +1,86 @@
+"""`benchmarks/run.py --smoke` runs end to end and prints a complete table.
+
+A real subprocess on pipes (stdin closed): the peers' TFF workers must not
+hold our pipes open, every peer row must carry finite numbers, and the
+ratios must be computed. No ratio's value is asserted (the machine is shared).
+"""
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN_PY = os.path.join(REPO, 'benchmarks', 'run.py')
+TIMEOUT_S = 600
+
+HEADER = ('| peer | clients/round | examples/round | median s/round | rounds measured | '
+          'peak RSS process MB | peak RSS children MB | load | notes |')
+MEASURED_PEERS = (
+    'pipeline (experiments/train.py)',
+    'vanilla TFF (tutorial, default context)',
+    'floor, sequential (plain TF, all cores)',
+    'floor, parallel (plain TF,',
+)
+RATIOS = (
+    'pipeline / floor',
+    'vanilla TFF / pipeline',
+    'eval / forward floor',
+)
+
+
+def _cells(line: str) -> list[str]:
+  return [c.strip() for c in line.strip().strip('|').split('|')]
+
+
+def _number(cell: str) -> float:
+  match = re.match(r'^-?\d+(\.\d+)?', cell)
+  assert match, f'not a number: {cell!r}'
+  return float(match.group(0))
+
+
+def _run_smoke() -> tuple[int, str, str]:
+  proc = subprocess.Popen(
+      [sys.executable, RUN_PY, '--smoke'], cwd=REPO, stdin=subprocess.DEVNULL,
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    out, err = proc.communicate(timeout=TIMEOUT_S)
+  except subprocess.TimeoutExpired:
+    proc.send_signal(signal.SIGTERM)  # run.py kills its peers' process groups
+    try:
+      out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      out, err = proc.communicate()
+    raise AssertionError(f'run.py --smoke did not finish in {TIMEOUT_S} s:\n{err[-3000:]}')
+  return proc.returncode, out, err
+
+
+def test_smoke_prints_every_peer_with_finite_numbers():
+  code, out, err = _run_smoke()
+  assert code == 0, f'exit {code}\nstdout:\n{out}\nstderr:\n{err[-4000:]}'
+  lines = out.splitlines()
+  assert HEADER in lines, out
+
+  for label in MEASURED_PEERS:
+    rows = [l for l in lines if l.startswith(f'| {label}')]
+    assert rows, f'no row for {label!r}:\n{out}'
+    for row in rows:
+      cells = _cells(row)
+      # clients/round, examples/round, median s/round, rounds measured, peak RSS process
+      values = [_number(c) for c in cells[1:6]]
+      assert all(math.isfinite(v) for v in values), row
+      assert values[2] > 0 and values[3] >= 1 and values[4] > 0, row
+  flower = [l for l in lines if l.startswith('| Flower')]
+  assert flower and 'skipped' in flower[0], out
+
+  for name in RATIOS:
+    rows = [l for l in lines if l.startswith(f'| {name}')]
+    assert rows, f'no ratio row {name!r}:\n{out}'
+    value = _number(_cells(rows[0])[1])
+    assert math.isfinite(value) and value > 0, rows[0]
+  assert 'Linear fit of pipeline' in out
+  # communicate() returned: no peer's child (TFF's worker_binary under the
+  # default context included) kept our pipes open.

@@ -1,0 +1,204 @@
+"""tff_research.studies.statistics against textbook values and scipy."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from tff_research.studies import statistics
+
+# Student (1908) / Cushny & Peebles: extra hours of sleep of 10 patients under
+# two drugs (R's `sleep` data). The textbook paired t-test (R:
+# t.test(extra ~ group, data = sleep, paired = TRUE)) gives t = -4.0621,
+# df = 9, p = 0.002833, 95% CI of the mean difference [-2.4599, -0.7001].
+SLEEP_1 = [0.7, -1.6, -0.2, -1.2, -0.1, 3.4, 3.7, 0.8, 0.0, 2.0]
+SLEEP_2 = [1.9, 0.8, 1.1, 0.1, -0.1, 4.4, 5.5, 1.6, 4.6, 3.4]
+
+
+def test_paired_comparison_matches_the_textbook_sleep_data():
+  cmp = statistics.paired_comparison(SLEEP_1, SLEEP_2)
+  assert cmp.n == 10 and cmp.confidence == 0.95
+  assert cmp.mean_difference == pytest.approx(-1.58)
+  assert cmp.t_statistic == pytest.approx(-4.0621, abs=1e-4)
+  assert cmp.p_value == pytest.approx(0.002833, abs=1e-6)
+  assert cmp.low == pytest.approx(-2.4598858, abs=1e-6)
+  assert cmp.high == pytest.approx(-0.7001142, abs=1e-6)
+  assert cmp.half_width == pytest.approx((cmp.high - cmp.low) / 2)
+  ref = stats.ttest_rel(SLEEP_1, SLEEP_2)
+  assert cmp.t_statistic == pytest.approx(ref.statistic, rel=1e-12)
+  assert cmp.p_value == pytest.approx(ref.pvalue, rel=1e-10)
+  with pytest.raises(dataclasses_frozen_error()):
+    cmp.n = 3  # frozen
+
+
+def dataclasses_frozen_error():
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  return dataclasses.FrozenInstanceError
+
+
+def test_mean_ci_matches_scipy_t_interval():
+  x = np.array(SLEEP_2)
+  mean, low, high = statistics.mean_ci(x)
+  ref = stats.t.interval(0.95, len(x) - 1, loc=x.mean(),
+                         scale=stats.sem(x))
+  assert mean == pytest.approx(2.33)
+  assert (low, high) == pytest.approx(ref, rel=1e-12)
+  # By hand: t_{0.975, 9} = 2.262157, s = 2.002249.
+  h = 2.262157 * 2.002249 / math.sqrt(10)
+  assert (low, high) == pytest.approx((2.33 - h, 2.33 + h), abs=1e-5)
+  mean, low, high = statistics.mean_ci(x, confidence=0.9)
+  assert (low, high) == pytest.approx(
+      stats.t.interval(0.9, 9, loc=x.mean(), scale=stats.sem(x)), rel=1e-12)
+
+
+def _check_against_scipy(a, b, confidence):
+  a, b = np.asarray(a, float), np.asarray(b, float)
+  cmp = statistics.paired_comparison(a, b, confidence)
+  ref = stats.ttest_rel(a, b)
+  d = a - b
+  assert cmp.mean_difference == pytest.approx(d.mean(), rel=1e-12, abs=1e-12)
+  if np.std(d, ddof=1) > 1e-9 * max(1.0, np.abs(d).max()):
+    assert cmp.t_statistic == pytest.approx(ref.statistic, rel=1e-9)
+    assert cmp.p_value == pytest.approx(ref.pvalue, rel=1e-7, abs=1e-12)
+    lo, hi = stats.t.interval(confidence, len(d) - 1, loc=d.mean(),
+                              scale=stats.sem(d))
+    # Tolerance on the scale of the interval (low may be near 0; scipy takes
+    # the lower quantile as ppf((1-c)/2), equal to -ppf((1+c)/2) to ~1e-9).
+    tol = 1e-7 * (abs(d.mean()) + (hi - lo))
+    assert (cmp.low, cmp.high) == pytest.approx((lo, hi), abs=tol)
+    mean, low, high = statistics.mean_ci(d, confidence)
+    assert (low, high) == pytest.approx((cmp.low, cmp.high), rel=1e-12,
+                                        abs=1e-12)
+
+
+def test_random_arrays_agree_with_scipy():
+  # Seeded property check that needs no extra package (the hypothesis
+  # version below explores more shapes when hypothesis is installed).
+  rng = np.random.default_rng(0)
+  for _ in range(200):
+    n = int(rng.integers(2, 40))
+    a = rng.normal(rng.normal(), rng.uniform(0.01, 3), n)
+    b = a + rng.normal(rng.normal(0, 0.5), rng.uniform(0.01, 2), n)
+    _check_against_scipy(a, b, float(rng.uniform(0.5, 0.999)))
+
+
+def test_hypothesis_arrays_agree_with_scipy():
+  hypothesis = pytest.importorskip(
+      'hypothesis', reason='hypothesis is not installed (uv run --with'
+      ' hypothesis pytest tests/test_statistics.py)')
+  from hypothesis import strategies as st  # pylint: disable=g-import-not-at-top
+  from hypothesis.extra import numpy as hnp  # pylint: disable=g-import-not-at-top
+
+  finite = st.floats(-1e3, 1e3, allow_nan=False, allow_infinity=False,
+                     width=64)
+
+  @hypothesis.given(
+      st.integers(2, 30).flatmap(lambda n: st.tuples(
+          hnp.arrays(np.float64, n, elements=finite),
+          hnp.arrays(np.float64, n, elements=finite))),
+      st.floats(0.5, 0.999))
+  @hypothesis.settings(max_examples=200, deadline=None)
+  def check(ab, confidence):
+    _check_against_scipy(ab[0], ab[1], confidence)
+
+  check()
+
+
+def test_one_seed_and_zero_variance():
+  # n = 1: no variance estimate, so no interval and no test.
+  mean, low, high = statistics.mean_ci([0.8])
+  assert mean == 0.8 and math.isnan(low) and math.isnan(high)
+  one = statistics.paired_comparison([0.8], [0.7])
+  assert one.mean_difference == pytest.approx(0.1)
+  assert all(math.isnan(x) for x in (one.low, one.high, one.t_statistic,
+                                     one.p_value))
+  assert one.n == 1
+  # Zero variance: the interval is the point.
+  assert statistics.mean_ci([0.5, 0.5, 0.5]) == (0.5, 0.5, 0.5)
+  # Constant nonzero difference: as scipy, t = inf and p = 0.
+  const = statistics.paired_comparison([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+  ref = stats.ttest_rel([2.0, 3.0, 4.0], [1.0, 2.0, 3.0])
+  assert const.t_statistic == ref.statistic == math.inf
+  assert const.p_value == ref.pvalue == 0.0
+  assert (const.low, const.high) == (1.0, 1.0)
+  neg = statistics.paired_comparison([1.0, 2.0], [2.0, 3.0])
+  assert neg.t_statistic == -math.inf and neg.p_value == 0.0
+  # Identical arrays: as scipy, t and p are NaN; the difference is 0.
+  same = statistics.paired_comparison([0.1, 0.7], [0.1, 0.7])
+  assert same.mean_difference == 0.0 and (same.low, same.high) == (0.0, 0.0)
+  assert math.isnan(same.t_statistic) and math.isnan(same.p_value)
+
+
+def test_bad_inputs_are_errors():
+  with pytest.raises(ValueError, match='empty'):
+    statistics.mean_ci([])
+  with pytest.raises(ValueError, match='non-finite'):
+    statistics.mean_ci([1.0, float('nan')])
+  with pytest.raises(ValueError, match=r'confidence=1.0 is not valid'):
+    statistics.mean_ci([1.0, 2.0], confidence=1.0)
+  with pytest.raises(ValueError, match='equally many values'):
+    statistics.paired_comparison([1.0, 2.0], [1.0])
+  with pytest.raises(ValueError, match='one-dimensional'):
+    statistics.mean_ci([[1.0, 2.0]])
+
+
+def test_markdown_table_rows_and_paired_column():
+  results = {'fedavg': SLEEP_1, 'fedprox': SLEEP_2, 'single': [0.5]}
+  with pytest.raises(ValueError, match='equally many values'):
+    statistics.markdown_table(results, baseline='fedavg')
+  del results['single']
+  table = statistics.markdown_table(results, baseline='fedavg', digits=2)
+  lines = table.strip().split('\n')
+  assert lines[0] == ('| algorithm | n | accuracy (mean ± 95% half-width) |'
+                      ' 95% CI | Δ vs fedavg [95% CI] | p (paired t) |')
+  assert lines[1] == '|---|---|---|---|---|---|'
+  mean1, low1, high1 = statistics.mean_ci(SLEEP_1)
+  assert lines[2] == (f'| fedavg | 10 | {mean1:.2f} ± {(high1 - low1) / 2:.2f}'
+                      f' | [{low1:.2f}, {high1:.2f}] | (baseline) |  |')
+  # fedprox - fedavg = +1.58 [0.70, 2.46], p = 0.003.
+  assert lines[3].endswith('| +1.58 [0.70, 2.46] | 0.003 |')
+  assert lines[3].startswith('| fedprox | 10 | 2.33 ± 1.43 | [0.90, 3.76]')
+  plain = statistics.markdown_table({'a': [0.9]}, metric='loss')
+  assert plain.split('\n')[2] == '| a | 1 | 0.900 ± n/a | [n/a, n/a] |'
+  with pytest.raises(ValueError, match="baseline 'b' is not one of"):
+    statistics.markdown_table({'a': [1.0]}, baseline='b')
+
+
+def test_curve_band_aligns_rounds_across_seeds():
+  seeds = [[(1, 0.1), (2, 0.5), (3, 0.7)],
+           [(1, 0.3), (2, 0.7)],
+           [(2, 0.6), (3, 0.9)]]
+  rounds, mean, low, high, n = statistics.curve_band(seeds)
+  assert rounds.tolist() == [1, 2, 3] and n.tolist() == [2, 3, 2]
+  np.testing.assert_allclose(mean, [0.2, 0.6, 0.8])
+  ref = stats.t.interval(0.95, 2, loc=0.6, scale=stats.sem([0.5, 0.7, 0.6]))
+  np.testing.assert_allclose([low[1], high[1]], ref)
+  _, _, low, _, _ = statistics.curve_band([[(5, 1.0)]])
+  assert math.isnan(low[0])
+
+
+def test_plot_curves_writes_a_nontrivial_png(tmp_path):
+  rng = np.random.default_rng(0)
+  rounds = np.arange(1, 41)
+  curves = {
+      name: [list(zip(rounds, top * (1 - np.exp(-rounds / 10))
+                      + 0.02 * rng.standard_normal(40)))
+             for _ in range(5)]
+      for name, top in (('fedavg', 0.6), ('clustered', 0.9))}
+  curves['one seed'] = [list(zip(rounds, np.full(40, 0.3)))]
+  path = statistics.plot_curves(curves, str(tmp_path / 'curves.png'),
+                                title='test')
+  data = (tmp_path / 'curves.png').read_bytes()
+  assert path == str(tmp_path / 'curves.png')
+  assert data[:8] == b'\x89PNG\r\n\x1a\n'
+  assert len(data) > 10_000
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  image = matplotlib.image.imread(str(tmp_path / 'curves.png'))
+  assert image.shape[:2] == (480, 768)
+  # Not blank: many distinct colours (lines, bands, text).
+  colours = np.unique((image[..., :3] * 255).astype(np.uint8).reshape(-1, 3),
+                      axis=0)
+  assert len(colours) > 50
+  with pytest.raises(ValueError, match='at least one algorithm'):
+    statistics.plot_curves({}, str(tmp_path / 'x.png'))

@@ -1,0 +1,1 @@
+"""The program layer: config, flags, run directory, round loop, hooks, runtime."""

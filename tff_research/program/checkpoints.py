@@ -1,0 +1,433 @@
+"""Checkpoints that survive crashes and damaged files.
+
+`SafeFileProgramStateManager` is a `tff.program.FileProgramStateManager` with
+the same on-disk layout (`ROOT/round_N/`, a SavedModel per version, so runs
+checkpointed by the plain manager resume unchanged) and these guarantees:
+
+* **Atomic saves.** A version is written under a temporary name
+  (`ROOT/.tmp-round_N-<hex>`), read back with the structure it was saved with,
+  given a manifest of its files' sizes and SHA-256 (`round_N/integrity.json`),
+  flushed to disk (fsync), and only then renamed to `round_N` (`os.rename`,
+  atomic on POSIX). Old versions are pruned (as TFF's `keep_total` /
+  `keep_first` / `keep_every_k` say) by renaming them to a temporary name
+  first. A crash at any instant therefore leaves each `round_N` either
+  complete or absent. Temporary entries of a crashed save are never read and
+  are deleted by the next `save`. The read side (`load`, `load_latest`,
+  `get_versions`) never writes, so an evaluation can read a directory a run
+  is writing.
+* **Falling back on damage.** `load_latest` tries versions newest first. A
+  version that fails to load for any reason (truncated, zeroed or garbled
+  file, missing file, a different structure, dtype or shape) is reported with
+  one line, e.g. ``warning: checkpoint ckpt/round_10 is unreadable
+  (variables/variables.index is truncated: 0 of 311 bytes); using round_5``,
+  on stderr (or to the `warn` callback), and the next older one is tried. If
+  none loads, `NoReadableCheckpointError` (a `ValueError`) names the directory
+  and each version's problem, on one line.
+* **Resuming past a bad version.** A resumed run re-saves the versions after
+  the one it fell back to; `save` moves an unreadable version of the same
+  number aside (`ROOT/.unreadable-round_N-<hex>`, kept for inspection) instead
+  of raising `ProgramStateExistsError`, which it still raises for a readable
+  one.
+
+Only local file systems are supported (the renames and fsyncs use `os`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+import hashlib
+import json
+import os
+import shutil
+import sys
+from typing import Any, Optional, Union
+import uuid
+
+from absl import logging
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.common_libs import serializable
+from tensorflow_federated.python.program import file_utils
+from tensorflow_federated.python.program import structure_utils
+from tensorflow_federated.python.program import value_reference
+
+DEFAULT_PREFIX = 'round_'
+MANIFEST = 'integrity.json'
+_FINGERPRINT = 'fingerprint.pb'
+TEMP_PREFIX = '.tmp-'
+ASIDE_PREFIX = '.unreadable-'
+_MAX_REASON = 240
+
+ProgramStateNotFoundError = tff.program.ProgramStateNotFoundError
+ProgramStateExistsError = tff.program.ProgramStateExistsError
+
+
+class CheckpointError(ValueError):
+  """A checkpoint cannot be used (one-line message)."""
+
+
+class UnreadableCheckpointError(CheckpointError):
+  """One version exists but does not load; `reason` says why."""
+
+  def __init__(self, path: str, reason: str):
+    super().__init__(f'checkpoint {path} is unreadable ({reason})')
+    self.path = path
+    self.reason = reason
+
+
+class NoReadableCheckpointError(CheckpointError):
+  """Versions exist but none of them loads."""
+
+
+class _Damage(ValueError):
+  """A problem found by this module's own checks (one-line message)."""
+
+
+def describe_error(e: BaseException) -> str:
+  """`Type: first line of the message`, at most `_MAX_REASON` characters."""
+  lines = str(e).strip().splitlines()
+  text = f'{type(e).__name__}: {lines[0]}' if lines else type(e).__name__
+  if len(text) > _MAX_REASON:
+    text = text[:_MAX_REASON - 3] + '...'
+  return text
+
+
+def _sha256(path: str) -> str:
+  digest = hashlib.sha256()
+  with open(path, 'rb') as f:
+    for block in iter(lambda: f.read(1 << 20), b''):
+      digest.update(block)
+  return digest.hexdigest()
+
+
+def _files(root: str) -> list[str]:
+  """Paths of the files under `root`, relative, sorted."""
+  found = []
+  for directory, _, names in os.walk(root):
+    for name in names:
+      found.append(os.path.relpath(os.path.join(directory, name), root))
+  return sorted(found)
+
+
+def _write_manifest(path: str) -> None:
+  entries = {
+      rel: {'bytes': os.path.getsize(os.path.join(path, rel)),
+            'sha256': _sha256(os.path.join(path, rel))}
+      for rel in _files(path) if rel != MANIFEST
+  }
+  with open(os.path.join(path, MANIFEST), 'w', encoding='utf-8') as f:
+    json.dump({'format': 1, 'files': entries}, f, indent=1, sort_keys=True)
+
+
+def _check_manifest(path: str) -> None:
+  """Raises `_Damage` (one line) if a file differs from the manifest.
+
+  A version without a manifest (written by TFF's own manager) is accepted:
+  only loading it can tell.
+  """
+  manifest_path = os.path.join(path, MANIFEST)
+  if not os.path.exists(manifest_path):
+    return
+  try:
+    with open(manifest_path, encoding='utf-8') as f:
+      entries = json.load(f)['files']
+    entries = {str(rel): (int(e['bytes']), str(e['sha256']))
+               for rel, e in entries.items()}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    raise _Damage(f'{MANIFEST} is damaged ({describe_error(e)})') from None
+  for rel, (size, digest) in sorted(entries.items()):
+    file_path = os.path.join(path, rel)
+    if not os.path.isfile(file_path):
+      raise _Damage(f'{rel} is missing')
+    actual = os.path.getsize(file_path)
+    if actual != size:
+      what = 'truncated' if actual < size else 'longer than written'
+      raise _Damage(f'{rel} is {what}: {actual} of {size} bytes')
+    if _sha256(file_path) != digest:
+      raise _Damage(f'{rel} is corrupted: its SHA-256 differs from {MANIFEST}')
+
+
+def _fsync_tree(root: str) -> None:
+  for directory, _, names in os.walk(root):
+    for name in names:
+      fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+      try:
+        os.fsync(fd)
+      finally:
+        os.close(fd)
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: str) -> None:
+  fd = os.open(directory, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def _rename(src: str, dst: str) -> None:
+  """`os.rename`; a module function so tests can simulate a crash here."""
+  os.rename(src, dst)
+
+
+def _check_leaves(structure: Any, state: Any) -> None:
+  """Raises `_Damage` if an array leaf's dtype or shape differs.
+
+  Only leaves of `structure` that are numpy values or tensors are checked
+  (Python scalars and serialized objects carry no dtype to compare).
+  """
+  named = structure_utils.flatten_with_name(structure)
+  loaded = structure_utils.flatten(state)
+  for (name, want), got in zip(named, loaded):
+    if isinstance(want, (tf.Tensor, tf.Variable)):
+      want = want.numpy()
+    if not isinstance(want, (np.ndarray, np.generic)):
+      continue
+    if want.dtype.kind in 'OSUV':
+      continue
+    got = np.asarray(got)
+    if got.dtype != want.dtype or got.shape != want.shape:
+      raise _Damage(
+          f'{name or "value"} is {got.dtype}{list(got.shape)}, expected'
+          f' {want.dtype}{list(want.shape)}')
+
+
+def _print_warning(message: str) -> None:
+  print(message, file=sys.stderr, flush=True)
+
+
+class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
+  """`FileProgramStateManager` with atomic saves and fallback on damage.
+
+  The defaults are this project's layout (`checkpoints/round_N`, the 3 newest
+  kept); see the module docstring for the guarantees.
+  """
+
+  def __init__(
+      self,
+      root_dir: Union[str, os.PathLike[str]],
+      prefix: str = DEFAULT_PREFIX,
+      keep_total: int = 3,
+      keep_first: bool = False,
+      keep_every_k: int = 1,
+      *,
+      warn: Optional[Callable[[str], None]] = None,
+  ):
+    """Returns a manager of the versions under `root_dir` (created if missing).
+
+    Args:
+      root_dir: the directory of the versions.
+      prefix: version `N` lives in `root_dir/{prefix}N`.
+      keep_total: as in `tff.program.FileProgramStateManager`.
+      keep_first: as in `tff.program.FileProgramStateManager`.
+      keep_every_k: as in `tff.program.FileProgramStateManager`.
+      warn: receives each one-line warning (default: printed on stderr).
+    """
+    super().__init__(
+        os.fspath(root_dir), prefix=prefix, keep_total=keep_total,
+        keep_first=keep_first, keep_every_k=keep_every_k)
+    self._warn_fn = warn or _print_warning
+
+  @property
+  def root_dir(self) -> str:
+    return self._root_dir
+
+  def path_for_version(self, version: int) -> str:
+    """`root_dir/{prefix}{version}` (whether or not it exists)."""
+    return self._get_path_for_version(version)
+
+  def _warn(self, message: str) -> None:
+    logging.info('%s', message)
+    self._warn_fn(message)
+
+  # --- reading --------------------------------------------------------------
+
+  async def get_versions(self) -> Optional[list[int]]:
+    """Sorted versions saved under `root_dir` (directories only), or None.
+
+    Temporary entries of an interrupted save and versions moved aside are not
+    versions.
+    """
+    try:
+      entries = list(os.scandir(self._root_dir))
+    except FileNotFoundError:
+      return None
+    versions = []
+    for entry in entries:
+      if not entry.name.startswith(self._prefix) or not entry.is_dir():
+        continue
+      version = self._get_version_for_path(entry.name)
+      if version is not None:
+        versions.append(version)
+    return sorted(versions) or None
+
+  async def _read(self, path: str, structure: Any) -> Any:
+    """The program state at `path`, as TFF's manager loads it, checked."""
+    _check_manifest(path)
+    if os.path.exists(os.path.join(path, _FINGERPRINT)):
+      # TF would log a damaged fingerprint as an ERROR traceback and go on.
+      try:
+        tf.saved_model.experimental.read_fingerprint(path)
+      except Exception as e:  # pylint: disable=broad-except
+        raise _Damage(
+            f'{_FINGERPRINT} is damaged ({describe_error(e)})') from None
+    program_state = await file_utils.read_saved_model(path)
+
+    def _normalize(value):
+      return value.numpy() if isinstance(value, tf.Tensor) else value
+
+    normalized = structure_utils.map_structure(_normalize, program_state)
+
+    def _deserialize_as(structure_value, value):
+      if isinstance(structure_value, serializable.Serializable):
+        value = type(structure_value).from_bytes(value)
+      return value
+
+    state = structure_utils.map_structure(
+        _deserialize_as, structure, normalized)
+    _check_leaves(structure, state)
+    return state
+
+  async def load(self, version: int, structure: Any) -> Any:
+    """The program state of `version`, shaped like `structure`.
+
+    Raises:
+      ProgramStateNotFoundError: there is no such version.
+      UnreadableCheckpointError (a ValueError): it exists but does not load,
+        or its structure, dtypes or shapes differ from `structure`.
+    """
+    path = self._get_path_for_version(version)
+    if not os.path.isdir(path):
+      raise ProgramStateNotFoundError(version)
+    try:
+      state = await self._read(path, structure)
+    except Exception as e:  # pylint: disable=broad-except
+      reason = str(e) if isinstance(e, _Damage) else describe_error(e)
+      raise UnreadableCheckpointError(path, reason) from None
+    logging.info('Program state loaded: %s', path)
+    return state
+
+  async def load_latest(self, structure: Any) -> tuple[Any, int]:
+    """The newest version that loads, and its number; `(None, 0)` if none.
+
+    Versions that do not load are reported (one warning line each) and
+    skipped.
+
+    Raises:
+      NoReadableCheckpointError (a ValueError): versions exist, none loads.
+    """
+    versions = await self.get_versions()
+    if not versions:
+      return None, 0
+    failures: list[tuple[int, str]] = []
+    for version in sorted(versions, reverse=True):
+      try:
+        state = await self.load(version, structure)
+      except ProgramStateNotFoundError:
+        failures.append((version, 'removed while reading'))
+        continue
+      except UnreadableCheckpointError as e:
+        failures.append((version, e.reason))
+        continue
+      for bad, reason in failures:
+        self._warn(
+            f'warning: checkpoint {self._get_path_for_version(bad)} is'
+            f' unreadable ({reason}); using {self._prefix}{version}')
+      return state, version
+    details = '; '.join(f'{self._prefix}{v}: {r}' for v, r in failures)
+    raise NoReadableCheckpointError(
+        f'no readable checkpoint in {self._root_dir} ({details}); move the'
+        ' directory away to start the run over')
+
+  # --- writing --------------------------------------------------------------
+
+  def _temp_path(self, kind: str, version: int) -> str:
+    return os.path.join(
+        self._root_dir, f'{kind}{self._prefix}{version}-{uuid.uuid4().hex}')
+
+  def clean_temporary(self) -> list[str]:
+    """Deletes temporary entries left by interrupted saves; returns them."""
+    removed = []
+    try:
+      entries = list(os.scandir(self._root_dir))
+    except FileNotFoundError:
+      return removed
+    for entry in entries:
+      if entry.name.startswith(TEMP_PREFIX):
+        if entry.is_dir(follow_symlinks=False):
+          shutil.rmtree(entry.path, ignore_errors=True)
+        else:
+          try:
+            os.remove(entry.path)
+          except FileNotFoundError:
+            pass
+        removed.append(entry.path)
+        logging.info('Removed temporary checkpoint entry %s', entry.path)
+    return removed
+
+  async def save(self, program_state: Any, version: int) -> None:
+    """Saves `program_state` as `version`, atomically (see module docstring).
+
+    Raises:
+      ProgramStateExistsError: a readable `version` already exists.
+    """
+    if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
+      raise TypeError(f'version must be an int, got {version!r}')
+    version = int(version)
+    path = self._get_path_for_version(version)
+    os.makedirs(self._root_dir, exist_ok=True)
+    self.clean_temporary()
+    if os.path.lexists(path):
+      try:
+        await self.load(version, program_state)
+      except (UnreadableCheckpointError, ProgramStateNotFoundError) as e:
+        aside = self._temp_path(ASIDE_PREFIX, version)
+        _rename(path, aside)
+        reason = getattr(e, 'reason', describe_error(e))
+        self._warn(
+            f'warning: checkpoint {path} is unreadable ({reason}); moved it to'
+            f' {aside} and saving it again')
+      else:
+        raise ProgramStateExistsError(version=version, path=self._root_dir)
+
+    materialized = await value_reference.materialize_value(program_state)
+
+    def _serialize(value):
+      if isinstance(value, serializable.Serializable):
+        value = value.to_bytes()
+      return value
+
+    serialized = structure_utils.map_structure(_serialize, materialized)
+    temp = self._temp_path(TEMP_PREFIX, version)
+    try:
+      await file_utils.write_saved_model(serialized, temp)
+      _write_manifest(temp)
+      try:
+        await self._read(temp, program_state)
+      except Exception as e:  # pylint: disable=broad-except
+        raise CheckpointError(
+            f'checkpoint {path} did not read back after writing'
+            f' ({describe_error(e)}); nothing was replaced') from None
+      _fsync_tree(temp)
+      _rename(temp, path)
+      _fsync_dir(self._root_dir)
+    except BaseException:
+      shutil.rmtree(temp, ignore_errors=True)
+      raise
+    logging.info('Program state saved: %s', path)
+    await self._remove_old_program_state()
+
+  async def _remove(self, version: int) -> None:
+    """Removes `version`: renamed away first, so it vanishes atomically."""
+    path = self._get_path_for_version(version)
+    if not os.path.lexists(path):
+      return
+    doomed = self._temp_path(TEMP_PREFIX, version)
+    _rename(path, doomed)
+    await asyncio.get_running_loop().run_in_executor(
+        None, lambda: shutil.rmtree(doomed, ignore_errors=True))
+    logging.info('Program state removed: %s', path)
+

@@ -1,0 +1,1 @@
+"""Multi-seed studies: statistics, tables and plots over repeated runs."""
