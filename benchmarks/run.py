@@ -10,8 +10,8 @@ absent), K clients per round. For every K and every trial the peers run one
 after another, in an order rotated by trial, each in a subprocess of its own
 (`procs.run_peer`) training the same writers in the same rounds; per peer the
 first `--warmup` rounds of each run are discarded and the median of the rest,
-pooled over trials, is reported, with every ratio taken between numbers
-measured in this one run. See benchmarks/README.md for what each number means.
+pooled over trials, is reported; each ratio is taken within a trial and the
+median over trials printed, every number measured in this one run. See benchmarks/README.md for what each number means.
 """
 
 from __future__ import annotations
@@ -202,6 +202,7 @@ def run_benchmark(args, workdir: str) -> tuple[str, bool]:
           log(f'{peer} failed: {e}')
           continue
         res['load'] = (load_before + _load1()) / 2
+        res['trial'] = trial
         results.setdefault((peer, k), []).append(res)
         # Kept on disk too, so a stopped run still leaves its numbers.
         with open(os.path.join(workdir, 'results', f'{peer}_k{k}_t{trial}.json'), 'w') as f:
@@ -263,8 +264,20 @@ def report(args, plans, results, failures, skipped, data_description, load_start
                    f'{len(_measured(runs, args.warmup))} | {main_mb:.0f} | {child} | {load} | '
                    f'{note} |')
 
-  def ratio(a, b):
-    return median[a] / median[b] if a in median and b in median else None
+  def trial_medians(key) -> dict[int, float]:
+    return {r['trial']: statistics.median(r['round_seconds'][args.warmup:])
+            for r in results.get(key, [])}
+
+  def ratio(a, b, b_alt=None):
+    """Median over trials of a/b within the trial (the two ran minutes apart,
+    under the same load); b_alt: use the faster of b and b_alt in each trial."""
+    ta, tb, tc = trial_medians(a), trial_medians(b), trial_medians(b_alt) if b_alt else {}
+    per_trial = []
+    for t in sorted(ta):
+      denominators = [d[t] for d in (tb, tc) if t in d]
+      if denominators:
+        per_trial.append(ta[t] / min(denominators))
+    return statistics.median(per_trial) if per_trial else None
 
   lines += ['', '| ratio | ' + ' | '.join(f'{k} clients/round' for k in args.clients) + ' |',
             '| --- |' + ' ---: |' * len(args.clients)]
@@ -274,7 +287,8 @@ def report(args, plans, results, failures, skipped, data_description, load_start
     best = min(floors) if floors else None
     if best and ('pipeline', k) in median:
       which = 'sequential' if best[1] == 'floor_seq' else 'parallel'
-      row_floor.append(f'{median[("pipeline", k)] / best[0]:.2f} (floor: {which})')
+      row_floor.append(f'{ratio(("pipeline", k), ("floor_seq", k), ("floor_par", k)):.2f} '
+                       f'(faster floor overall: {which})')
     else:
       row_floor.append('–')
     row_vanilla.append(_fmt(ratio(('vanilla', k), ('pipeline', k))))
@@ -296,7 +310,7 @@ def report(args, plans, results, failures, skipped, data_description, load_start
     else:
       row_eval.append('–')
   lines += [
-      '| pipeline / floor (s/round; the faster floor) | ' + ' | '.join(row_floor) + ' |',
+      '| pipeline / floor (s/round; the faster floor of each trial) | ' + ' | '.join(row_floor) + ' |',
       '| vanilla TFF / pipeline (s/round) | ' + ' | '.join(row_vanilla) + ' |',
       '| Flower / pipeline (s/round) | ' + ' | '.join(row_flower) + ' |',
       '| eval / forward floor (pipeline eval_seconds / plain-TF forward pass) | '

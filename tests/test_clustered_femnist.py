@@ -1,7 +1,7 @@
 """Clustered FL on real FEMNIST writers (the shared subset, natural split).
 
 Every test builds through `clustered.build_clustered_fed_avg` and the data
-modules directly. `run_federation` is also what produced the measured
+modules directly (held-out accuracy with TFF's `build_fed_eval`). `run_federation` is also what produced the measured
 numbers of docs/clustered.md (same function, full scale: CNN, all writers).
 
 * Incongruent: half the writers (seeded) see labels y -> (y + 5) mod 10.
@@ -127,16 +127,22 @@ def run_federation(
       seconds=time.time() - start)
 
 
-# CI scale: the 2NN (MLP, 0.2 M parameters) on the first 100 writers, 10
-# per round, 30 rounds; measured on 2 shared cores, see docs/clustered.md.
-SMALL = dict(model='mlp', num_writers=100, clients_per_round=10, rounds=30,
-             warmup_rounds=5, recluster_every=10)
+# The measured setting of docs/clustered.md: the EMNIST CNN on all 197
+# natural writers' digits, 20 writers per round, 40 rounds, client lr 0.1.
+# Smaller models did not train on this data at the scale of CI (the 2NN and
+# the linear model at lr 0.1 diverge or stall on EMNIST's white-background
+# pixels; the linear model at lr 0.003 learns too slowly for 30 rounds), so
+# these tests are `slow` (about 5 and 3 minutes of CNN training on 2 idle
+# cores; run with `pytest -m slow`).
+FULL = dict(model='cnn', clients_per_round=20, rounds=40, warmup_rounds=5,
+            recluster_every=10)
 
 
+@pytest.mark.slow
 def test_cosine_splits_permuted_writers_and_beats_fed_avg(tff_worker,
                                                           emnist_cache_dir):
-  clustered_run = run_federation(emnist_cache_dir, metric='cosine', **SMALL)
-  fed_avg_run = run_federation(emnist_cache_dir, metric=None, **SMALL)
+  clustered_run = run_federation(emnist_cache_dir, metric='cosine', **FULL)
+  fed_avg_run = run_federation(emnist_cache_dir, metric=None, **FULL)
   print('clustered', clustered_run)
   print('fedavg', fed_avg_run['accuracy'])
   assert clustered_run['num_clusters'] == 2
@@ -148,13 +154,14 @@ def test_cosine_splits_permuted_writers_and_beats_fed_avg(tff_worker,
   assert clustered_run['accuracy'] >= fed_avg_run['accuracy'] + 0.15
 
 
+@pytest.mark.slow
 def test_cosine_does_not_split_unpermuted_writers(tff_worker,
                                                   emnist_cache_dir):
   run = run_federation(emnist_cache_dir, metric='cosine',
-                       permute_fraction=0.0, **SMALL)
+                       permute_fraction=0.0, **FULL)
   print(run['steps'])
   assert run['num_clusters'] == 1
-  assert run['steps']
+  assert len(run['steps']) == 4
   for step in run['steps']:
     assert step['splits'] == 0
     # Why: the bipartition's sides do not point apart (separation criterion).

@@ -129,10 +129,10 @@ def _release_tff_default_context() -> None:
 atexit.register(_release_tff_default_context)
 
 
-def _die_with_parent() -> None:
-  """Runs in the forked child before exec: SIGKILL when the parent dies."""
+def die_with_parent(sig: int = signal.SIGKILL) -> None:
+  """A `preexec_fn`: the kernel sends the child `sig` when its parent dies."""
   libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+  libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def worker_pid() -> Optional[int]:
@@ -447,7 +447,7 @@ def _start_worker(max_concurrent_computation_calls: int) -> tuple[
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=_die_with_parent,
+        preexec_fn=die_with_parent,
         close_fds=True,
     )
   return process, port

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
+from tff_research import clustering as clustering_lib
 from tff_research.algorithms import clustered
 from tff_research.algorithms import fed_avg
 from tff_research.algorithms import fed_prox
@@ -91,6 +92,38 @@ CLUSTERING_HYPERPARAMETERS = (
         ' clustering step (>= 0).',
         valid=lambda v: v >= 0, valid_text='must be >= 0',
         applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'split_rule', str, clustered.DEFAULT_SPLIT_RULE,
+        "With --clustering: sattler = Sattler et al.'s Algorithm 1"
+        ' (stationarity, complete-linkage bipartition, separation bound);'
+        ' gap = every cross pair farther apart than every within pair.',
+        choices=clustering_lib.SPLIT_RULES,
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'split_separation', str, clustered.DEFAULT_SPLIT_SEPARATION,
+        'With --split_rule=sattler: group_mean = cosine of the two sides\''
+        ' mean updates; pairwise_max = the paper\'s largest cross-pair'
+        ' cosine (docs/clustered.md: it does not separate real writers).',
+        choices=clustering_lib.SEPARATION_STATISTICS,
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'split_gamma_max', float, clustered.DEFAULT_SPLIT_GAMMA_MAX,
+        'With --split_rule=sattler: split only if sqrt((1 - alpha) / 2)'
+        ' exceeds it (0.775: alpha < -0.2; use ~0.64 with pairwise_max).',
+        valid=lambda v: 0 <= v < 1, valid_text='must be in [0, 1)',
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'split_mean_norm_max', float, clustered.DEFAULT_SPLIT_MEAN_NORM_MAX,
+        'With --split_rule=sattler: epsilon_1, split only when the mean'
+        ' update norm is below it (inf = off).',
+        valid=lambda v: v > 0, valid_text='must be > 0',
+        applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
+    spec_lib.Hyperparameter(
+        'split_max_norm_min', float, clustered.DEFAULT_SPLIT_MAX_NORM_MIN,
+        'With --split_rule=sattler: epsilon_2, split only when the largest'
+        ' client update norm is above it (0 = off).',
+        valid=lambda v: 0 <= v < float('inf'), valid_text='must be >= 0 and'
+        ' finite', applies=_CLUSTERED, applies_text='--clustering=cosine|l2'),
 )
 
 
@@ -107,6 +140,11 @@ def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids):
       warmup_rounds=h['cluster_warmup_rounds'],
       server_learning_rate=h['server_learning_rate'],
       weighted=config.weighted,
+      split_rule=h['split_rule'],
+      split_separation=h['split_separation'],
+      split_gamma_max=h['split_gamma_max'],
+      split_mean_norm_max=h['split_mean_norm_max'],
+      split_max_norm_min=h['split_max_norm_min'],
   )
 
 

@@ -24,6 +24,7 @@ from absl import flags
 from tff_research import models
 from tff_research.algorithms import registry
 from tff_research.program import config as config_lib
+from tff_research.program import run_directory
 
 FLAGS = flags.FLAGS
 
@@ -247,11 +248,8 @@ def build_config(given: Mapping[str, Any]) -> config_lib.ExperimentConfig:
   flags. Raises FlagError (one line).
   """
   values = {**config_lib.default_hparams(), **given}
-  if not values.get('experiment_name'):
-    raise FlagError(
-        f'--experiment_name={values.get("experiment_name")!r} is not valid:'
-        ' give a non-empty name without "/"')
   try:
+    run_directory.check_name(values.get('experiment_name'))
     config = config_lib.from_hparams(values, given=set(given))
     models.check_model_name(config.model)
   except ValueError as e:

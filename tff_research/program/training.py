@@ -30,6 +30,7 @@ from tff_research import models
 from tff_research import runtime
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
+from tff_research.program import checkpoints
 from tff_research.program import client_data as client_data_lib
 from tff_research.program import client_sampler
 from tff_research.program import client_split
@@ -39,6 +40,7 @@ from tff_research.program import hooks as hooks_lib
 from tff_research.program import loop
 from tff_research.program import release as release_lib
 from tff_research.program import run_directory as run_directory_lib
+from tff_research.program import run_lock
 
 ClientDataPair = tuple[tff.simulation.datasets.ClientData,
                        tff.simulation.datasets.ClientData]
@@ -114,7 +116,8 @@ def build_run(
 
 
 def state_manager(checkpoint_dir: str, keep_total: int = 3):
-  return tff.program.FileProgramStateManager(
+  """The run's checkpoints: atomic saves, damaged versions skipped on load."""
+  return checkpoints.SafeFileProgramStateManager(
       checkpoint_dir, prefix=run_directory_lib.CHECKPOINT_PREFIX,
       keep_total=keep_total, keep_first=False)
 
@@ -134,14 +137,25 @@ def train(
   """
   directory = run_directory_lib.RunDirectory(config.run_dir)
   run_directory_lib.check_name(config.experiment_name)
-  # Cheap checks first: a mismatched resume fails before data is loaded.
+  # Cheap checks first: a mismatched resume or a busy directory fails
+  # before data is loaded.
   directory.check_compatible(config)
+  holder = run_lock.holder_pid(config.run_dir)
+  if holder is not None:
+    raise run_lock.RunDirectoryInUseError(config.run_dir, holder)
   runtime.start()
   run = build_run(config, model=model, client_data=client_data)
   log(f'Data: {run.data.description}')
   sampler = client_sampler.ClientSampler.from_config(
       run.split.train_client_ids, config.training, config.seed)
-  directory.write_hparams(config)
+  # One writer per run directory, for the rest of the run.
+  with run_lock.hold(config.run_dir):
+    directory.check_compatible(config)  # Another run may have started it.
+    directory.write_hparams(config)
+    return _train(config, run, sampler, directory, log)
+
+
+def _train(config, run, sampler, directory, log):
   writer = tf.summary.create_file_writer(config.run_dir)
   hooks = [
       dashboard.DashboardHook(

@@ -50,6 +50,7 @@ from collections.abc import Mapping
 from typing import Any, Optional
 
 import numpy as np
+from sklearn import metrics as sklearn_metrics
 import tensorflow as tf
 
 from tff_research import algorithms
@@ -249,9 +250,8 @@ def confusion_matrix(
     raise ValueError(
         f'labels and predictions differ in length: {labels.shape[0]} vs'
         f' {predictions.shape[0]}')
-  return np.bincount(
-      labels * num_classes + predictions, minlength=num_classes**2
-  ).reshape(num_classes, num_classes)
+  return sklearn_metrics.confusion_matrix(
+      labels, predictions, labels=np.arange(num_classes))
 
 
 def accuracy_on(confusion: np.ndarray, classes=None) -> float:

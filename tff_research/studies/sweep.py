@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
+from tff_research import runtime
 from tff_research.program import run_directory
 
 _CONFIG_KEYS = frozenset({'logdir', 'parallel', 'base', 'grid'})
@@ -213,11 +214,7 @@ def is_complete(logdir: str, run: Run) -> bool:
 def _die_with_parent():
   # A run must not outlive a killed sweep (it would race the re-run for the
   # same directory). SIGTERM lets train.py stop its TFF worker first.
-  # TODO: call runtime.die_with_parent(signal.SIGTERM) once runtime.py has
-  # it (its private _die_with_parent duplicates this with SIGKILL).
-  import ctypes  # pylint: disable=g-import-not-at-top
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+  runtime.die_with_parent(signal.SIGTERM)
 
 
 def run_sweep(config: SweepConfig, runs: Sequence[Run], *,
