@@ -50,7 +50,7 @@ def _argv(draw):
   return argv
 
 
-@settings(max_examples=300, deadline=None,
+@settings(max_examples=300, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(argv=_argv())
 def test_any_command_line_is_a_config_or_one_line(argv):

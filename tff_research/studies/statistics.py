@@ -156,8 +156,12 @@ def paired_comparison(a: Sequence[float], b: Sequence[float],
       t_stat, p = math.copysign(math.inf, dbar), 0.0
   else:
     se = float(np.std(d, ddof=1)) / math.sqrt(n)
-    t_stat = dbar / se
-    p = float(2.0 * stats.t.sf(abs(t_stat), n - 1))
+    if se > 0:
+      t_stat = dbar / se
+      p = float(2.0 * stats.t.sf(abs(t_stat), n - 1))
+    else:  # A spread so small it underflows: as constant differences.
+      t_stat = math.copysign(math.inf, dbar) if dbar else math.nan
+      p = 0.0 if dbar else math.nan
   return PairedComparison(
       mean_difference=dbar, low=dbar - h, high=dbar + h,
       t_statistic=float(t_stat), p_value=float(p), n=int(n), confidence=c)
