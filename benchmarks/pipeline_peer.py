@@ -11,7 +11,9 @@ per data set. `run` starts
 in a subprocess (everything else at its default: TensorBoard, metrics.csv,
 dashboard, checkpoints, progress bar), samples the RSS of the process and of
 its TFF `worker_binary` child from /proc, and reads per-round seconds from the
-`round_seconds` column of `LOGDIR/NAME/metrics.csv` and the evaluation time
+`wall_seconds` column of `LOGDIR/NAME/metrics.csv` (everything since the
+previous round was written, checkpoints included) less `eval_seconds`, and the
+evaluation time
 from `eval_seconds` of the last evaluation round. `E = R - 1` (for R >= 3) so
 rounds R - 1 and R evaluate and the reported evaluation is the second, warm
 one (the first traces TFF's evaluation computation).
@@ -86,7 +88,10 @@ def run(plan: workload.Plan, logdir: str, name: str, log_path: str,
   evals = [r for r in rows if _float(r, 'eval_seconds') is not None]
   last_eval = evals[-1] if evals else {}
   return dict(
-      round_seconds=[float(r['round_seconds']) for r in rows],
+      # The whole round as the loop lived it (checkpoint, release and the
+      # dashboard included), less the evaluation the other peers do not do.
+      round_seconds=[float(r['wall_seconds']) - (_float(r, 'eval_seconds') or 0.0)
+                     for r in rows],
       eval_seconds=_float(last_eval, 'eval_seconds'),
       eval_num_examples=_float(last_eval, 'eval_num_examples'),
       eval_rounds=[int(r['round']) for r in evals],

@@ -5,6 +5,9 @@ r"""Runs several federated algorithms on one federation and tabulates them.
       [--target_accuracy=0.8] [every data/model/training/evaluation flag of
       train.py, e.g. --dataset=emnist_digits --data_dir=DIR
       --dirichlet_alpha=0.1 --num_clients=100 --model=cnn --total_rounds=30]
+      [--seeds=3 | --seeds=0,1,2] [--baseline=fedavg]
+      [--tune [--tune_factors=0.316,1,3.16] [--tune_validation_fraction=0.2]
+       [--tune_rounds=N]]
 
 Each algorithm is an ordinary train.py run, LOGDIR/NAME/<algorithm>/ (same
 data, model, seed and budget; its own paper-default hyperparameters), and
@@ -12,6 +15,14 @@ the table goes to LOGDIR/NAME/comparison.md (every summary to
 comparison.json). Re-running resumes every run; a larger --total_rounds
 extends them. Algorithm hyperparameter flags are an error here (see
 docs/algorithms.md).
+
+--seeds=N runs every algorithm at seeds --seed..--seed+N-1 (or the listed
+seeds) in LOGDIR/NAME/<algorithm>_seed{s}/ and reports means with 95 %
+Student-t intervals and the paired comparison against --baseline (default
+fedavg), plus accuracy_curves.png (mean and band per algorithm, also in
+TensorBoard). --tune first chooses each algorithm's client and server
+learning rates on a validation split of the training clients
+(LOGDIR/NAME/tune/, LOGDIR/NAME/tuning.json).
 """
 
 import os
@@ -27,6 +38,7 @@ from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 from tff_research.program import binary  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags  # pylint: disable=g-import-not-at-top
 from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
+from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 
 _ALGORITHMS = absl_flags.DEFINE_list(
     'algorithms', list(comparison.compared_algorithms()),
@@ -34,15 +46,65 @@ _ALGORITHMS = absl_flags.DEFINE_list(
 _TARGET = absl_flags.DEFINE_float(
     'target_accuracy', 0.8,
     'Report the first evaluated round with held-out accuracy >= this.')
+_SEEDS = absl_flags.DEFINE_string(
+    'seeds', None,
+    'N (seeds --seed..--seed+N-1) or a list 0,1,2: run every algorithm at'
+    ' each seed and report mean, 95% t interval and the paired comparison'
+    ' against --baseline.')
+_BASELINE = absl_flags.DEFINE_string(
+    'baseline', None,
+    'Algorithm the others are compared with, paired by seed (default'
+    ' fedavg, or the first of --algorithms).')
+_TUNE = absl_flags.DEFINE_boolean(
+    'tune', False,
+    "Choose each algorithm's client/server learning rates on a validation"
+    ' split of the training clients first (Reddi et al. 2021).')
+_TUNE_FACTORS = absl_flags.DEFINE_list(
+    'tune_factors', [f'{f:.4g}' for f in comparison.DEFAULT_TUNE_FACTORS],
+    'With --tune: multipliers of each paper-default learning rate.')
+_TUNE_FRACTION = absl_flags.DEFINE_float(
+    'tune_validation_fraction', 0.2,
+    "With --tune: fraction of each training client's examples"
+    ' (eval_on=test_split) or of the training clients'
+    ' (eval_on=heldout_clients) used for validation.')
+_TUNE_ROUNDS = absl_flags.DEFINE_integer(
+    'tune_rounds', None,
+    'With --tune: rounds of each tuning run (default --total_rounds).')
+_TUNE_FLAGS = ('tune_factors', 'tune_validation_fraction', 'tune_rounds')
+
+
+def tune_config(tune, factors, fraction, rounds, present):
+  """The TuneConfig of the --tune* flags (None without --tune); `present`:
+  the names of the --tune_* flags given. ValueError: one line."""
+  if not tune:
+    for name in _TUNE_FLAGS:
+      if name in present:
+        raise flags.FlagError(f'--{name} applies only with --tune')
+    return None
+  try:
+    values = tuple(float(f) for f in factors)
+  except ValueError:
+    raise flags.FlagError(
+        f'--tune_factors={",".join(factors)} is not valid: give positive'
+        ' multipliers, e.g. 0.316,1,3.16') from None
+  return comparison.TuneConfig(values, fraction, rounds)
 
 
 def run():
   given = flags.given_flags()
   # The per-algorithm flags first: their error is clearer than the config's.
   comparison.check_given(given)
+  config = flags.config_from_flags()
+  seeds = (None if _SEEDS.value is None
+           else statistics.parse_seeds(_SEEDS.value, config.seed))
+  tune = tune_config(
+      _TUNE.value, _TUNE_FACTORS.value, _TUNE_FRACTION.value,
+      _TUNE_ROUNDS.value,
+      [n for n in _TUNE_FLAGS if absl_flags.FLAGS[n].present])
   path, _ = comparison.run_comparison(
-      flags.config_from_flags(), _ALGORITHMS.value, given=given,
-      target_accuracy=_TARGET.value)
+      config, _ALGORITHMS.value, given=given,
+      target_accuracy=_TARGET.value, seeds=seeds, baseline=_BASELINE.value,
+      tune=tune)
   with open(path) as f:
     print(f.read())
   print(f'Table: {os.path.abspath(path)}')

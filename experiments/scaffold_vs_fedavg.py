@@ -2,14 +2,18 @@ r"""SCAFFOLD versus FedAvg and FedProx at equal rounds (issue 4).
 
   uv run python experiments/scaffold_vs_fedavg.py --experiment_name=NAME \
       [every flag of train.py except --algorithm] \
-      [--compare_algorithms=scaffold,fedavg,fedprox] [--target_accuracy=0.8]
+      [--compare_algorithms=scaffold,fedavg,fedprox] [--target_accuracy=0.8] \
+      [--seeds=3 | --seeds=0,1,2] [--baseline=fedavg]
 
 Trains each algorithm in LOGDIR/NAME/<algorithm>/ with the same flags (the
 algorithm hyperparameters given apply to every algorithm), then prints and
 writes LOGDIR/NAME/comparison.md (and .json): rounds and MB to
 --target_accuracy, final / recent / best accuracy and held-out accuracy per
 evaluated round. Re-running the command resumes every run. docs/scaffold.md
-has the measured command and results.
+has the measured command and results. --seeds runs each algorithm at every
+seed (LOGDIR/NAME/<algorithm>_seed{s}/) and reports means, 95 % t intervals
+and the paired comparison against --baseline (default fedavg), with
+accuracy_curves.png.
 """
 
 import os
@@ -26,12 +30,20 @@ from tff_research.algorithms import registry  # pylint: disable=g-import-not-at-
 from tff_research.program import binary  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags  # pylint: disable=g-import-not-at-top
 from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
+from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 
 _ALGORITHMS = absl_flags.DEFINE_list(
     'compare_algorithms', list(comparison.DRIFT_ALGORITHMS),
     f'Algorithms to compare, from {",".join(registry.SPECS)}.')
 _TARGET = absl_flags.DEFINE_float(
     'target_accuracy', 0.8, 'Held-out accuracy whose first round is reported.')
+_SEEDS = absl_flags.DEFINE_string(
+    'seeds', None,
+    'N (seeds --seed..--seed+N-1) or a list 0,1,2: run every algorithm at'
+    ' each seed; report mean, 95% t interval and paired comparisons.')
+_BASELINE = absl_flags.DEFINE_string(
+    'baseline', None, 'Algorithm the others are compared with, paired by'
+    ' seed (default fedavg).')
 
 
 def run():
@@ -40,9 +52,12 @@ def run():
     raise ValueError(
         f'--algorithm={given["algorithm"]} is not valid here: the comparison'
         f' runs every algorithm of {",".join(_ALGORITHMS.value)} itself')
+  config = flags.config_from_flags()
+  seeds = (None if _SEEDS.value is None
+           else statistics.parse_seeds(_SEEDS.value, config.seed))
   path, _ = comparison.run_drift_comparison(
-      flags.config_from_flags(), _ALGORITHMS.value, given=given,
-      target_accuracy=_TARGET.value)
+      config, _ALGORITHMS.value, given=given,
+      target_accuracy=_TARGET.value, seeds=seeds, baseline=_BASELINE.value)
   with open(path) as f:
     print(f.read())
   print(f'Comparison: {os.path.abspath(path)}')

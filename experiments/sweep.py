@@ -1,12 +1,18 @@
 r"""Runs a grid of experiments/train.py runs under one logdir.
 
-  uv run python experiments/sweep.py --config=sweep.json [--parallel=N]
+  uv run python experiments/sweep.py --config=sweep.json [--parallel=N] \
+      [--seeds=3 | --seeds=0,1,2] [--baseline=CONFIGURATION]
 
 The config (JSON) names the logdir, the flags every run shares ("base") and
 the grid (flag -> list of values); see tff_research/studies/sweep.py.
 Complete runs are skipped, unfinished ones resume. Writes LOGDIR/results.csv
 and LOGDIR/results.md (final held-out metrics of every run) and the HParams
 experiment of the logdir; per-run output goes to LOGDIR/sweep_logs/.
+--seeds sets the grid's seed values; LOGDIR/results_seeds.md then has, per
+configuration (grid values without the seed), means with 95 % t intervals
+and paired comparisons against --baseline (a configuration name such as
+algorithm=fedavg,dropout_rate=0.0; default the first), and
+LOGDIR/accuracy_curves.png.
 """
 
 import os
@@ -21,11 +27,20 @@ from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
 from tff_research import runtime  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 from tff_research.studies import sweep  # pylint: disable=g-import-not-at-top
 
 _CONFIG = absl_flags.DEFINE_string('config', None, 'Sweep config (JSON).')
 _PARALLEL = absl_flags.DEFINE_integer(
     'parallel', None, 'Runs at a time (overrides the config\'s "parallel").')
+_SEEDS = absl_flags.DEFINE_string(
+    'seeds', None,
+    'N (seeds 0..N-1) or a list 0,1,2: the grid\'s seed values; adds the'
+    ' multi-seed report LOGDIR/results_seeds.md.')
+_BASELINE = absl_flags.DEFINE_string(
+    'baseline', None,
+    'With --seeds: the configuration (grid values without the seed, e.g.'
+    ' algorithm=fedavg,dropout_rate=0.0) the others are compared with.')
 
 
 def main(argv):
@@ -35,8 +50,14 @@ def main(argv):
     if not _CONFIG.value:
       raise sweep.SweepError('--config is required: a JSON sweep config')
     config = sweep.load_config(_CONFIG.value, parallel=_PARALLEL.value)
+    if _SEEDS.value is not None:
+      config = sweep.with_seeds(config, statistics.parse_seeds(_SEEDS.value))
+    elif _BASELINE.value is not None:
+      raise sweep.SweepError('--baseline applies only with --seeds')
     # Each run's flags are parsed in a private FlagValues, as train.py will.
     runs = sweep.expand(config, sweep.validate_with_train_flags)
+    if _SEEDS.value is not None:
+      sweep.check_baseline(runs, _BASELINE.value)
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
@@ -44,8 +65,17 @@ def main(argv):
   os.makedirs(config.logdir, exist_ok=True)
   sweep.write_hparams_config(config, runs)
   status = sweep.run_sweep(config, runs)
-  csv_path, md_path = sweep.write_results(config, sweep.results(config, runs))
+  table = sweep.results(config, runs)
+  csv_path, md_path = sweep.write_results(config, table)
   print(f'Results: {csv_path}, {md_path}')
+  if _SEEDS.value is not None:
+    try:
+      seeds_path = sweep.write_seed_results(config, runs, table,
+                                            _BASELINE.value)
+    except ValueError as e:  # e.g. a failed run left no evaluation
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(1)
+    print(f'Over seeds: {seeds_path}')
   failed = [name for name, s in status.items() if s.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} runs failed (see {config.logdir}/sweep_logs):'

@@ -200,3 +200,179 @@ def test_comparison_runs_each_algorithm_and_tables_its_metrics(
   # The table is a function of the runs: rewriting it changes nothing.
   comparison.write_comparison_table(str(root), ['fedavg', 'fedadam'], 0.05)
   assert open(path).read() == table
+
+
+# --- seeds, paired comparisons, tuning (issue 15) ------------------------------
+
+import os  # pylint: disable=g-import-not-at-top,wrong-import-position
+import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from scipy import stats  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_seeded_configs_change_only_the_seed_and_the_run_name(tmp_path):
+  config = fl_testing.config_for(dict(model='linear', total_rounds=2),
+                                 tmp_path, 'cmp')
+  configs = comparison.paper_default_configs(config, ['fedavg', 'fedadam'])
+  seeded = comparison.seeded_configs(configs, (3, 5))
+  for algorithm, by_seed in seeded.items():
+    assert sorted(by_seed) == [3, 5]
+    for seed, c in by_seed.items():
+      assert c.experiment_name == f'{algorithm}_seed{seed}'
+      assert c.seed == seed and c.data.seed == seed
+      assert c.run_dir == str(tmp_path / 'cmp' / f'{algorithm}_seed{seed}')
+      assert c.algorithm == configs[algorithm].algorithm
+  assert comparison.check_baseline(None, ['fedadam', 'fedavg']) == 'fedavg'
+  assert comparison.check_baseline(None, ['fedadam', 'fedprox']) == 'fedadam'
+  with pytest.raises(ValueError, match='--baseline=fedsgd is not valid'):
+    comparison.check_baseline('fedsgd', ['fedavg', 'fedadam'])
+  with pytest.raises(ValueError, match='--baseline=fedsgd is not valid'):
+    comparison.run_comparison(config, ['fedavg', 'fedadam'], seeds=(0, 1),
+                              baseline='fedsgd')
+  assert not (tmp_path / 'cmp').exists()
+
+
+def test_seeds_report_of_fake_per_seed_results(tmp_path):
+  """The multi-seed report from made-up per-seed results, no training."""
+  final = {'fedavg': [0.70, 0.74, 0.72], 'scaffold': [0.75, 0.76, 0.78]}
+  results = {a: {s: dict(final_accuracy=v[s], rounds_to_target=None)
+                 for s in range(3)} for a, v in final.items()}
+  curves = {a: [[(1, 0.1 * (s + 1)), (2, v[s])] for s in range(3)]
+            for a, v in final.items()}
+  text, agg = comparison.seeds_report(
+      results, curves, metrics=('final_accuracy', 'rounds_to_target'),
+      baseline='fedavg', title='t', root=str(tmp_path))
+  interval = stats.t.interval(0.95, 2, loc=0.72,
+                              scale=stats.sem(final['fedavg']))
+  assert (agg.get('fedavg', 'final_accuracy').low,
+          agg.get('fedavg', 'final_accuracy').high) == pytest.approx(interval)
+  # Differences 0.05, 0.02, 0.06: mean 0.0433.., paired t as scipy's.
+  ref = stats.ttest_rel(final['scaffold'], final['fedavg'])
+  paired = agg.get('scaffold', 'final_accuracy').paired
+  assert paired.p_value == pytest.approx(ref.pvalue)
+  half = 0.72 - interval[0]
+  assert (f'| fedavg | 3 | 0.720 ± {half:.3f} | [{interval[0]:.3f},'
+          f' {interval[1]:.3f}] | (baseline) |  |') in text
+  assert '| scaffold | 3 | 0.763 ± ' in text
+  assert (f'| +0.043 [{paired.low:.3f}, {paired.high:.3f}] (n=3) |'
+          f' {ref.pvalue:.3f} |') in text
+  # No run reached the target: no table for it rather than zeros.
+  assert 'rounds to target' not in text
+  assert '| fedavg | 0.7000 | 0.7400 | 0.7200 |' in text
+  assert (tmp_path / comparison.PLOT_NAME).read_bytes()[:4] == b'\x89PNG'
+  assert list(tmp_path.glob('events.out.tfevents.*'))
+
+
+def test_validation_split_uses_only_training_data(tmp_path):
+  """--tune's validation: carved out of the training examples / clients,
+  never the held-out ones."""
+  base = dict(model='linear', num_clients=8, total_rounds=1)
+  config = fl_testing.config_for(base, tmp_path, 'cmp')
+  data, evaluation = comparison.validation_data(config, 0.25)
+  from tff_research.data import federated_data  # pylint: disable=g-import-not-at-top
+  from tff_research.program import client_split  # pylint: disable=g-import-not-at-top
+  full = federated_data.load_federated_data(config.data)
+
+  def examples(cd, cid):
+    return sorted(tuple(np.asarray(e['pixels']).ravel().round(4).tolist()[::7])
+                  + (int(e['label']),)
+                  for e in cd.create_tf_dataset_for_client(cid)
+                  .as_numpy_iterator())
+
+  assert evaluation == config.evaluation
+  for cid in full.client_ids:
+    train, val = examples(data.train, cid), examples(data.test, cid)
+    # The client's training examples, split ~ 3:1; its test split unused.
+    assert sorted(train + val) == examples(full.train, cid)
+    assert len(val) == round(0.25 * len(examples(full.train, cid)))
+  held = dict(base, eval_on='heldout_clients', heldout_client_fraction=0.25)
+  config = fl_testing.config_for(held, tmp_path, 'cmp')
+  data, evaluation = comparison.validation_data(config, 0.5)
+  split = client_split.ClientSplit(full, config.evaluation, config.seed)
+  assert sorted(data.client_ids) == sorted(split.train_client_ids)
+  assert not set(data.client_ids) & set(split.eval_client_ids)
+  assert evaluation.heldout_client_fraction == 0.5
+  val_split = client_split.ClientSplit(data, evaluation, config.seed)
+  assert len(val_split.eval_client_ids) == 3  # round(0.5 * 6)
+  assert set(val_split.eval_client_ids) <= set(split.train_client_ids)
+
+
+def test_tune_grid_keeps_the_paper_default_first(tmp_path):
+  config = fl_testing.config_for(dict(model='linear'), tmp_path, 'cmp')
+  configs = comparison.paper_default_configs(config, ['fedadam', 'fedsgd'])
+  grid = comparison.tune_grid(configs['fedadam'], (0.1, 1.0, 10.0))
+  assert len(grid) == 9
+  assert grid[0] == pytest.approx({'client_learning_rate': 10**-1.5,
+                                   'server_learning_rate': 10**-2.5})
+  sgd = comparison.tune_grid(configs['fedsgd'], (0.5, 1.0))
+  assert [list(p) for p in sgd] == [['server_learning_rate']] * 2
+  with pytest.raises(ValueError, match='--tune_factors=0,1 is not valid'):
+    comparison.TuneConfig((0.0, 1.0))
+  with pytest.raises(ValueError,
+                     match='--tune_validation_fraction=1 is not valid'):
+    comparison.TuneConfig(validation_fraction=1)
+
+
+def test_tuning_trains_on_validation_and_records_the_choice(
+    tff_worker, tmp_path):
+  values = dict(model='linear', num_clients=4, clients_per_round=2,
+                total_rounds=1, eval_every=1, rounds_per_checkpoint=1,
+                progress=False, batch_size=20)
+  config = fl_testing.config_for(values, tmp_path, 'cmp')
+  configs = comparison.paper_default_configs(config, ['fedsgd'])
+  chosen, record = comparison.tune_hyperparameters(
+      config, configs, comparison.TuneConfig((0.5, 1.0)), log=lambda _: None)
+  saved = json.loads((tmp_path / 'cmp' / comparison.TUNING_NAME).read_text())
+  assert saved == json.loads(json.dumps(record))
+  grid = saved['algorithms']['fedsgd']['grid']
+  assert len(grid) == 2
+  accs = [g['validation_accuracy'] for g in grid]
+  for g in grid:
+    rows = fl_testing.read_csv(tmp_path / 'cmp' / g['run'] / 'metrics.csv')
+    assert g['validation_accuracy'] == rows[-1]['eval_accuracy']
+  best = grid[int(np.argmax(accs))]['values']  # first of ties: the default
+  assert chosen['fedsgd'] == best == saved['algorithms']['fedsgd']['chosen']
+  assert 'held out for validation' in saved['validation']
+
+
+def test_compare_algorithms_binary_with_two_seeds(tmp_path):
+  """End to end: the real binary, 2 seeds x 2 algorithms x 2 rounds."""
+  args = [sys.executable, os.path.join(REPO, 'experiments',
+                                       'compare_algorithms.py'),
+          '--experiment_name=cmp', f'--logdir={tmp_path}',
+          '--algorithms=fedavg,fedadam', '--model=linear', '--num_clients=6',
+          '--clients_per_round=3', '--total_rounds=2', '--eval_every=1',
+          '--rounds_per_checkpoint=2', '--batch_size=10', '--noprogress',
+          '--seeds=2']
+  out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  root = tmp_path / 'cmp'
+  table = (root / 'comparison.md').read_text()
+  finals = {}
+  for algorithm in ('fedavg', 'fedadam'):
+    finals[algorithm] = [fl_testing.read_csv(
+        root / f'{algorithm}_seed{s}' / 'metrics.csv')[-1]['eval_accuracy']
+                         for s in (0, 1)]
+  mean, low, high = (np.mean(finals['fedavg']),) + tuple(stats.t.interval(
+      0.95, 1, loc=np.mean(finals['fedavg']), scale=stats.sem(
+          finals['fedavg'])))
+  assert (f'| fedavg | 2 | {mean:.3f} ± {(high - low) / 2:.3f} |'
+          f' [{low:.3f}, {high:.3f}] | (baseline) |  |') in table
+  d = np.subtract(finals['fedadam'], finals['fedavg'])
+  ref = stats.ttest_rel(finals['fedadam'], finals['fedavg'])
+  row = next(l for l in table.splitlines() if l.startswith('| fedadam | 2 |'))
+  assert f'| {d.mean():+.3f} [' in row and '(n=2) |' in row
+  assert row.endswith(f'| {ref.pvalue:.3f} |') or ref.pvalue < 1e-3
+  png = (root / comparison.PLOT_NAME).read_bytes()
+  assert png[:8] == b'\x89PNG\r\n\x1a\n' and len(png) > 5000
+  saved = json.loads((root / comparison.JSON_NAME).read_text())
+  assert saved['aggregate']['seeds'] == [0, 1]
+  # A re-run reuses the finished runs: nothing trains again.
+  again = subprocess.run(args, capture_output=True, text=True, timeout=600)
+  assert again.returncode == 0
+  assert again.stdout.count('nothing to do') == 4
+  assert (root / 'comparison.md').read_text() == table

@@ -61,3 +61,41 @@ def test_unclustered_and_missing_runs(tmp_path):
   with pytest.raises(ValueError, match='hparams.json not found: --run_dirs'
                      ' must name runs'):
     cluster_report.summarize_run(str(tmp_path / 'nothing'))
+
+
+def test_seed_report_of_fake_per_seed_summaries(tmp_path):
+  """--seeds: prefixes expand to PREFIX_seed<s>; per-seed summaries (made up,
+  no training) give t intervals and the paired test against the baseline."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  for name in ('cfl_seed0', 'cfl_seed1', 'fedavg_seed0', 'fedavg_seed1'):
+    (tmp_path / name).mkdir()
+  dirs = cluster_report.seed_run_dirs(
+      [str(tmp_path / 'cfl'), str(tmp_path / 'fedavg')], (0, 1))
+  assert dirs['cfl'] == {0: str(tmp_path / 'cfl_seed0'),
+                         1: str(tmp_path / 'cfl_seed1')}
+  with pytest.raises(ValueError, match='cfl_seed2 not found: with --seeds'):
+    cluster_report.seed_run_dirs([str(tmp_path / 'cfl')], (0, 2))
+  acc = {'fedavg': [0.45, 0.47], 'cfl': [0.88, 0.86]}
+  summaries = {
+      'fedavg': {s: {'eval': {'accuracy': acc['fedavg'][s]}} for s in (0, 1)},
+      'cfl': {s: {'eval': {'accuracy': acc['cfl'][s]},
+                  'purity_all': 1.0, 'purity_resolved': 1.0}
+              for s in (0, 1)}}
+  curves = {k: [[(1, 0.2), (2, v[s])] for s in (0, 1)]
+            for k, v in acc.items()}
+  with pytest.raises(ValueError, match='--baseline=x is not valid'):
+    cluster_report.seed_report(summaries, curves, baseline='x')
+  text, agg = cluster_report.seed_report(summaries, curves,
+                                         baseline='fedavg',
+                                         root=str(tmp_path))
+  ref = stats.ttest_rel(acc['cfl'], acc['fedavg'])
+  paired = agg.get('cfl', 'final_accuracy').paired
+  assert paired.mean_difference == pytest.approx(0.41)
+  assert paired.p_value == pytest.approx(ref.pvalue)
+  # Differences 0.43, 0.39: s_d = 0.02828, t_{0.975,1} = 12.706.
+  assert paired.high - paired.mean_difference == pytest.approx(
+      12.706205 * 0.0282843 / np.sqrt(2), rel=1e-5)
+  assert f'| +0.410 [{paired.low:.3f}, {paired.high:.3f}] (n=2) |' in text
+  # Purity: constant over seeds (interval = point), no baseline value.
+  assert '| cfl | 2 | 1.000 ± 0.000 | [1.000, 1.000] | n/a' in text
+  assert (tmp_path / 'accuracy_curves.png').exists()

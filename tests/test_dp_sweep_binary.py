@@ -52,3 +52,48 @@ def test_sweep_prints_one_row_per_run_with_its_epsilon(tff_worker, tmp_path):
     assert 0.0 <= float(c[5]) <= 1.0
   assert sorted(os.listdir(tmp_path)) == ['sw_client_z2', 'sw_server_z0',
                                           'sw_server_z2']
+
+
+def test_seeds_sweep_pairs_every_configuration_with_the_baseline(
+    tff_worker, tmp_path):
+  """--seeds=2 at one sigma: 2 configurations x 2 seeds of 1 round."""
+  import json  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  from tests import fl_testing  # pylint: disable=g-import-not-at-top
+  from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
+  dp_sweep = _load_binary()
+  config = dp_sweep.base_config(dict(
+      experiment_name='sw', logdir=str(tmp_path), model='linear',
+      num_clients=4, clients_per_round=2, client_learning_rate=0.05,
+      weight_by_size=False, dp_clip=0.5, total_rounds=1, eval_every=1,
+      rounds_per_checkpoint=1, progress=False))
+  with pytest.raises(ValueError, match='--baseline=server_z9 is not valid'):
+    dp_sweep.seeds_sweep(config, [2.0], (0, 1), baseline='server_z9')
+  assert not os.listdir(tmp_path)
+  # Only the server level, to keep it to four runs.
+  runs = dp_sweep.run_configs
+  dp_sweep.run_configs = lambda c, s: {
+      k: v for k, v in runs(c, s).items() if '_client_' not in k}
+  try:
+    text = dp_sweep.seeds_sweep(config, [2.0], statistics.parse_seeds('2'),
+                                log=lambda _: None)
+  finally:
+    dp_sweep.run_configs = runs
+  assert sorted(os.listdir(tmp_path)) == [
+      'sw_dp_sweep', 'sw_server_z0_seed0', 'sw_server_z0_seed1',
+      'sw_server_z2_seed0', 'sw_server_z2_seed1']
+  acc = {z: [fl_testing.read_csv(tmp_path / f'sw_server_z{z}_seed{s}'
+                                 / 'metrics.csv')[-1]['eval_accuracy']
+             for s in (0, 1)] for z in (0, 2)}
+  d = np.subtract(acc[2], acc[0])
+  row = next(l for l in text.splitlines() if l.startswith('| server_z2 | 2 |')
+             and 'Δ' not in l)
+  assert f'| {d.mean():+.3f} [' in row
+  ref = stats.ttest_rel(acc[2], acc[0])
+  if np.ptp(d) > 0:
+    assert row.endswith(f'| {ref.pvalue:.3f} |') or ref.pvalue < 1e-3
+  assert '| server_z0 | 2 |' in text and '(baseline)' in text
+  root = tmp_path / 'sw_dp_sweep'
+  assert (root / 'comparison.md').read_text() == text
+  assert (root / 'accuracy_curves.png').read_bytes()[:4] == b'\x89PNG'

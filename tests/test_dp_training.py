@@ -98,7 +98,7 @@ def test_dp_composes_with_fedprox_and_rejects_what_it_cannot_wrap(tff_worker):
   state, metrics = alg.next(
       alg.initialize(), 1, ['a', 'b'],
       [fl_testing.to_dataset(x, y, BATCH) for x, y in clients])
-  assert set(metrics) == {'train', 'dp'}
+  assert set(metrics) == {'train', 'clients', 'dp', 'robustness'}
   assert metrics['dp']['noise_stddev'] == pytest.approx(0.5 * 1.0 / 1.0)
   # The loop must sample as the accountant assumes.
   alg.check_sampling('poisson', None, 0.5)

@@ -104,3 +104,30 @@ def test_process_type_signature_places_state_at_server():
   assert sig.parameter[0].placement is tff.SERVER
   assert sig.parameter[1].placement is tff.CLIENTS
   assert sig.result.state.placement is tff.SERVER
+
+
+def test_model_weights_read_from_state_equal_tffs_own(tff_worker, tmp_path):
+  """`get_model_weights` reads the state's `global_model_weights` without a
+  runtime call; it must equal TFF's `process.get_model_weights`, also for a
+  state restored from a checkpoint."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  from tff_research import algorithms  # pylint: disable=g-import-not-at-top
+  from tff_research.program import training  # pylint: disable=g-import-not-at-top
+  algorithm = algorithms.build_algorithm(
+      algorithms.AlgorithmConfig(client_learning_rate=0.5),
+      fl_testing.linear_model_fn(), ['a', 'b'])
+  data = fl_testing.make_clients((4, 6), seed=2)
+  state, _ = algorithm.next(
+      algorithm.initialize(), 1, ['a', 'b'],
+      [fl_testing.to_dataset(x, y, 3) for x, y in data])
+  manager = training.state_manager(str(tmp_path))
+  asyncio.run(manager.save({'round': 1, 'state': state}, 1))
+  restored, _ = asyncio.run(manager.load_latest(
+      {'round': 0, 'state': algorithm.initialize()}))
+  for s in (state, restored['state']):
+    ours = algorithm.get_model_weights(s)
+    assert isinstance(s.global_model_weights,
+                      type(ours))  # read from the state, no runtime call
+    theirs = algorithm.process.get_model_weights(s)
+    for a, b in zip(ours.trainable, theirs.trainable):
+      np.testing.assert_array_equal(a, b)

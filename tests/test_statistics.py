@@ -202,3 +202,89 @@ def test_plot_curves_writes_a_nontrivial_png(tmp_path):
   assert len(colours) > 50
   with pytest.raises(ValueError, match='at least one algorithm'):
     statistics.plot_curves({}, str(tmp_path / 'x.png'))
+
+
+def test_parse_seeds_counts_lists_and_one_line_errors():
+  assert statistics.parse_seeds('3') == (0, 1, 2)
+  assert statistics.parse_seeds('2', base_seed=5) == (5, 6)
+  assert statistics.parse_seeds('0,1,2') == (0, 1, 2)
+  assert statistics.parse_seeds(' 7, 3 ', base_seed=9) == (7, 3)
+  assert statistics.parse_seeds('4,') == (4,)
+  for bad, why in (('0', 'give a count N >= 1'), ('a,b', 'give a count'),
+                   ('-1,2', 'give a count'), ('x', 'give a count'),
+                   ('1,1', 'names a seed twice')):
+    with pytest.raises(ValueError, match=f'^--seeds={bad} is not valid: {why}'):
+      statistics.parse_seeds(bad)
+  assert statistics.seed_run_name('fedavg', 3) == 'fedavg_seed3'
+
+
+def test_aggregate_seeds_on_fake_per_seed_results_matches_scipy():
+  """Per-seed results of a made-up 4-seed study, no training: every cell is
+  the textbook t interval and paired test of the values given."""
+  acc = {'fedavg': [0.80, 0.82, 0.78, 0.84], 'fedprox': [0.83, 0.84, 0.80,
+                                                         0.88]}
+  rounds = {'fedavg': [10, None, 12, 8], 'fedprox': [8, 9, None, 6]}
+  results = {a: {s: {'final_accuracy': acc[a][s], 'rounds': rounds[a][s]}
+                 for s in range(4)} for a in acc}
+  agg = statistics.aggregate_seeds(results, ['final_accuracy', 'rounds'],
+                                   baseline='fedavg')
+  assert agg.seeds == (0, 1, 2, 3) and agg.baseline == 'fedavg'
+  base = agg.get('fedavg', 'final_accuracy')
+  # mean 0.81, s = sqrt(0.002 / 3), t_{0.975,3} = 3.182446
+  assert base.mean == pytest.approx(0.81)
+  half = 3.182446305284263 * math.sqrt(0.002 / 3) / 2
+  assert (base.low, base.high) == pytest.approx((0.81 - half, 0.81 + half))
+  assert base.paired is None
+  prox = agg.get('fedprox', 'final_accuracy')
+  # d = 0.03, 0.02, 0.02, 0.04: dbar = 0.0275, s_d = 0.0095743.
+  ref = stats.ttest_rel(acc['fedprox'], acc['fedavg'])
+  assert prox.paired.mean_difference == pytest.approx(0.0275)
+  assert prox.paired.t_statistic == pytest.approx(ref.statistic)
+  assert prox.paired.t_statistic == pytest.approx(
+      0.0275 / (np.std([0.03, 0.02, 0.02, 0.04], ddof=1) / 2))
+  assert prox.paired.p_value == pytest.approx(ref.pvalue)
+  # t = 0.0275 / (0.0095743 / 2) = 5.7446 on 3 df: p = 0.010477.
+  assert prox.paired.t_statistic == pytest.approx(5.744563, abs=1e-6)
+  assert prox.paired.p_value == pytest.approx(0.010477, abs=1e-6)
+  # Missing values: fedavg has rounds at seeds 0, 2, 3; fedprox at 0, 1, 3;
+  # the pair uses only seeds 0 and 3 (differences -2, -2).
+  r = agg.get('fedprox', 'rounds')
+  assert r.seeds == (0, 1, 3) and r.mean == pytest.approx(23 / 3)
+  assert r.paired.n == 2 and r.paired.mean_difference == -2.0
+  assert r.paired.p_value == 0.0  # constant difference, as ttest_rel
+  table = statistics.aggregate_markdown(agg)
+  lines = table.splitlines()
+  assert '### final_accuracy' in lines
+  assert lines[2] == ('| algorithm | n | final_accuracy (mean ± 95%'
+                      ' half-width) | 95% CI | Δ vs fedavg [95% CI] |'
+                      ' p (paired t) |')
+  assert lines[4] == (f'| fedavg | 4 | 0.810 ± {half:.3f} | [{0.81 - half:.3f},'
+                      f' {0.81 + half:.3f}] | (baseline) |  |')
+  # 0.8375 and 0.0275 are 0.83749.. and 0.02749.. in binary: 3 decimals
+  # round them down.
+  assert lines[5].startswith('| fedprox | 4 | 0.837 ± ')
+  assert lines[5].endswith(
+      f'| +0.027 [{prox.paired.low:.3f}, {prox.paired.high:.3f}] (n=4) |'
+      ' 0.010 |')
+  assert statistics.per_seed_markdown(results, 'rounds').splitlines()[2] == (
+      '| fedavg | 10.0000 | - | 12.0000 | 8.0000 |')
+  saved = agg.to_json()
+  assert saved['metrics']['final_accuracy']['fedprox']['paired'][
+      'p_value'] == pytest.approx(ref.pvalue)
+  with pytest.raises(ValueError, match='--baseline=fedyogi is not valid'):
+    statistics.aggregate_seeds(results, ['rounds'], baseline='fedyogi')
+
+
+def test_write_image_summary_is_readable_by_tensorboard(tmp_path):
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  png = statistics.plot_curves({'a': [[(1, 0.1), (2, 0.2)], [(1, 0.2),
+                                                             (2, 0.4)]]},
+                               str(tmp_path / 'c.png'))
+  statistics.write_image_summary(png, str(tmp_path), 'study/curves')
+  acc = event_accumulator.EventAccumulator(
+      str(tmp_path), size_guidance={event_accumulator.TENSORS: 0})
+  acc.Reload()
+  (event,) = acc.Tensors('study/curves')
+  width, height = event.tensor_proto.string_val[:2]
+  assert (int(width), int(height)) == (768, 480)
+  assert event.tensor_proto.string_val[2][:8] == b'\x89PNG\r\n\x1a\n'

@@ -223,3 +223,48 @@ def test_real_sweep_binary_resumes_after_kill(tmp_path):
   assert [(r['run'], r['rounds']) for r in table] == [
       ('dropout_rate=0.0', '2'), ('dropout_rate=0.5', '2')]
   assert all(r['eval_accuracy'] for r in table)
+
+
+def test_seeds_report_pairs_configurations_by_seed(tmp_path):
+  """--seeds on a sweep: the grid's seed values, runs named ...,seed=S, and
+  results_seeds.md from the runs' metrics (hand-written, no training)."""
+  from scipy import stats  # pylint: disable=g-import-not-at-top
+  config = sweep.load_config(str(_config(tmp_path)))
+  seeded = sweep.with_seeds(config, (0, 1, 2))
+  assert seeded.grid == {'dropout_rate': [0.0, 0.5], 'seed': [0, 1, 2]}
+  with pytest.raises(sweep.SweepError, match='--seeds conflicts with "seed"'):
+    sweep.with_seeds(sweep.SweepConfig('l', {'seed': 1}, {'a': [1]}), (0,))
+  runs = sweep.expand(seeded, _fake_validate)
+  assert [r.name for r in runs][:3] == [
+      'dropout_rate=0.0,seed=0', 'dropout_rate=0.0,seed=1',
+      'dropout_rate=0.0,seed=2']
+  assert sweep.check_baseline(runs, None) == 'dropout_rate=0.0'
+  with pytest.raises(sweep.SweepError, match='--baseline=x is not valid'):
+    sweep.check_baseline(runs, 'x')
+  final = {'dropout_rate=0.0': [0.80, 0.84, 0.79],
+           'dropout_rate=0.5': [0.70, 0.76, 0.71]}
+  for run in runs:
+    acc = final[sweep.configuration_name(run)][run.grid_values['seed']]
+    path = tmp_path / 'logs' / run.name
+    os.makedirs(path / 'checkpoints' / 'round_3')
+    with open(path / 'metrics.csv', 'w', newline='') as f:
+      w = csv.DictWriter(f, ['round', 'eval_accuracy', 'eval_loss'])
+      w.writeheader()
+      w.writerow({'round': 1, 'eval_accuracy': acc / 2, 'eval_loss': 2.0})
+      w.writerow({'round': 3, 'eval_accuracy': acc, 'eval_loss': 1.0})
+  md = sweep.write_seed_results(seeded, runs, sweep.results(seeded, runs))
+  text = open(md).read()
+  base = final['dropout_rate=0.0']
+  low, high = stats.t.interval(0.95, 2, loc=sum(base) / 3,
+                               scale=stats.sem(base))
+  assert (f'| dropout_rate=0.0 | 3 | 0.810 ± {(high - low) / 2:.3f} |'
+          f' [{low:.3f}, {high:.3f}] | (baseline) |  |') in text
+  ref = stats.ttest_rel(final['dropout_rate=0.5'], base)
+  # Differences -0.10, -0.08, -0.08: mean -0.0867.
+  assert (f'| -0.087 [') in text and f'(n=3) | {ref.pvalue:.3f} |' in text
+  assert '| dropout_rate=0.5 | 0.7000 | 0.7600 | 0.7100 |' in text
+  saved = json.loads(open(md[:-3] + '.json').read())
+  assert saved['metrics']['eval_accuracy']['dropout_rate=0.5']['paired'][
+      'p_value'] == pytest.approx(ref.pvalue)
+  png = tmp_path / 'logs' / 'accuracy_curves.png'
+  assert png.read_bytes()[:4] == b'\x89PNG'

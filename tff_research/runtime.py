@@ -50,8 +50,12 @@ uncaught `WorkerError` is printed as that single line prefixed ``error: ``
 (no traceback; `start()` installs a `sys.excepthook` that does this for
 `WorkerError` only) and the process exits with status 1.
 
-The same remote-executor plumbing later points at TFF workers on other
-machines; only the worker's address changes.
+Remote workers
+--------------
+`start(workers=('host:port', ...))` starts no local worker: it connects to
+TFF workers on other machines (`tff_research.remote`, which reuses this
+module's monitor, stub and `WorkerError`) and splits each round's clients
+across them. `stop()` disconnects from them; they are not ours to stop.
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from typing import Optional
 
 from absl import logging
@@ -455,6 +460,7 @@ def _start_worker(max_concurrent_computation_calls: int) -> tuple[
 
 def start(
     *,
+    workers: Sequence[str] = (),
     default_num_clients: int = 0,
     max_concurrent_computation_calls: int = -1,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_SECONDS,
@@ -467,6 +473,11 @@ def start(
   invoked.
 
   Args:
+    workers: `host:port` addresses of remote TFF workers; empty (the
+      default) runs on a local worker owned by this process. With workers,
+      no local worker runs and each call's clients are split across them
+      (see `tff_research.remote`); a worker unreachable within 10 s raises
+      `WorkerError` naming it.
     default_num_clients: cardinality of CLIENTS when it cannot be inferred.
     max_concurrent_computation_calls: passed to the worker; <= 0 is no limit.
     stall_timeout: seconds a computation may wait on a worker that shows no
@@ -476,6 +487,18 @@ def start(
   global _worker, _monitor, _atexit_registered
   if not stall_timeout > 0:
     raise ValueError(f'stall_timeout must be > 0, got {stall_timeout!r}')
+  if workers:
+    from tff_research import remote  # pylint: disable=g-import-not-at-top
+    _stop_local_worker()
+    with _lock:
+      if not _atexit_registered:
+        atexit.register(stop)
+        _atexit_registered = True
+    _install_excepthook()
+    remote.start(workers, default_num_clients=default_num_clients,
+                 stall_timeout=stall_timeout)
+    return
+  _stop_remote()
   with _lock:
     if _worker is not None and _worker.poll() is None:
       if _monitor is not None:
@@ -530,8 +553,20 @@ def start(
                process.pid, port, _worker_log, stall_timeout)
 
 
+def _stop_remote() -> None:
+  remote = sys.modules.get('tff_research.remote')
+  if remote is not None:
+    remote.stop()
+
+
 def stop(timeout: float = 10.0) -> None:
-  """Stops the managed worker (SIGINT, then SIGKILL) and waits for it."""
+  """Stops the managed worker (SIGINT, then SIGKILL) and waits for it, and
+  disconnects from remote workers (which keep running)."""
+  _stop_remote()
+  _stop_local_worker(timeout)
+
+
+def _stop_local_worker(timeout: float = 10.0) -> None:
   global _worker
   with _lock:
     process, _worker = _worker, None

@@ -102,3 +102,135 @@ def test_client_learning_rate_500_stops_with_one_line(tff_worker, tmp_path):
   # No checkpoint of a diverged model exists to resume from.
   checkpoints = tmp_path / 'div' / 'checkpoints'
   assert not checkpoints.exists() or os.listdir(checkpoints) == []
+
+
+# --- a divergence noticed one round late --------------------------------------
+
+
+class _LateDivergingAlgorithm:
+  """Round r's model is `weights[r]` (state = round number). Round 3's model
+  has finite but huge weights, so the guard only sees it diverge through
+  round 4's non-finite start-of-round loss: one round late, after round 3
+  was checkpointed."""
+
+  runs_empty_rounds = False
+
+  def __init__(self, weights):
+    self._weights = weights
+
+  def initialize(self):
+    return {'w': np.zeros(2, np.float32)}
+
+  def plan_rounds(self, state, start, total, sampler):
+    del state, start, sampler
+    return total, None
+
+  def next(self, state, round_num, client_ids, datasets):
+    del client_ids, datasets
+    w = np.asarray(state['w'], np.float32)
+    # As the dashboard's client_loss: the loss of the model the round starts
+    # from; exp overflows to inf for the huge round-3 weights.
+    with np.errstate(over='ignore'):
+      start_loss = float(np.log(np.sum(np.exp(w.astype(np.float32)))))
+    return ({'w': np.full(2, self._weights[round_num], np.float32)},
+            {'train': {'loss': 1.0, 'num_examples': 4.0},
+             'client_loss': {'mean': start_loss}})
+
+  def get_model_weights(self, state):
+    return tff.learning.models.ModelWeights(
+        trainable=[np.asarray(state['w'])], non_trainable=[])
+
+
+class _Fakes:
+  """The loop's other collaborators, reduced to what the loop calls."""
+
+  def sample(self, round_num):
+    del round_num
+    return ['a', 'b']
+
+  def reporting(self, selected, round_num):
+    del round_num
+    return selected
+
+  def datasets(self, round_num, ids):
+    del round_num
+    return [None] * len(ids)
+
+  def due(self, round_num, final):
+    del round_num, final
+    return False
+
+  def release(self, round_num, metrics):
+    del round_num
+    # As release.py's row: the loop reads the round's wall time back from it.
+    return {'train_loss': metrics['train']['loss'],
+            'wall_seconds': metrics['train'].get('wall_seconds', 0.0)}
+
+  def flush(self):
+    pass
+
+
+def _run_loop(manager, algorithm, total_rounds):
+  from tff_research.program import loop  # pylint: disable=g-import-not-at-top
+  fakes = _Fakes()
+  guard = hooks.DivergenceGuard(
+      algorithm, collections.OrderedDict(client_learning_rate=0.5))
+  return loop.run_rounds(
+      algorithm=algorithm, sampler=fakes, training_data=fakes,
+      state_manager=manager, release=fakes, evaluation=fakes, hooks=[guard],
+      total_rounds=total_rounds, rounds_per_checkpoint=1, progress=False,
+      log=lambda *_: None)
+
+
+def test_late_divergence_removes_the_checkpoints_after_the_kept_round(tmp_path):
+  from tff_research.program import checkpoints  # pylint: disable=g-import-not-at-top
+  import asyncio  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'checkpoints'
+  manager = checkpoints.SafeFileProgramStateManager(root)
+  algorithm = _LateDivergingAlgorithm({1: 1.0, 2: 2.0, 3: 1e30, 4: 1e30})
+  with pytest.raises(ValueError) as e:
+    _run_loop(manager, algorithm, total_rounds=6)
+  assert str(e.value).startswith(
+      'the global model diverged at round 3 (its training loss is inf); kept'
+      ' the last finite model, round 2, as the latest checkpoint')
+  # Round 3 (finite weights, non-finite loss) had been checkpointed before
+  # round 4 revealed it; it is gone, and round 2 is the newest version.
+  assert sorted(os.listdir(root)) == ['round_1', 'round_2']
+  template = {'round': 0, 'state': algorithm.initialize()}
+  state, version = asyncio.run(manager.load_latest(template))
+  assert version == 2 and int(state['round']) == 2
+  np.testing.assert_array_equal(state['state']['w'], [2.0, 2.0])
+  # A re-run resumes from the finite round 2 (and diverges again at round 3,
+  # reported the same way, never from a non-finite restored model).
+  with pytest.raises(ValueError, match='diverged at round 3'):
+    _run_loop(manager, algorithm, total_rounds=6)
+  assert sorted(os.listdir(root)) == ['round_1', 'round_2']
+
+
+def test_late_divergence_before_any_finite_round_keeps_no_checkpoint(tmp_path):
+  from tff_research.program import checkpoints  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'checkpoints'
+  manager = checkpoints.SafeFileProgramStateManager(root)
+  algorithm = _LateDivergingAlgorithm({1: 1e30, 2: 1e30})
+  with pytest.raises(ValueError, match=r'diverged at round 1 .*no round before'
+                     r' it was finite, so nothing was checkpointed'):
+    _run_loop(manager, algorithm, total_rounds=3)
+  assert os.listdir(root) == []  # round_1 (saved before round 2) removed
+
+
+def test_remove_versions_after(tmp_path):
+  from tff_research.program import checkpoints  # pylint: disable=g-import-not-at-top
+  import asyncio  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'checkpoints'
+  manager = checkpoints.SafeFileProgramStateManager(root, keep_total=0)
+  for v in range(1, 6):
+    asyncio.run(manager.save({'round': v, 'w': np.full(3, v, np.float32)}, v))
+  (root / '.unreadable-round_7-abc').mkdir()  # moved aside: not a version
+  assert asyncio.run(manager.remove_versions_after(2)) == [3, 4, 5]
+  assert sorted(os.listdir(root)) == [
+      '.unreadable-round_7-abc', 'round_1', 'round_2']
+  assert asyncio.run(manager.remove_versions_after(2)) == []
+  assert asyncio.run(manager.remove_versions_after(0)) == [1, 2]
+  assert asyncio.run(manager.get_versions()) is None
+  with pytest.raises(TypeError):
+    asyncio.run(manager.remove_versions_after('2'))

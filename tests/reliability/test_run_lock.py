@@ -105,3 +105,24 @@ def test_unlockable_directory_is_one_line_value_error(tmp_path):
   (tmp_path / 'file').write_text('')
   with pytest.raises(ValueError, match=r'cannot lock .*/file/x: Not a directory'):
     run_lock.acquire(tmp_path / 'file' / 'x')
+
+
+def test_training_on_a_run_directory_in_use_is_refused_and_writes_nothing(
+    tmp_path):
+  # The original defect: two processes trained into the same LOGDIR/NAME at
+  # once, interleaving metrics rows and racing on checkpoints. The training
+  # entry point itself must refuse, before writing anything.
+  from tests import fl_testing  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / 'busy'
+  holder = _holder(run_dir)
+  try:
+    with pytest.raises(run_lock.RunDirectoryInUseError) as e:
+      fl_testing.run_experiment(
+          dict(model='linear', num_clients=4, clients_per_round=2,
+               total_rounds=1, progress=False), tmp_path, 'busy')
+    assert str(e.value) == (
+        f'{run_dir} is in use by another run (pid {holder.pid}); wait for it'
+        ' or choose another --experiment_name')
+    assert os.listdir(run_dir) == [run_lock.LOCK_FILENAME]
+  finally:
+    procs.kill_quietly(holder)

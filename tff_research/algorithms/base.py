@@ -21,6 +21,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_research.algorithms import client_metrics
+from tff_research.algorithms import robust_aggregation
+
 
 class FederatedAlgorithm(abc.ABC):
   """A federated training algorithm driven round by round by the loop.
@@ -111,7 +114,19 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
   def next(self, state, round_num, client_ids, client_datasets):
     del round_num, client_ids  # TFF's processes are stateless across clients.
     output = self.process.next(state, list(client_datasets))
-    return output.state, output.metrics['client_work']
+    metrics = client_metrics.unpack(output.metrics['client_work'])
+    # The model aggregator's count of excluded non-finite client updates.
+    metrics.update(robust_aggregation.robustness_group(
+        output.metrics.get('aggregator')))
+    return output.state, metrics
 
   def get_model_weights(self, state):
+    # TFF's composed processes keep the global model as the first field of
+    # their state (`LearningAlgorithmState`); reading it here saves the
+    # runtime call `process.get_model_weights` makes, which ships the whole
+    # state to the worker and the model back (twice per round: the
+    # communication hook and the divergence guard ask for it).
+    weights = getattr(state, 'global_model_weights', None)
+    if isinstance(weights, tff.learning.models.ModelWeights):
+      return weights
     return self.process.get_model_weights(state)

@@ -117,6 +117,8 @@ from tensorflow_federated.python.learning.templates import model_delta_client_wo
 
 from tff_research import clustering
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
+from tff_research.algorithms import robust_aggregation
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 METRICS = clustering.METRICS
@@ -141,7 +143,7 @@ class _Computations:
 
   def __init__(self, model_fn: ModelFn, client_optimizer, weighted: bool,
                num_clusters: int, server_learning_rate: float,
-               projection_dim: int, projection_seed: int):
+               projection_dim: int, projection_seed: int, num_clients: int):
     k = num_clusters
     with tf.Graph().as_default():
       model = model_fn()
@@ -244,6 +246,14 @@ class _Computations:
       )
 
     slots_type = to_slots.type_signature.result
+
+    @tff.tensorflow.computation(output_type)
+    def excluded(output):
+      # TFF's client work gives a non-finite update weight 0: it is left out
+      # of its cluster's mean above; count it (robust_aggregation's metric).
+      return 1.0 - tf.cast(output['weight'] > 0, tf.float32)
+    per_client_table = client_metrics.per_client_then_finalize(num_clients)(
+        finalizers)
     lr = np.float32(server_learning_rate)
 
     @tff.tensorflow.computation(stacked_type, slots_type)
@@ -287,7 +297,15 @@ class _Computations:
       sums = tff.federated_sum(
           tff.federated_map(to_slots, (clusters, outputs))
       )
-      return tff.federated_map(server_update, (models, sums))
+      updated = tff.federated_map(server_update, (models, sums))
+      new_models, metrics = updated[0], updated[1]
+      # The clients' own training metrics, for the dashboard's distribution.
+      per_client = per_client_table(outputs.metrics)[client_metrics.KEY]
+      return new_models, tff.federated_zip(collections.OrderedDict(
+          train=metrics.train, clusters=metrics.clusters,
+          per_client=per_client,
+          excluded_clients=tff.federated_sum(
+              tff.federated_map(excluded, outputs))))
 
     @tff.federated_computation(
         tff.FederatedType(stacked_type, tff.SERVER),
@@ -464,6 +482,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     self.computations = _Computations(
         model_fn, client_optimizer, weighted, num_clusters,
         server_learning_rate, projection_dim, projection_seed,
+        len(self._client_ids),
     )
     self.sketch_dim = self.computations.sketch_dim
     # The decisions of the last clustering step (for callers and tests).
@@ -679,7 +698,10 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     train = collections.OrderedDict(
         (name, np.asarray(v)) for name, v in metrics['train'].items()
     )
-    return state, collections.OrderedDict(train=train, clusters=cluster_metrics)
+    train[client_metrics.KEY] = metrics[client_metrics.KEY]
+    return state, client_metrics.unpack(
+        collections.OrderedDict(train=train, clusters=cluster_metrics,
+                                **robust_aggregation.robustness_group(metrics)))
 
   def _window_members(self, state, round_num):
     """Training-client positions whose stored update is recent enough:

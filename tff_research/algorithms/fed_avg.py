@@ -25,6 +25,7 @@ from typing import Callable, Optional
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
 
@@ -36,6 +37,7 @@ def build_fed_avg(
     server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    metrics_aggregator=None,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg as a `LearningProcess`, example-weighted or uniform.
 
@@ -46,6 +48,9 @@ def build_fed_avg(
       learning rate 1.0 (plain model averaging).
     weighted: weight clients by number of examples (True) or uniformly.
     model_aggregator: aggregation of client deltas; TFF's mean by default.
+    metrics_aggregator: aggregation of the clients' training metrics
+      (`tff.learning.metrics.sum_then_finalize` by default; the pipeline's
+      algorithms use `client_metrics.for_clients`).
   """
   if server_optimizer is None:
     server_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
@@ -55,23 +60,25 @@ def build_fed_avg(
         client_optimizer_fn=client_optimizer,
         server_optimizer_fn=server_optimizer,
         model_aggregator=model_aggregator,
+        metrics_aggregator=metrics_aggregator,
     )
   return tff.learning.algorithms.build_unweighted_fed_avg(
       model_fn,
       client_optimizer_fn=client_optimizer,
       server_optimizer_fn=server_optimizer,
       model_aggregator=model_aggregator,
+      metrics_aggregator=metrics_aggregator,
   )
 
 
 def _build(config, model_fn, client_ids):
-  del client_ids  # No per-client state.
   return base.LearningProcessAlgorithm(build_fed_avg(
       model_fn,
       client_optimizer=hp.build_client_optimizer(config.values),
       server_optimizer=hp.server_sgd(config.values),
       weighted=config.weighted,
       model_aggregator=config.model_aggregator(),
+      metrics_aggregator=client_metrics.for_clients(client_ids),
   ))
 
 

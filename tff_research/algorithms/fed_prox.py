@@ -45,6 +45,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
 
@@ -61,6 +62,7 @@ def build_fed_prox(
     server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    metrics_aggregator=None,
 ) -> tff.learning.templates.LearningProcess:
   """FedProx as a `LearningProcess`, example-weighted or uniform.
 
@@ -72,6 +74,7 @@ def build_fed_prox(
       learning rate 1.0.
     weighted: weight clients by number of examples (True) or uniformly.
     model_aggregator: aggregation of client deltas; TFF's mean by default.
+    metrics_aggregator: as `fed_avg.build_fed_avg`'s.
 
   Raises:
     ValueError: if `proximal_strength` is negative.
@@ -87,6 +90,7 @@ def build_fed_prox(
       server_optimizer=server_optimizer,
       weighted=weighted,
       model_aggregator=model_aggregator,
+      metrics_aggregator=metrics_aggregator,
   )
 
 
@@ -161,7 +165,6 @@ PROXIMAL_STRENGTH = spec.Hyperparameter(
 
 
 def _build(config, model_fn, client_ids):
-  del client_ids  # No per-client state.
   return base.LearningProcessAlgorithm(build_fed_prox(
       model_fn,
       client_optimizer=hp.build_client_optimizer(config.values),
@@ -169,6 +172,7 @@ def _build(config, model_fn, client_ids):
       server_optimizer=hp.server_sgd(config.values),
       weighted=config.weighted,
       model_aggregator=config.model_aggregator(),
+      metrics_aggregator=client_metrics.for_clients(client_ids),
   ))
 
 

@@ -29,6 +29,7 @@ from typing import Callable, Optional
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
 
@@ -41,6 +42,7 @@ def build_fed_sgd(
     learning_rate: float = DEFAULT_LEARNING_RATE,
     model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = (
         None),
+    metrics_aggregator=None,
 ) -> tff.learning.templates.LearningProcess:
   """FedSGD as a `LearningProcess`.
 
@@ -49,6 +51,7 @@ def build_fed_sgd(
     learning_rate: the server's SGD step size eta (> 0).
     model_aggregator: weighted aggregation of client gradients; TFF's
       example-weighted mean by default.
+    metrics_aggregator: as `fed_avg.build_fed_avg`'s.
 
   Raises:
     ValueError: if `learning_rate` is not positive.
@@ -63,6 +66,8 @@ def build_fed_sgd(
       server_optimizer_fn=tff.learning.optimizers.build_sgdm(
           learning_rate=learning_rate),
       model_aggregator=model_aggregator,
+      metrics_aggregator=(metrics_aggregator
+                          or tff.learning.metrics.sum_then_finalize),
   )
 
 
@@ -75,9 +80,10 @@ def _check(config):
 
 
 def _build(config, model_fn, client_ids):
-  del client_ids  # No per-client state.
   return base.LearningProcessAlgorithm(build_fed_sgd(
-      model_fn, learning_rate=config.server_learning_rate))
+      model_fn, learning_rate=config.server_learning_rate,
+      model_aggregator=config.model_aggregator(),
+      metrics_aggregator=client_metrics.for_clients(client_ids)))
 
 
 SPEC = spec.AlgorithmSpec(

@@ -7,6 +7,8 @@ FedProx, FedAvgM, FedAdam, ...) becomes private by swapping one component.
 `PrivateAlgorithm` wraps such a `base.LearningProcessAlgorithm` and adds what
 the loop needs around it:
 
+* metrics group `robustness` each round: `excluded_clients`, the clients
+  whose update was non-finite (as every algorithm reports it);
 * metrics group `dp` each round: the aggregator's clipping statistics (clip,
   clipped_fraction, nonfinite_clients, noise_stddev, and with adaptive
   clipping next_clip / unclipped_fraction), `epsilon` at `delta` (RDP) and,
@@ -39,6 +41,8 @@ from typing import Any, Optional
 import numpy as np
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
+from tff_research.algorithms import robust_aggregation
 from tff_research.privacy import dp_config
 
 
@@ -90,10 +94,15 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
     participation = self._participation_after(
         state['participation'], client_ids
     )
-    metrics = collections.OrderedDict(output.metrics['client_work'])
+    metrics = client_metrics.unpack(output.metrics['client_work'])
     dp = collections.OrderedDict(
         (k, np.asarray(v)) for k, v in output.metrics['aggregator'].items()
     )
+    # Clients whose update was non-finite (zeroed): the metric every
+    # algorithm reports (robust_aggregation), not a DP statistic.
+    metrics.update(robust_aggregation.robustness_group(
+        {robust_aggregation.MEASUREMENT: dp.pop(
+            robust_aggregation.MEASUREMENT)}))
     spent = self._spent(round_num, participation)
     dp['epsilon'] = self.accountant.epsilon(spent)
     if self.config.mode == 'client':

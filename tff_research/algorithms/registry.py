@@ -31,6 +31,7 @@ from tff_research.algorithms import fed_prox
 from tff_research.algorithms import fed_sgd
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import private
+from tff_research.algorithms import robust_aggregation
 from tff_research.algorithms import scaffold
 from tff_research.algorithms import server_optimizers
 from tff_research.algorithms import spec as spec_lib
@@ -320,8 +321,17 @@ class AlgorithmConfig:
     return self.values.get('clustering', 'none') != 'none'
 
   def model_aggregator(self):
-    """The DP model aggregator of `dp`; None = the algorithm's mean."""
-    return None if self.dp is None else self.dp.model_aggregator()
+    """The model aggregator every TFF-built algorithm takes.
+
+    With DP, the DP aggregator of `dp` (it zeroes non-finite updates and
+    counts them itself). Otherwise the mean that excludes non-finite client
+    updates and counts them (`robust_aggregation.ExcludingMeanFactory`,
+    both a weighted and an unweighted factory): TFF's own mean averages a
+    diverged client's zeroed delta into a uniform mean and counts nothing.
+    """
+    if self.dp is not None:
+      return self.dp.model_aggregator()
+    return robust_aggregation.ExcludingMeanFactory()
 
   def replace(self, **changes) -> 'AlgorithmConfig':
     """A copy with `changes` (fields or hyperparameters), re-validated.

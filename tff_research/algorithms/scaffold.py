@@ -72,6 +72,8 @@ from tensorflow_federated.python.core.impl.types import computation_types
 from tensorflow_federated.python.learning import tensor_utils
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
+from tff_research.algorithms import robust_aggregation
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
 
@@ -124,9 +126,8 @@ def build_scaffold_process(
     model = model_fn()
     weights_type = tff.learning.models.weights_type_from_model(model)
     batch_type = computation_types.tensorflow_to_type(model.input_spec)
-    metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(
-        model.metric_finalizers()
-    )
+    metrics_aggregation_fn = client_metrics.per_client_then_finalize(
+        num_clients)(model.metric_finalizers())
   control_type = weights_type.trainable
   data_type = tff.SequenceType(batch_type)
   aggregation_process = model_aggregator.create(
@@ -382,9 +383,13 @@ class Scaffold(base.FederatedAlgorithm):
     new_participation = participation.copy()
     new_participation[positions] += 1
     metrics = collections.OrderedDict(
-        (group, values) for group, values in metrics.items()
+        (group, values) for group, values in client_metrics.unpack(
+            metrics).items()
         if _has_values(values)
     )
+    # The excluding mean's count (robust_aggregation), under its own group.
+    metrics.update(robust_aggregation.robustness_group(
+        metrics.pop('model_aggregator', None)))
     metrics['scaffold'] = collections.OrderedDict(
         metrics['scaffold'],
         new_clients=int(np.sum(participation[positions] == 0)),
@@ -454,6 +459,7 @@ def _build(config, model_fn, client_ids):
       client_learning_rate=config.client_learning_rate,
       server_learning_rate=config.server_learning_rate,
       weighted=config.weighted,
+      model_aggregator=config.model_aggregator(),
   )
 
 

@@ -55,6 +55,7 @@ from typing import Callable, Optional
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_metrics
 from tff_research.algorithms import fed_avg
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
@@ -139,6 +140,7 @@ def build_fed_adaptive(
     client_optimizer: tff.learning.optimizers.Optimizer,
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    metrics_aggregator=None,
     **hyperparameters,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg with `algorithm`'s server optimizer (`build_server_optimizer`:
@@ -150,6 +152,7 @@ def build_fed_adaptive(
       server_optimizer=build_server_optimizer(algorithm, **hyperparameters),
       weighted=weighted,
       model_aggregator=model_aggregator,
+      metrics_aggregator=metrics_aggregator,
   )
 
 
@@ -194,11 +197,11 @@ def _spec(algorithm: str) -> spec.AlgorithmSpec:
   used = PAPER_DEFAULTS[algorithm]
 
   def build(config, model_fn, client_ids):
-    del client_ids  # No per-client state.
     return base.LearningProcessAlgorithm(build_fed_adaptive(
         algorithm, model_fn,
         client_optimizer=hp.build_client_optimizer(config.values),
         weighted=config.weighted, model_aggregator=config.model_aggregator(),
+        metrics_aggregator=client_metrics.for_clients(client_ids),
         **{arg: config.values[_HYPERPARAMETERS[arg].name] for arg in used}))
 
   return spec.AlgorithmSpec(

@@ -67,17 +67,34 @@ def preprocess(
   Returns:
     Dataset of ``OrderedDict(x=float32 [b, 784], y=int32 [b, 1])``.
   """
+  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    raise ValueError(f'seed must be a non-negative int, got {seed!r}')
+  return build_preprocess_fn(epochs=epochs, batch_size=batch_size,
+                             shuffle_buffer=shuffle_buffer,
+                             prefetch=prefetch)(dataset, seed)
+
+
+def build_preprocess_fn(*, epochs: int, batch_size: int, shuffle_buffer: int,
+                        prefetch: int = 10):
+  """``preprocess`` with its settings fixed: ``f(dataset, seed) -> dataset``,
+  ``seed`` an int or an int64 scalar tensor, so the function can be traced
+  once in a ``tf.function`` and called every round (see
+  ``program/client_data.py``: a dataset pipeline built eagerly registers new
+  functions with TensorFlow's eager context on every call, which are never
+  freed)."""
   _check_pos_int('epochs', epochs)
   _check_pos_int('batch_size', batch_size)
   _check_pos_int('shuffle_buffer', shuffle_buffer)
-  if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-    raise ValueError(f'seed must be a non-negative int, got {seed!r}')
   if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 0:
     raise ValueError(f'prefetch must be an int >= 0, got {prefetch!r}')
-  ds = dataset.repeat(epochs).shuffle(
-      shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-  ds = ds.batch(batch_size).map(_to_xy)
-  return ds.prefetch(prefetch) if prefetch else ds
+
+  def fn(dataset, seed):
+    ds = dataset.repeat(epochs).shuffle(
+        shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
+    ds = ds.batch(batch_size).map(_to_xy)
+    return ds.prefetch(prefetch) if prefetch else ds
+
+  return fn
 
 
 def preprocess_for_eval(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:

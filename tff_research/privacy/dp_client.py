@@ -17,8 +17,15 @@ over the rounds a client takes part in.
 The noise comes from the client's own unseeded `tf.random.normal`, on
 purpose: a seed the server knows or could recompute (the run's --seed, a
 broadcast value) would let it subtract the noise and void the local
-guarantee. Client-level runs are therefore not bit-reproducible; everything
-else in them (sampling, shuffling, initialisation) still is.
+guarantee. Client-level runs are therefore not bit-reproducible, and a
+resumed run's model differs from the uninterrupted run's by noise; its
+sampling, shuffling, initialisation, participation counts and epsilon still
+continue exactly. (A seeded variant needs each client's own key, which an
+aggregator cannot have: TFF gives it the update only, no client identity.
+Seeding from a fingerprint of the update instead makes clients with equal
+updates, e.g. every zeroed non-finite one, draw equal noise: the releases
+would then reveal which updates are equal, and the mean of n such clients
+would keep noise z C instead of z C / sqrt(n).)
 
 Type signatures of the created `tff.templates.AggregationProcess`, for a
 model-update type V:
@@ -27,10 +34,15 @@ model-update type V:
     next: (<state@SERVER, {V}@CLIENTS> ->
            <state=<clip>@SERVER, result=V@SERVER,
             measurements=<clip, clipped_fraction, nonfinite_clients,
-                          noise_stddev>@SERVER>)
+                          excluded_clients, noise_stddev>@SERVER>)
 
 `noise_stddev` is the per-client noise std z C. An empty round averages to
-zero (no update).
+zero (no update). `excluded_clients` counts the clients whose update carried
+no signal: non-finite here, or zeroed already by TFF's client work (which
+replaces a non-finite delta by zeros before any aggregator sees it, so
+`nonfinite_clients` alone misses them). They are not dropped from the mean:
+their noise-only release is indistinguishable from any other, and a flag
+saying "my update diverged" would be a non-private release of its own.
 """
 
 from __future__ import annotations
@@ -76,7 +88,7 @@ class ClientDPFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type, tf.float32)
     def client_fn(value, clip):
-      clipped, _, was_clipped, nonfinite = clipping.clip_by_global_norm(
+      clipped, norm, was_clipped, nonfinite = clipping.clip_by_global_norm(
           value, clip
       )
       if noise_multiplier > 0:
@@ -87,7 +99,9 @@ class ClientDPFactory(tff.aggregators.UnweightedAggregationFactory):
             clipped,
         )
       stats = collections.OrderedDict(
-          clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite
+          clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite,
+          # Non-finite, or zeroed by TFF's client work: norm 0 (module doc).
+          excluded=tf.cast(tf.equal(norm, 0.0), tf.float32),
       )
       return clipped, stats
 
@@ -107,6 +121,7 @@ class ClientDPFactory(tff.aggregators.UnweightedAggregationFactory):
               stats['clipped'], stats['clients']
           ),
           nonfinite_clients=stats['nonfinite'],
+          excluded_clients=stats['excluded'],
           noise_stddev=noise_multiplier * clip,
       )
       return mean, measurements

@@ -29,9 +29,12 @@ model-update type V:
     next: (<state@SERVER, {V}@CLIENTS> ->
            <state=<clip, seed>@SERVER, result=V@SERVER,
             measurements=<clip, clipped_fraction, nonfinite_clients,
-                          noise_stddev[, next_clip, unclipped_fraction]>@SERVER>)
+                          excluded_clients, noise_stddev[, next_clip,
+                          unclipped_fraction]>@SERVER>)
 
-`clipped_fraction` and `nonfinite_clients` are exact counts over the clients
+`clipped_fraction`, `nonfinite_clients` and `excluded_clients` (non-finite
+or all-zero updates: TFF's client work zeroes a non-finite delta before the
+aggregator sees it) are exact counts over the clients
 of the round: simulation diagnostics, not part of the private release (a
 deployment would log only the noised estimate `unclipped_fraction`).
 """
@@ -141,7 +144,12 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
       # b_i - 1/2 (see adaptive_clipping): sensitivity 1/2 per client.
       below = tf.cast(norm <= clip, tf.float32) - 0.5
       stats = collections.OrderedDict(
-          clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite
+          clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite,
+          # Non-finite, or zeroed already by TFF's client work (which
+          # replaces a non-finite delta by zeros before any aggregator sees
+          # it, so `nonfinite` alone misses it): norm 0. A zero adds nothing
+          # to the sum and the denominator is the fixed m: it is excluded.
+          excluded=tf.cast(tf.equal(norm, 0.0), tf.float32),
       )
       return clipped, below, stats
 
@@ -172,6 +180,7 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
               stats['clipped'], stats['clients']
           ),
           nonfinite_clients=stats['nonfinite'],
+          excluded_clients=stats['excluded'],
           noise_stddev=value_nm * clip / expected,
       )
       next_clip = clip

@@ -28,6 +28,12 @@ checkpointed by the plain manager resume unchanged) and these guarantees:
   number aside (`ROOT/.unreadable-round_N-<hex>`, kept for inspection) instead
   of raising `ProgramStateExistsError`, which it still raises for a readable
   one.
+* **Dropping versions past a point.** `remove_versions_after(N)` removes
+  every version newer than N (each atomically, as pruning does). The loop
+  calls it when the divergence guard keeps round N as the last finite model:
+  a guard that notices a non-finite model one round late (the start-of-round
+  loss of round r + 1 reveals round r) may find round r already
+  checkpointed, and a re-run must not resume from it.
 
 Only local file systems are supported (the renames and fsyncs use `os`).
 """
@@ -419,6 +425,22 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
       raise
     logging.info('Program state saved: %s', path)
     await self._remove_old_program_state()
+
+  async def remove_versions_after(self, version: int) -> list[int]:
+    """Removes every version newer than `version`; returns them, sorted.
+
+    Each is renamed to a temporary name first, so it vanishes atomically and
+    a crash midway leaves only complete versions (the newest then being an
+    older one, which a resume would also pick). Versions moved aside by
+    `save` and temporary entries are not versions and are left alone.
+    """
+    if not isinstance(version, (int, np.integer)) or isinstance(version, bool):
+      raise TypeError(f'version must be an int, got {version!r}')
+    newer = [v for v in (await self.get_versions() or []) if v > version]
+    # Newest first: if interrupted, what remains is still a prefix of rounds.
+    for v in sorted(newer, reverse=True):
+      await self._remove(v)
+    return newer
 
   async def _remove(self, version: int) -> None:
     """Removes `version`: renamed away first, so it vanishes atomically."""

@@ -5,6 +5,8 @@ library receives it and never reads absl flags. Studies derive variants with
 `dataclasses.replace`. `hparams.json` is `to_hparams(config)`, a flat
 mapping keyed by flag name, and `from_hparams` rebuilds the config from it
 (also from runs recorded before a flag existed: missing keys take defaults).
+`workers` (where a run executes, not what it computes) is not recorded: a
+run may be resumed on other workers, or locally.
 
 Each range rule lives in the constructor of the value it constrains
 (`TrainConfig`, `EvaluationConfig`, `algorithms.AlgorithmConfig`,
@@ -18,6 +20,7 @@ import dataclasses
 from typing import Any, Optional
 
 from tff_research import algorithms
+from tff_research import remote
 from tff_research.algorithms import registry
 from tff_research.data import federated_data
 from tff_research.data import partition
@@ -141,6 +144,27 @@ def repartitions(data: federated_data.DataConfig) -> bool:
           or bool(data.missing_classes))
 
 
+def distributed_refusal(algorithm: registry.AlgorithmConfig) -> Optional[str]:
+  """Why `algorithm` cannot run on remote workers, or None if it can.
+
+  The one place the rule lives: the algorithm's spec (`distributed`) and
+  the axes that wrap it. Every combination allowed here is tested equal to
+  local execution (tests/test_scale_out.py).
+  """
+  spec = algorithm.spec
+  if not spec.distributed:
+    return (f'--algorithm={spec.name} keeps per-client state across rounds,'
+            " which TFF's mergeable execution cannot split across workers;"
+            ' run it without --workers')
+  if algorithm.clustered:
+    # Seen in tests/test_scale_out.py history: split across two workers, the
+    # per-client values clustering keeps came back different from local.
+    return ('--clustering keeps per-client updates and assignments across'
+            ' rounds, which split across workers did not reproduce local'
+            ' execution exactly; run it without --workers')
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One run: what it trains, on what, how, and where its outputs go.
@@ -157,6 +181,9 @@ class ExperimentConfig:
     training: rounds, cohorts, local work, checkpoints.
     evaluation: held-out evaluation.
     progress: show a progress bar.
+    workers: `host:port` of remote TFF workers that run each round's client
+      work (`tff_research.remote`); empty = this machine. Not part of what
+      the run computes: not in hparams.json, free to change on resume.
   """
 
   experiment_name: str = 'experiment'
@@ -169,8 +196,13 @@ class ExperimentConfig:
   training: TrainConfig = TrainConfig()
   evaluation: EvaluationConfig = EvaluationConfig()
   progress: bool = True
+  workers: tuple[str, ...] = ()
 
   def __post_init__(self):
+    object.__setattr__(self, 'workers', remote.parse_workers(self.workers))
+    if self.workers:
+      reason = distributed_refusal(self.algorithm)
+      _require(reason is None, f'--workers does not apply: {reason}')
     if self.data.seed != self.seed:
       object.__setattr__(self, 'data',
                          dataclasses.replace(self.data, seed=self.seed))
@@ -311,4 +343,5 @@ def from_hparams(
       seed=v['seed'], data=data, model=v['model'], algorithm=algorithm,
       training=TrainConfig(**{n: v[n] for n in _TRAIN_FIELDS}),
       evaluation=EvaluationConfig(**{n: v[n] for n in _EVAL_FIELDS}),
-      progress=v['progress'])
+      progress=v['progress'], workers=remote.parse_workers(
+          v.get('workers') or ()))

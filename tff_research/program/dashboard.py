@@ -7,18 +7,14 @@ that every algorithm gets it the same way:
 * `participation`: percent of all training clients selected, and percent of
   the selected that reported (the rest dropped out, `--dropout_rate`).
 * `client_loss` (max / mean / min) and `clients` (histograms `loss`,
-  `accuracy`): the distribution of training loss over the round's reporting
-  clients. TFF's processes report only the example-weighted aggregate of the
-  loss seen *during* local training, so each reporting client's loss is
-  measured separately: the model that client received at the start of the
-  round (its cluster's model in clustered FL) is evaluated on the client's
-  training data in one federated pass (`evaluation.build_per_client_eval`,
-  built once for the run). That is the loss the client starts local training
-  from, comparable across clients and algorithms; it costs one forward pass
-  over the reporting clients' data per round. (A custom metrics aggregator
-  would avoid the pass but has to be wired into every algorithm's builder, and
-  TFF's aggregators see clients unordered, so per-client histograms would
-  still need this.) In a real deployment the server would not see these
+  `accuracy`): the distribution over the round's reporting clients of the
+  training loss and accuracy each client saw during its local training (the
+  mean over its training batches, the per-client counterpart of TFF's
+  `train/loss`). Every built-in algorithm computes them inside the round's own
+  client work (`algorithms.client_metrics`: each client finalizes its own
+  metrics and one `federated_aggregate` collects them), so they cost no extra
+  pass over the data; an algorithm that returns no `clients` group gets no
+  `client_loss`. In a real deployment the server would not see these
   per-client values; they are a simulation diagnostic.
 * `convergence/rate`: (previous train loss - current) / previous, from the
   algorithm's `train/loss` of consecutive rounds that trained.
@@ -46,8 +42,6 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 
-from tff_research import evaluation
-from tff_research.data import preprocessing
 
 # (tag, description) of the metrics the HParams dashboard compares runs by.
 HPARAMS_METRICS = (
@@ -103,6 +97,8 @@ def custom_scalar_layout():
                     r'^participation/(selected|reported)_percent$'),
           multiline('Communication per round (KB)',
                     r'^communication/kb_(down|up|total)$'),
+          multiline('Client updates excluded as non-finite',
+                    r'^robustness/excluded_clients$'),
       ]),
       layout_pb2.Category(title='Fairness', chart=[
           multiline('Held-out accuracy across clients',
@@ -261,20 +257,16 @@ class DashboardHook:
   once per run.
 
   Args:
-    algorithm: the run's algorithm (which model each client receives).
-    model_fn: the run's model constructor.
     data: the run's FederatedData.
     sampler: the run's `ClientSampler` (replayed on resume to rebuild the
       selection counts).
     run_directory: the run's `RunDirectory` (previous loss on resume).
     writer: the run's summary writer (round-0 images, the confusion matrix).
     hparams: the run's recorded hyperparameters (HParams session).
-    eval_batch_size: batch size of the per-client loss pass.
   """
 
-  def __init__(self, *, algorithm, model_fn, data, sampler, run_directory,
-               writer, hparams: Mapping[str, Any], eval_batch_size: int):
-    self._algorithm = algorithm
+  def __init__(self, *, data, sampler, run_directory, writer,
+               hparams: Mapping[str, Any]):
     self._data = data
     self._sampler = sampler
     self._run_directory = run_directory
@@ -282,11 +274,6 @@ class DashboardHook:
     self._hparams = hparams
     self._train_ids = list(sampler.client_ids)
     self._index = {cid: i for i, cid in enumerate(self._train_ids)}
-    self._eval_batch_size = eval_batch_size
-    # Sized for every training client so that any round (Poisson sampling,
-    # dropout) reuses the one traced computation.
-    self._per_client_eval = evaluation.build_per_client_eval(
-        model_fn, len(self._train_ids))
     self.selection_counts = np.zeros(len(self._train_ids), np.int64)
     self._prev_loss = None
 
@@ -305,8 +292,7 @@ class DashboardHook:
       self.selection_counts[self._index[cid]] += 1
 
   def before_round(self, record) -> dict[str, dict[str, Any]]:
-    """`participation`, `client_loss` and `clients` groups of a round, from
-    the state *before* the round (the models the clients receive)."""
+    """The `participation` group of a round."""
     selected, reported = record.selected, record.reporting
     self._count(selected)
     n = len(self._train_ids)
@@ -320,37 +306,27 @@ class DashboardHook:
     if not reported:
       logging.info('All %d selected clients dropped out; the model is'
                    ' unchanged this round.', len(selected))
-      return groups
-    datasets = [
-        preprocessing.preprocess_for_eval(
-            self._data.train.create_tf_dataset_for_client(cid),
-            self._eval_batch_size)
-        for cid in reported
-    ]
-    table = np.zeros((n, 3))
-    for weights, indices in self._algorithm.eval_model_groups(
-        record.state_before, list(reported)):
-      indices = list(indices)
-      if indices:
-        rows, _ = self._per_client_eval(
-            weights, [datasets[i] for i in indices], indices)
-        table += rows
-    loss, accuracy = table[:len(reported), 0], table[:len(reported), 1]
-    groups['client_loss'] = collections.OrderedDict(
-        max=float(loss.max()), mean=float(loss.mean()), min=float(loss.min()))
-    groups['clients'] = collections.OrderedDict(loss=loss, accuracy=accuracy)
     return groups
 
   def after_round(self, record) -> dict[str, dict[str, Any]]:
-    """`convergence/rate` = (previous - current) / previous train loss."""
+    """`client_loss` (max / mean / min over the reporting clients, from the
+    algorithm's `clients` group) and `convergence/rate` = (previous -
+    current) / previous train loss."""
+    groups = collections.OrderedDict()
+    clients = record.metrics.get('clients')
+    if isinstance(clients, Mapping) and len(clients.get('loss', ())):
+      loss = np.asarray(clients['loss'], np.float64)
+      groups['client_loss'] = collections.OrderedDict(
+          max=float(loss.max()), mean=float(loss.mean()),
+          min=float(loss.min()))
     train = record.metrics.get('train')
     if not isinstance(train, Mapping) or 'loss' not in train:
-      return {}  # Nobody reported: the previous loss stays the reference.
+      return groups  # Nobody reported: the previous loss stays the reference.
     loss = float(np.asarray(train['loss']))
     prev, self._prev_loss = self._prev_loss, loss
-    if prev is None or prev == 0 or not np.isfinite(prev):
-      return {}
-    return {'convergence': collections.OrderedDict(rate=(prev - loss) / prev)}
+    if prev is not None and prev != 0 and np.isfinite(prev):
+      groups['convergence'] = collections.OrderedDict(rate=(prev - loss) / prev)
+    return groups
 
   def on_evaluation(self, record, result: Mapping[str, Any]):
     """`fairness` group and the confusion-matrix image of an evaluation

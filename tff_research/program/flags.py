@@ -134,6 +134,16 @@ _FLAGS = (
      ' report in a round (pure in seed and round); a round where all drop'
      ' leaves the model unchanged.'),
 )
+# Flags of where a run executes, not of what it computes: parsed into the
+# config like the others but not recorded in hparams.json (all_flag_names()
+# lists the recorded ones), so a run may resume on other workers.
+_EXECUTION_FLAGS = (
+    ('execution', 'workers', str,
+     'Comma-separated host:port of TFF workers (`python -m'
+     " tff_research.worker --port=P` on each) that run each round's client"
+     ' work; unset = this machine. Unauthenticated: private network only.'
+     ' See docs/scale_out.md.'),
+)
 _ENUMS = {
     'dataset': config_lib.DATASETS,
     'eval_on': config_lib.EVAL_ON,
@@ -149,7 +159,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   algorithm's hyperparameter flags.
   """
   defaults = config_lib.default_hparams()
-  for group, name, kind, help_text in _entries():
+  for group, name, kind, help_text in (*_entries(), *_EXECUTION_FLAGS):
     del group
     if name in flag_values:
       continue
@@ -261,7 +271,8 @@ def build_config(given: Mapping[str, Any]) -> config_lib.ExperimentConfig:
 def given_flags(flag_values: flags.FlagValues = FLAGS,
                 names: Optional[Sequence[str]] = None) -> dict[str, Any]:
   """name -> value of the experiment flags set on the command line."""
-  names = all_flag_names() if names is None else names
+  if names is None:
+    names = all_flag_names() + [name for _, name, _, _ in _EXECUTION_FLAGS]
   return {n: flag_values[n].value for n in names
           if n in flag_values and flag_values[n].present}
 

@@ -16,6 +16,7 @@ import os
 import time
 from typing import Any, Optional
 
+import tensorflow_federated as tff
 import tqdm
 
 from tff_research.program import hooks as hooks_lib
@@ -48,14 +49,18 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
   rows = []
   bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name),
                   unit='round', disable=not progress, initial=start, total=final)
+  # Start of the current round's wall-clock span: the previous round's
+  # release, so its checkpoint and flush count against this one.
+  mark = time.monotonic()
   for round_num in bar:
     try:
       state, row = _round(round_num, state, algorithm, sampler,
-                          training_data, evaluation, hooks, release, final)
+                          training_data, evaluation, hooks, release, final,
+                          mark)
+      mark += row['wall_seconds']
     except hooks_lib.StopRun as stop:
-      if stop.round_num:
-        asyncio.run(state_manager.save(
-            {'round': stop.round_num, 'state': stop.state}, stop.round_num))
+      if stop.round_num is not None:
+        _keep_as_latest(state_manager, stop.round_num, stop.state)
       release.flush()
       raise ValueError(str(stop)) from None
     if round_num % rounds_per_checkpoint == 0 or round_num == final:
@@ -69,9 +74,33 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
   return rows
 
 
+def _keep_as_latest(state_manager, round_num: int, state) -> None:
+  """Makes round `round_num` (0: none) the newest checkpoint.
+
+  The guard may notice a non-finite model one round late (round r's model
+  shows as round r + 1's non-finite start loss), when round r can already
+  be checkpointed: newer versions are removed so a re-run never resumes
+  from a non-finite model, and round `round_num` is saved unless it is on
+  disk already (saving it again would raise ProgramStateExistsError).
+  """
+  asyncio.run(state_manager.remove_versions_after(round_num))
+  if round_num:
+    try:
+      asyncio.run(state_manager.save({'round': round_num, 'state': state},
+                                     round_num))
+    except tff.program.ProgramStateExistsError:
+      pass  # Checkpointed (and readable) already: it is the newest now.
+
+
 def _round(round_num, state, algorithm, sampler, training_data, evaluation,
-           hooks, release, final):
-  """One round: (new state, its metrics row)."""
+           hooks, release, final, mark):
+  """One round: (new state, its metrics row).
+
+  `train/round_seconds` times sampling, training and the hooks;
+  `train/wall_seconds` everything since the previous round's release (its
+  checkpoint included, and this round's evaluation), so the sum of
+  `wall_seconds` is the loop's whole wall time.
+  """
   began = time.monotonic()
   selected = sampler.sample(round_num)
   record = hooks_lib.RoundRecord(round_num, selected,
@@ -82,7 +111,8 @@ def _round(round_num, state, algorithm, sampler, training_data, evaluation,
         state, round_num, record.reporting,
         training_data.datasets(round_num, record.reporting))
     if not record.reporting:  # Noise only: there is no training metric.
-      trained = {k: v for k, v in trained.items() if k != 'train'}
+      trained = {k: v for k, v in trained.items()
+                 if k not in ('train', 'clients')}
     metrics.update(trained)
   record.state, record.metrics = state, metrics
   metrics.setdefault('train', {})
@@ -94,6 +124,7 @@ def _round(round_num, state, algorithm, sampler, training_data, evaluation,
     _merge(metrics, {'eval': group})
     _merge(metrics, hooks_lib.call(hooks, 'on_evaluation', record, result))
     _merge(metrics, algorithm.report(state, round_num))
+  metrics['train']['wall_seconds'] = time.monotonic() - mark
   return state, release.release(round_num, metrics)
 
 

@@ -25,7 +25,8 @@ _TRAIN_RENAMES = {
     'num_examples': 'examples',
 }
 # (group, name) -> its metrics.csv column, where not `group_name`.
-_COLUMNS = {('train', 'round_seconds'): 'round_seconds'}
+_COLUMNS = {('train', 'round_seconds'): 'round_seconds',
+            ('train', 'wall_seconds'): 'wall_seconds'}
 # (group, name) -> its TensorBoard name, where not `name`.
 _TAGS = {('train', 'clients'): 'num_clients'}
 

@@ -143,7 +143,7 @@ def train(
   holder = run_lock.holder_pid(config.run_dir)
   if holder is not None:
     raise run_lock.RunDirectoryInUseError(config.run_dir, holder)
-  runtime.start()
+  runtime.start(workers=config.workers)
   run = build_run(config, model=model, client_data=client_data)
   log(f'Data: {run.data.description}')
   sampler = client_sampler.ClientSampler.from_config(
@@ -159,10 +159,8 @@ def _train(config, run, sampler, directory, log):
   writer = tf.summary.create_file_writer(config.run_dir)
   hooks = [
       dashboard.DashboardHook(
-          algorithm=run.algorithm, model_fn=run.model_fn, data=run.data,
-          sampler=sampler, run_directory=directory, writer=writer,
-          hparams=config_lib.to_hparams(config),
-          eval_batch_size=config.evaluation.eval_batch_size),
+          data=run.data, sampler=sampler, run_directory=directory,
+          writer=writer, hparams=config_lib.to_hparams(config)),
       hooks_lib.CommunicationHook(run.algorithm, directory),
       hooks_lib.DivergenceGuard(run.algorithm, {
           k: v for k, v in config.algorithm.values.items()
@@ -203,5 +201,5 @@ def rebuild_run(run_dir: str, **overrides) -> Run:
   except ValueError as e:
     raise run_directory_lib.RunDirError(
         f'{directory.hparams_path}: {e}') from None
-  runtime.start()
+  runtime.start(workers=config.workers)
   return build_run(config)

@@ -137,3 +137,68 @@ def markdown_table(summaries) -> str:
         f' {ev.get("accuracy", float("nan")):.4f} (round {ev.get("round")}) |'
         f' {groups} |')
   return '\n'.join(lines)
+
+
+# --- seeds ---------------------------------------------------------------------
+
+SEED_METRICS = ('final_accuracy', 'purity_all', 'purity_resolved')
+REPORT_DIR = 'cluster_report'
+
+
+def seed_run_dirs(prefixes, seeds) -> dict[str, dict[int, str]]:
+  """prefix label -> seed -> `{prefix}_seed{s}` (`statistics.seed_run_name`).
+
+  ValueError (one line) naming the first missing run directory."""
+  from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
+  out = {}
+  for prefix in prefixes:
+    prefix = os.path.normpath(prefix)
+    label = os.path.basename(prefix)
+    out[label] = {}
+    for s in seeds:
+      d = statistics.seed_run_name(prefix, s)
+      if not os.path.isdir(d):
+        raise ValueError(
+            f'{d} not found: with --seeds, --run_dirs are prefixes of runs'
+            ' named PREFIX_seed<s> (experiments/train.py'
+            ' --experiment_name=NAME_seed<s> --seed=<s>)')
+      out[label][s] = d
+  return out
+
+
+def seed_report(summaries_by_seed, curves, *, baseline=None, root=None):
+  """The multi-seed report of per-seed `summarize_run` results.
+
+  `summaries_by_seed`: label -> seed -> summary; `curves`: label -> per-seed
+  [(round, held-out accuracy)]. Per label: mean final held-out accuracy and
+  purity with 95 % t intervals, and the paired comparison against
+  `baseline` (default the first label; e.g. the unclustered FedAvg run of
+  the same seeds). Returns (markdown, aggregate).
+  """
+  from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
+  labels = list(summaries_by_seed)
+  if baseline is None:
+    baseline = labels[0]
+  elif baseline not in labels:
+    raise ValueError(f'--baseline={baseline} is not valid: give one of the'
+                     f' runs {", ".join(labels)}')
+  results = {
+      label: {s: dict(final_accuracy=summ.get('eval', {}).get('accuracy'),
+                      purity_all=summ.get('purity_all'),
+                      purity_resolved=summ.get('purity_resolved'))
+              for s, summ in by_seed.items()}
+      for label, by_seed in summaries_by_seed.items()}
+  return comparison.seeds_report(
+      results, curves, metrics=SEED_METRICS, baseline=baseline,
+      title='Clustered FL over seeds', root=root, label='run',
+      preamble=('Final held-out accuracy (each client evaluated with its'
+                " cluster's model) and purity of the cluster assignment"
+                ' against the permuted/not split, per seed.'))
+
+
+def run_curve(run_dir: str):
+  """(round, held-out accuracy) of every evaluated round of a run."""
+  return [(r['round'], r['eval_accuracy'])
+          for r in run_directory.read_metrics(
+              run_directory.RunDirectory(run_dir).metrics_path)
+          if r.get('eval_accuracy') is not None]

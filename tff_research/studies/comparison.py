@@ -23,6 +23,32 @@ extends them. Two studies share this machinery:
   target, final / last-evaluations mean / best accuracy, seconds per round,
   and the held-out accuracy curves side by side.
 
+Both take `seeds` (`--seeds`): every algorithm then runs once per seed, in
+`LOGDIR/NAME/<algorithm>_seed{s}/` (`statistics.seed_run_name`), and the
+report gives, per algorithm and metric, the mean over seeds with its Student-t
+95 % interval and the paired comparison against `baseline` (mean
+difference, interval, paired t-test p). The pairing is real: a seed fixes the
+partition, the client sampling of every round, the shuffling and the model
+initialisation, for every algorithm alike, so algorithm A and the baseline at
+seed s saw the same clients in the same rounds, and the per-seed difference
+removes that shared variation (the classic argument for a paired design,
+e.g. Dror et al. 2018, "The Hitchhiker's Guide to Testing Statistical
+Significance in NLP"). The report also draws held-out accuracy against round,
+mean line and t band per algorithm, as `accuracy_curves.png` and as an image
+summary in the study directory's TensorBoard events. Without `seeds`, one run
+per algorithm at `config.seed` in `LOGDIR/NAME/<algorithm>/` (the layout of
+the single-seed tables in the README, which re-running still reuses).
+
+`run_comparison` also takes `tune` (`TuneConfig`, `--tune`): a small grid of
+client and server learning rates around each algorithm's paper defaults,
+every point trained on the *training* clients only and scored on a
+validation split carved out of them (`validation_data`), never on the
+held-out evaluation data. Reddi et al. 2021 ("Adaptive Federated
+Optimization", Sec. 5 and App. D) tune eta_l and eta per optimizer on a
+log10 grid before comparing, because one learning rate favours whichever
+optimizer it happens to suit; the choice is recorded in the report and in
+`LOGDIR/NAME/tuning.json`.
+
 Every configuration is built (and so validated) before any run trains.
 """
 
@@ -30,17 +56,28 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 import dataclasses
+import itertools
 import json
 import math
 import os
 from typing import Any, Optional
 
+import numpy as np
+
 from tff_research.algorithms import registry
 from tff_research.program import config as config_lib
 from tff_research.program import run_directory
+from tff_research.studies import statistics
 
 TABLE_NAME = 'comparison.md'
 JSON_NAME = 'comparison.json'
+PLOT_NAME = 'accuracy_curves.png'
+TUNING_NAME = 'tuning.json'
+TUNE_DIR = 'tune'
+DEFAULT_BASELINE = 'fedavg'
+# Half-decades around the paper default, as Reddi et al.'s log10 grid.
+DEFAULT_TUNE_FACTORS = (10**-0.5, 1.0, 10**0.5)
+TUNED_PARAMETERS = ('client_learning_rate', 'server_learning_rate')
 DRIFT_ALGORITHMS = ('scaffold', 'fedavg', 'fedprox')
 # Under strong skew the curve oscillates round to round; the mean of the
 # last evaluations is steadier than the final one.
@@ -394,7 +431,416 @@ def write_comparison_table(
   return path, summaries
 
 
+# --- seeds ---------------------------------------------------------------------
+
+# metric -> its header in the multi-seed tables.
+METRIC_LABELS = {
+    'final_accuracy': 'final held-out accuracy',
+    'last_mean_accuracy': f'mean held-out accuracy, last {LAST_EVALS} evals',
+    'best_accuracy': 'best held-out accuracy',
+    'rounds_to_target': 'rounds to target (runs that reached it)',
+    'mb_to_target': 'MB to target (runs that reached it)',
+    'seconds_per_round': 'seconds per round',
+    'wall_seconds': 'wall time (s)',
+    'dp_epsilon': 'epsilon (RDP)',
+    'dp_epsilon_pld': 'epsilon (PLD)',
+    'purity_all': 'cluster purity (all clients)',
+}
+COMPARISON_METRICS = ('final_accuracy', 'best_accuracy', 'rounds_to_target',
+                      'wall_seconds')
+DRIFT_METRICS = ('final_accuracy', 'last_mean_accuracy', 'best_accuracy',
+                 'rounds_to_target', 'mb_to_target', 'seconds_per_round')
+
+
+def check_baseline(baseline: Optional[str], names: Sequence[str]) -> str:
+  """The baseline of a multi-seed study: `baseline`, else fedavg if compared,
+  else the first algorithm. ValueError (one line) for one not compared."""
+  if baseline is None:
+    return DEFAULT_BASELINE if DEFAULT_BASELINE in names else names[0]
+  if baseline not in names:
+    raise ValueError(
+        f'--baseline={baseline} is not valid: give one of the compared'
+        f' algorithms ({",".join(names)})')
+  return baseline
+
+
+def seeded_configs(
+    configs: Mapping[str, config_lib.ExperimentConfig], seeds: Sequence[int]
+) -> dict[str, dict[int, config_lib.ExperimentConfig]]:
+  """label -> seed -> `config` at that seed, run `<name>_seed{s}`.
+
+  Only the seed changes (`ExperimentConfig` derives the data and DP seeds
+  from it), so runs of one seed differ only in their algorithm.
+  """
+  return {
+      label: {s: dataclasses.replace(
+          c, seed=s,
+          experiment_name=statistics.seed_run_name(c.experiment_name, s))
+              for s in seeds}
+      for label, c in configs.items()}
+
+
+def flatten_seeded(seeded):
+  """label -> seed -> config as one `train_all` mapping."""
+  return {f'{label} (seed {s})': c for label, by_seed in seeded.items()
+          for s, c in by_seed.items()}
+
+
+def seed_metrics(summary: RunSummary) -> dict[str, Optional[float]]:
+  """The per-seed numbers a multi-seed table aggregates."""
+  return dict(
+      final_accuracy=summary.final_accuracy,
+      last_mean_accuracy=summary.last_mean_accuracy,
+      best_accuracy=summary.best_accuracy,
+      rounds_to_target=(None if summary.rounds_to_target is None
+                        else float(summary.rounds_to_target)),
+      mb_to_target=summary.mb_to_target,
+      seconds_per_round=summary.seconds_per_round,
+      wall_seconds=summary.wall_seconds)
+
+
+def seeds_report(
+    results: Mapping[str, Mapping[int, Mapping[str, Optional[float]]]],
+    curves: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+    *,
+    metrics: Sequence[str],
+    baseline: Optional[str],
+    title: str,
+    preamble: str = '',
+    confidence: float = 0.95,
+    root: Optional[str] = None,
+    label: str = 'algorithm',
+) -> tuple[str, statistics.SeedAggregate]:
+  """The multi-seed markdown report of per-seed results (no training).
+
+  `results`: label -> seed -> metric -> value; `curves`: label -> per-seed
+  [(round, held-out accuracy)]. With `root`, also writes ROOT/PLOT_NAME and
+  its TensorBoard image summary (`comparison/accuracy_curves`) in ROOT.
+  Returns (markdown, aggregate).
+  """
+  agg = statistics.aggregate_seeds(results, metrics, baseline=baseline,
+                                   confidence=confidence)
+  level = f'{100 * agg.confidence:g}%'
+  lines = [f'# {title}', '']
+  if preamble:
+    lines += [preamble, '']
+  lines += [
+      f'Seeds: {", ".join(map(str, agg.seeds))} (n = {len(agg.seeds)}). Each'
+      f' cell: mean over seeds ± half-width of the {level} Student-t'
+      ' interval (t_{0.975, n-1} s / sqrt(n)).'
+      + (f' Δ: the paired difference {label} - {baseline} over the seeds'
+         ' both ran (same seed = same partition, client sampling, shuffling'
+         ' and initialisation), its interval and the two-sided paired t-test'
+         ' p-value (scipy.stats.ttest_rel).' if baseline else ''),
+      '',
+      statistics.aggregate_markdown(agg, labels=METRIC_LABELS, label=label),
+      '### per seed: final held-out accuracy', '',
+      statistics.per_seed_markdown(results, 'final_accuracy', label=label),
+  ]
+  if root is not None and any(curves.values()):
+    png = os.path.join(root, PLOT_NAME)
+    statistics.plot_curves(
+        {k: v for k, v in curves.items() if v}, png, confidence=confidence,
+        title=f'mean over {len(agg.seeds)} seeds, {level} Student-t band')
+    statistics.write_image_summary(png, root, 'comparison/accuracy_curves')
+    lines += [f'![held-out accuracy, mean and {level} band]({PLOT_NAME})', '']
+  return '\n'.join(lines), agg
+
+
+def write_seeds_table(
+    root: str,
+    run_names: Mapping[str, Mapping[int, str]],
+    target_accuracy: float,
+    *,
+    metrics: Sequence[str],
+    baseline: Optional[str],
+    title: str,
+    preamble: str = '',
+    extra_json: Optional[Mapping[str, Any]] = None,
+) -> tuple[str, statistics.SeedAggregate]:
+  """(Re)writes ROOT/comparison.md, .json and the plot from the runs
+  ROOT/<run_names[label][seed]>/. Returns (path of comparison.md, aggregate).
+  """
+  results, curves, runs = {}, {}, {}
+  for label, by_seed in run_names.items():
+    results[label], curves[label], runs[label] = {}, [], {}
+    for seed, name in by_seed.items():
+      summary = summarize_run(os.path.join(root, name), target_accuracy)
+      results[label][seed] = seed_metrics(summary)
+      curves[label].append(summary.curve)
+      runs[label][seed] = dict(run=name, **summary.to_json())
+  text, agg = seeds_report(results, curves, metrics=metrics,
+                           baseline=baseline, title=title, preamble=preamble,
+                           root=root)
+  path = os.path.join(root, TABLE_NAME)
+  _write(path, text)
+  _write(os.path.join(root, JSON_NAME), json.dumps(
+      dict(aggregate=agg.to_json(), runs=runs, **(extra_json or {})),
+      indent=2, default=_json_default) + '\n')
+  return path, agg
+
+
+def _json_default(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return None
+  raise TypeError(type(x))
+
+
+# --- fair tuning ---------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+  """The learning-rate grid of `--tune`.
+
+  Attributes:
+    factors: each tuned learning rate takes value x factor for its paper
+      default value (`comparison_client_learning_rate`, the spec's server
+      default); the grid is the product over `TUNED_PARAMETERS` the algorithm
+      uses (3 x 3 = 9 runs per algorithm by default, 3 for FedSGD).
+    validation_fraction: with `eval_on=test_split`, the fraction of each
+      training client's *training* examples held out for validation; with
+      `eval_on=heldout_clients`, the fraction of the training clients held
+      out as validation clients. The evaluation data of the study (test
+      splits, held-out clients) is never used.
+    rounds: rounds of every tuning run (None: the study's total_rounds).
+  """
+
+  factors: tuple[float, ...] = DEFAULT_TUNE_FACTORS
+  validation_fraction: float = 0.2
+  rounds: Optional[int] = None
+
+  def __post_init__(self):
+    if not self.factors or any(not (f > 0 and math.isfinite(f))
+                               for f in self.factors):
+      raise ValueError(
+          f'--tune_factors={",".join(f"{f:g}" for f in self.factors)} is not'
+          ' valid: give positive multipliers of the paper default, e.g.'
+          ' 0.316,1,3.16')
+    if len(set(self.factors)) != len(self.factors):
+      raise ValueError('--tune_factors repeats a value')
+    if not 0 < self.validation_fraction < 1:
+      raise ValueError(
+          f'--tune_validation_fraction={self.validation_fraction} is not'
+          ' valid: must be in (0, 1)')
+    if self.rounds is not None and self.rounds < 1:
+      raise ValueError(f'--tune_rounds={self.rounds} is not valid: must be'
+                       ' >= 1 (0 or unset: the study\'s --total_rounds)')
+
+
+def tune_grid(config: config_lib.ExperimentConfig,
+              factors: Sequence[float]) -> list[dict[str, float]]:
+  """The grid points of one algorithm's run `config`: dicts of the tuned
+  learning rates it uses, the paper default (every factor 1) first so that
+  ties keep it."""
+  values = config.algorithm.values
+  names = [n for n in TUNED_PARAMETERS if values.get(n) is not None]
+  ordered = sorted(factors, key=lambda f: (abs(math.log(f)), f))
+  points = []
+  for combo in itertools.product(ordered, repeat=len(names)):
+    points.append({n: float(values[n]) * f for n, f in zip(names, combo)})
+  return points
+
+
+def _point_name(algorithm: str, point: Mapping[str, float]) -> str:
+  short = {'client_learning_rate': 'lrc', 'server_learning_rate': 'lrs'}
+  return algorithm + ''.join(f'_{short[k]}{v:.4g}' for k, v in point.items())
+
+
+def validation_data(config: config_lib.ExperimentConfig,
+                    validation_fraction: float):
+  """(FederatedData, EvaluationConfig) of the tuning runs of `config`.
+
+  Only the study's *training* data enters: with `eval_on=test_split` every
+  client trains, so each client's training examples are split (seeded)
+  into training and validation examples (the test split is dropped); with
+  `eval_on=heldout_clients`, the held-out clients are dropped and a
+  `validation_fraction` of the remaining training clients is held out as
+  validation clients. Built on the program layer's own pieces
+  (`ClientSplit`, `ArrayClientData`, `eval_on`), so the validation is
+  evaluated exactly as the study's held-out data is.
+  """
+  # pylint: disable=g-import-not-at-top
+  import zlib
+  from tff_research.data import federated_data
+  from tff_research.program import client_split
+  # pylint: enable=g-import-not-at-top
+  data = federated_data.load_federated_data(config.data)
+  train_ids = client_split.ClientSplit(
+      data, config.evaluation, config.seed).train_client_ids
+
+  def arrays(client_data, cid):
+    px, lb = [], []
+    for e in client_data.create_tf_dataset_for_client(cid).as_numpy_iterator():
+      px.append(np.asarray(e['pixels'], np.float32).reshape(28, 28))
+      lb.append(int(e['label']))
+    return px, lb
+
+  pixels, labels, train_idx, val_idx = [], [], {}, {}
+  rng = np.random.default_rng([config.seed, zlib.crc32(b'tune_validation')])
+  test_ids = set(data.test.client_ids)
+  heldout = config.evaluation.eval_on == 'heldout_clients'
+  for cid in train_ids:
+    px, lb = arrays(data.train, cid)
+    if heldout and cid in test_ids:  # A validation client's data is all of it.
+      more_px, more_lb = arrays(data.test, cid)
+      px, lb = px + more_px, lb + more_lb
+    start = len(labels)
+    pixels += px
+    labels += lb
+    idx = np.arange(start, len(labels))
+    if heldout:
+      train_idx[cid] = idx
+      continue
+    n_val = min(int(round(validation_fraction * idx.size)), idx.size - 1)
+    perm = rng.permutation(idx)
+    train_idx[cid] = np.sort(perm[n_val:])
+    if n_val > 0:
+      val_idx[cid] = np.sort(perm[:n_val])
+  pixels = np.stack(pixels)
+  labels = np.array(labels, np.int32)
+  train = federated_data.ArrayClientData(pixels, labels, train_idx)
+  if heldout:
+    # ClientSplit draws the validation clients from `train` by seed and
+    # appends a client's `test` data to it; the validation clients' data is
+    # already whole, so `test` holds only a placeholder no split can draw.
+    test = federated_data.ArrayClientData(
+        pixels, labels, {'__no_test_client__': np.arange(1)})
+    evaluation = dataclasses.replace(
+        config.evaluation, heldout_client_fraction=validation_fraction)
+    description = (f'tuning: {len(train_ids)} training clients of'
+                   f' {len(data.client_ids)}, {validation_fraction:g} of them'
+                   ' held out as validation clients')
+  else:
+    if not val_idx:
+      raise ValueError(
+          f'--tune_validation_fraction={validation_fraction} leaves no client'
+          ' a validation example; use a larger fraction')
+    test = federated_data.ArrayClientData(pixels, labels, val_idx)
+    evaluation = config.evaluation
+    description = (f'tuning: {len(train_ids)} clients, {validation_fraction:g}'
+                   ' of each client\'s training examples held out for'
+                   ' validation (the test split is not used)')
+  return federated_data.FederatedData(
+      train, test, data.num_classes, tuple(train.client_ids),
+      description), evaluation
+
+
+def _tuning_score(config: config_lib.ExperimentConfig, data, log) -> float:
+  """Mean validation accuracy of the last LAST_EVALS evaluations of a tuning
+  run (trained or resumed here); -inf if the run diverged. Steadier than the
+  final evaluation alone, as for the drift table."""
+  from tff_research.program import training  # pylint: disable=g-import-not-at-top
+  marker = os.path.join(config.run_dir, 'diverged.txt')
+  if os.path.exists(marker):
+    return -math.inf
+  log(f'=== tuning {config.experiment_name}: {config.run_dir} ===')
+  try:
+    training.train(config, client_data=data, log=log)
+  except ValueError as e:
+    if 'diverged' not in str(e) and 'not finite' not in str(e):
+      raise
+    # A learning rate too large for the algorithm is a result, not an error;
+    # the marker keeps a re-run from training it again.
+    log(f'tuning run {config.experiment_name} diverged: {e}')
+    _write(marker, str(e) + '\n')
+    return -math.inf
+  return summarize_run(config.run_dir).last_mean_accuracy
+
+
+def tune_hyperparameters(
+    config: config_lib.ExperimentConfig,
+    configs: Mapping[str, config_lib.ExperimentConfig],
+    tune: TuneConfig,
+    *,
+    log=print,
+) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
+  """Chooses each algorithm's learning rates on the validation split.
+
+  Every grid point of `tune_grid(configs[a], tune.factors)` is trained in
+  `config.run_dir/tune/<algorithm>_lrc<eta_l>_lrs<eta>/` on
+  `validation_data(config)` (the study's training data only) at
+  `config.seed`, and scored by its mean validation accuracy over the last
+  LAST_EVALS evaluations; the best point wins (ties: the paper default, then
+  grid order). Writes ROOT/tuning.json. Returns (algorithm -> chosen values,
+  the tuning record).
+  """
+  data, evaluation = validation_data(config, tune.validation_fraction)
+  tune_root = os.path.join(config.run_dir, TUNE_DIR)
+  record: dict[str, Any] = dict(
+      validation=data.description,
+      selection=(f'mean validation accuracy of the last {LAST_EVALS}'
+                 ' evaluations; ties keep the paper default'),
+      seed=config.seed, factors=list(tune.factors),
+      rounds=tune.rounds or config.training.total_rounds, algorithms={})
+  tuning_configs = {}
+  for algorithm, c in configs.items():
+    for point in tune_grid(c, tune.factors):
+      tuning_configs[(algorithm, _point_name(algorithm, point))] = (
+          point, dataclasses.replace(
+              c, logdir=tune_root, experiment_name=_point_name(algorithm,
+                                                               point),
+              algorithm=c.algorithm.replace(**point), evaluation=evaluation,
+              training=dataclasses.replace(
+                  c.training,
+                  total_rounds=tune.rounds or c.training.total_rounds)))
+  chosen = {}
+  for algorithm in configs:
+    best, best_score, grid = None, -math.inf, []
+    for (alg, name), (point, c) in tuning_configs.items():
+      if alg != algorithm:
+        continue
+      score = _tuning_score(c, data, log)
+      grid.append(dict(run=os.path.join(TUNE_DIR, name), values=point,
+                       validation_accuracy=(score if math.isfinite(score)
+                                            else None)))
+      if best is None or score > best_score:
+        best, best_score = point, score
+    chosen[algorithm] = best
+    record['algorithms'][algorithm] = dict(
+        chosen=best, paper_default=grid[0]['values'],
+        validation_accuracy=best_score if math.isfinite(best_score) else None,
+        grid=grid)
+  _write(os.path.join(config.run_dir, TUNING_NAME),
+         json.dumps(record, indent=2) + '\n')
+  return chosen, record
+
+
+def tuning_markdown(record: Mapping[str, Any]) -> str:
+  """The report's section on the tuning: grid, validation, chosen values."""
+  lines = [
+      f'Tuned (`--tune`): {record["validation"]}; grid = paper default x'
+      f' {", ".join(f"{f:g}" for f in record["factors"])} per learning rate,'
+      f' {record["rounds"]} rounds at seed {record["seed"]}, selected by'
+      f' {record["selection"]} (every point: {TUNING_NAME}).', '',
+      '| algorithm | chosen | paper default | validation accuracy |',
+      '|---|---|---|---|']
+  fmt = lambda v: ', '.join(f'{_SHORT_NAMES[k]}={x:.4g}' for k, x in v.items())  # pylint: disable=unnecessary-lambda-assignment
+  for algorithm, r in record['algorithms'].items():
+    acc = r['validation_accuracy']
+    lines.append(f'| {algorithm} | {fmt(r["chosen"] or {})} |'
+                 f' {fmt(r["paper_default"])} |'
+                 f' {"diverged" if acc is None else f"{acc:.4f}"} |')
+  return '\n'.join(lines)
+
+
 # --- the two studies -----------------------------------------------------------
+
+
+def _seed_study(config, configs, seeds, baseline, target_accuracy, *, metrics,
+                title, preamble, log, extra_json=None):
+  seeded = seeded_configs(configs, seeds)  # Validates every run first.
+  train_all(flatten_seeded(seeded), log=log)
+  run_names = {a: {s: c.experiment_name for s, c in by_seed.items()}
+               for a, by_seed in seeded.items()}
+  hyper = '; '.join(f'{a}: {hyperparameter_text(c.algorithm) or "-"}'
+                    for a, c in configs.items())
+  preamble = (preamble + '\n\n' if preamble else '') + (
+      f'Hyperparameters: {hyper}.')
+  return write_seeds_table(
+      config.run_dir, run_names, target_accuracy, metrics=metrics,
+      baseline=baseline, title=title, preamble=preamble,
+      extra_json=extra_json)
 
 
 def run_comparison(
@@ -403,8 +849,11 @@ def run_comparison(
     *,
     given: Collection[str] = (),
     target_accuracy: float = 0.8,
+    seeds: Optional[Sequence[int]] = None,
+    baseline: Optional[str] = None,
+    tune: Optional[TuneConfig] = None,
     log=print,
-) -> tuple[str, list[RunSummary]]:
+):
   """Trains every algorithm with its paper defaults; writes the table.
 
   Args:
@@ -413,10 +862,19 @@ def run_comparison(
     algorithm_names: default `compared_algorithms()`.
     given: the flags the command line set; a per-algorithm one is an error.
     target_accuracy: "rounds to" column.
+    seeds: run every algorithm at each seed (`<algorithm>_seed{s}`) and
+      report means, t intervals and paired comparisons (module docstring).
+    baseline: the paired comparisons' reference (default fedavg if
+      compared, else the first algorithm); implies the multi-seed report.
+    tune: choose each algorithm's learning rates on a validation split of
+      the training clients first (`tune_hyperparameters`); the tuned runs
+      are `<algorithm>_tuned_seed{s}`. Implies the multi-seed report.
     log: progress lines.
 
-  Returns (path of comparison.md, summaries). Raises ValueError (one line)
-  before anything is written for an invalid comparison.
+  Returns (path of comparison.md, summaries) for a single-seed comparison,
+  (path, `statistics.SeedAggregate`) for the multi-seed report. Raises
+  ValueError (one line) before anything is written for an invalid
+  comparison.
   """
   names = list(compared_algorithms() if algorithm_names is None
                else algorithm_names)
@@ -424,8 +882,27 @@ def run_comparison(
   check_target(target_accuracy)
   check_given(given)
   configs = paper_default_configs(config, names)
-  train_all(configs, log=log)
-  return write_comparison_table(config.run_dir, names, target_accuracy)
+  if seeds is None and baseline is None and tune is None:
+    train_all(configs, log=log)
+    return write_comparison_table(config.run_dir, names, target_accuracy)
+  seeds = tuple(seeds) if seeds else (config.seed,)
+  baseline = check_baseline(baseline, names)
+  seeded_configs(configs, seeds)  # Validate before the tuning trains.
+  preamble = (f'Budget (identical for every algorithm and seed):'
+              f' {budget_text(config)}.')
+  extra = None
+  if tune is not None:
+    chosen, record = tune_hyperparameters(config, configs, tune, log=log)
+    configs = {a: dataclasses.replace(
+        c, algorithm=c.algorithm.replace(**chosen[a]),
+        experiment_name=f'{a}_tuned') for a, c in configs.items()}
+    preamble += '\n\n' + tuning_markdown(record)
+    extra = {'tuning': record}
+  return _seed_study(
+      config, configs, seeds, baseline, target_accuracy,
+      metrics=COMPARISON_METRICS,
+      title=f'Algorithm comparison: {data_description(config)}',
+      preamble=preamble, log=log, extra_json=extra)
 
 
 def run_drift_comparison(
@@ -434,14 +911,18 @@ def run_drift_comparison(
     *,
     given: Mapping[str, Any] = {},  # pylint: disable=dangerous-default-value
     target_accuracy: float = 0.8,
+    seeds: Optional[Sequence[int]] = None,
+    baseline: Optional[str] = None,
     log=print,
-) -> tuple[str, list[RunSummary]]:
+):
   """Trains every algorithm with the given hyperparameters; writes the
   curves table (see the module docstring).
 
   `given` (flag -> value set on the command line) must not hold
-  `algorithm`: each run sets it. Returns (path of comparison.md,
-  summaries); ValueError (one line) before training for bad input.
+  `algorithm`: each run sets it. With `seeds` (or `baseline`, default
+  fedavg), the multi-seed report of `run_comparison`. Returns (path of
+  comparison.md, summaries or aggregate); ValueError (one line) before
+  training for bad input.
   """
   names = list(algorithm_names)
   check_algorithms(names, flag='--compare_algorithms')
@@ -451,6 +932,16 @@ def run_drift_comparison(
         f'--algorithm={given["algorithm"]} is not valid here: the comparison'
         f' runs every algorithm of {",".join(names)} itself')
   configs = given_hyperparameter_configs(config, names, given)
-  train_all(configs, log=log)
-  return write_comparison_table(config.run_dir, names, target_accuracy,
-                                curves=True)
+  if seeds is None and baseline is None:
+    train_all(configs, log=log)
+    return write_comparison_table(config.run_dir, names, target_accuracy,
+                                  curves=True)
+  seeds = tuple(seeds) if seeds else (config.seed,)
+  baseline = check_baseline(baseline, names)
+  return _seed_study(
+      config, configs, seeds, baseline, target_accuracy,
+      metrics=DRIFT_METRICS,
+      title=f'Client drift: {", ".join(names)}',
+      preamble=(f'{data_description(config)}. Budget (identical for every'
+                f' algorithm and seed): {budget_text(config)}. Target'
+                f' accuracy {target_accuracy:g}.'), log=log)

@@ -30,11 +30,17 @@ Edge cases (documented, tested):
   if every difference is 0 (a and b identical).
 * n = 0, non-finite values, or a confidence outside (0, 1): ValueError.
 
+`parse_seeds` turns a `--seeds` value into the seed list; `aggregate_seeds`
+reduces per-(algorithm, seed) metric values to the per-metric intervals and
+paired comparisons (`SeedAggregate`), and `aggregate_markdown` renders them,
+one `markdown_table` per metric plus the per-seed values.
+
 `markdown_table` renders one row per algorithm (mean +- half-width of the t
 interval, the interval, n) and, against a named baseline, the paired mean
 difference with its interval and p-value. `plot_curves` draws the mean curve
 of each algorithm over rounds with its t band to a PNG (matplotlib's Agg
-canvas, no display needed).
+canvas, no display needed); `write_image_summary` puts that PNG into a
+TensorBoard event file of the study's directory.
 """
 
 from __future__ import annotations
@@ -310,3 +316,229 @@ def plot_curves(
   fig.tight_layout()
   fig.savefig(path, format='png')
   return path
+
+
+# --- seeds ---------------------------------------------------------------------
+
+
+def parse_seeds(text: str, base_seed: int = 0,
+                flag: str = '--seeds') -> tuple[int, ...]:
+  """The seeds a `--seeds` value names.
+
+  `N` (one integer >= 1): the N seeds base_seed, ..., base_seed + N - 1
+  (`--seed` offsets them). `a,b,c`: exactly these seeds (distinct integers
+  >= 0; a one-element list needs the trailing comma `5,` or use `--seed=5
+  --seeds=1`). Raises ValueError with one line naming the value and what is
+  valid.
+  """
+  raw = str(text).strip()
+  valid = (f'give a count N >= 1 (N seeds from --seed={base_seed}) or a'
+           ' comma-separated list of distinct seeds >= 0, e.g. 3 or 0,1,2')
+  if ',' not in raw:
+    try:
+      count = int(raw)
+    except ValueError:
+      count = 0
+    if count < 1:
+      raise ValueError(f'{flag}={text} is not valid: {valid}')
+    return tuple(range(base_seed, base_seed + count))
+  parts = [p.strip() for p in raw.split(',')]
+  if parts and parts[-1] == '':
+    parts = parts[:-1]
+  try:
+    seeds = tuple(int(p) for p in parts)
+  except ValueError:
+    seeds = ()
+  if not seeds or any(s < 0 for s in seeds):
+    raise ValueError(f'{flag}={text} is not valid: {valid}')
+  if len(set(seeds)) != len(seeds):
+    raise ValueError(f'{flag}={text} is not valid: names a seed twice')
+  return seeds
+
+
+def seed_run_name(name: str, seed: int) -> str:
+  """The run directory name of `name` at `seed`: `{name}_seed{seed}`."""
+  return f'{name}_seed{seed}'
+
+
+@dataclasses.dataclass(frozen=True)
+class MetricSummary:
+  """One (algorithm, metric) over seeds: mean, t interval, paired test."""
+
+  algorithm: str
+  metric: str
+  seeds: tuple[int, ...]
+  values: tuple[float, ...]
+  mean: float
+  low: float
+  high: float
+  # Against the baseline on the same seeds (None for the baseline itself).
+  paired: PairedComparison | None = None
+
+  def to_json(self) -> dict:
+    out = dict(seeds=list(self.seeds), values=list(self.values),
+               mean=self.mean, ci=[self.low, self.high])
+    if self.paired is not None:
+      p = self.paired
+      out['paired'] = dict(mean_difference=p.mean_difference,
+                           ci=[p.low, p.high], t=p.t_statistic,
+                           p_value=p.p_value, n=p.n)
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class SeedAggregate:
+  """Every (algorithm, metric) summary of a multi-seed study."""
+
+  metrics: tuple[str, ...]
+  algorithms: tuple[str, ...]
+  seeds: tuple[int, ...]
+  baseline: str | None
+  confidence: float
+  summaries: Mapping[tuple[str, str], MetricSummary]
+
+  def get(self, algorithm: str, metric: str) -> MetricSummary:
+    return self.summaries[(algorithm, metric)]
+
+  def to_json(self) -> dict:
+    return dict(
+        seeds=list(self.seeds), baseline=self.baseline,
+        confidence=self.confidence,
+        metrics={m: {a: self.summaries[(a, m)].to_json()
+                     for a in self.algorithms if (a, m) in self.summaries}
+                 for m in self.metrics})
+
+
+def aggregate_seeds(
+    results: Mapping[str, Mapping[int, Mapping[str, float | None]]],
+    metrics: Sequence[str],
+    *,
+    baseline: str | None = None,
+    confidence: float = 0.95,
+) -> SeedAggregate:
+  """Means, t intervals and paired tests of per-seed results.
+
+  Args:
+    results: algorithm -> seed -> metric -> value. A value that is None or
+      non-finite (e.g. "rounds to target" of a run that never reached it) is
+      left out of that metric's summary; for the paired test only seeds where
+      both the algorithm and the baseline have a value are paired.
+    metrics: the metrics to summarise, in table order.
+    baseline: an algorithm of `results`; every other algorithm gets
+      `paired_comparison(its values, baseline's values)` over the shared
+      seeds (same seed = same partition, sampling and initialisation).
+    confidence: level of every interval.
+
+  Raises:
+    ValueError: no results, or an unknown baseline (one line).
+  """
+  c = _check_confidence(confidence)
+  if not results:
+    raise ValueError('aggregate_seeds needs at least one algorithm')
+  if baseline is not None and baseline not in results:
+    raise ValueError(
+        f'--baseline={baseline} is not valid: give one of the compared'
+        f' algorithms ({", ".join(results)})')
+
+  def finite(seed_values, metric):
+    out = {}
+    for seed, row in seed_values.items():
+      v = row.get(metric)
+      if v is not None and math.isfinite(float(v)):
+        out[seed] = float(v)
+    return out
+
+  summaries = {}
+  all_seeds = sorted({s for r in results.values() for s in r})
+  for metric in metrics:
+    base = finite(results[baseline], metric) if baseline is not None else {}
+    for name, seed_values in results.items():
+      vals = finite(seed_values, metric)
+      if not vals:
+        continue
+      seeds = tuple(sorted(vals))
+      x = [vals[s] for s in seeds]
+      mean, low, high = mean_ci(x, c)
+      paired = None
+      if baseline is not None and name != baseline:
+        common = [s for s in seeds if s in base]
+        if common:
+          paired = paired_comparison([vals[s] for s in common],
+                                     [base[s] for s in common], c)
+      summaries[(name, metric)] = MetricSummary(
+          name, metric, seeds, tuple(x), mean, low, high, paired)
+  return SeedAggregate(tuple(metrics), tuple(results), tuple(all_seeds),
+                       baseline, c, summaries)
+
+
+def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
+                       labels: Mapping[str, str] | None = None,
+                       label: str = 'algorithm') -> str:
+  """One table per metric, as `markdown_table`: n, mean ± half-width, the
+  interval and, against the baseline, the paired mean difference with its
+  interval and p-value (over the seeds both have)."""
+  c = agg.confidence
+  level = f'{100 * c:g}%'
+  out = []
+  for metric in agg.metrics:
+    title = (labels or {}).get(metric, metric)
+    rows = [a for a in agg.algorithms if (a, metric) in agg.summaries]
+    if not rows:
+      continue
+    header = [label, 'n', f'{title} (mean ± {level} half-width)',
+              f'{level} CI']
+    if agg.baseline is not None:
+      header += [f'Δ vs {agg.baseline} [{level} CI]', 'p (paired t)']
+    lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |',
+             '|' + '|'.join(['---'] * len(header)) + '|']
+    for name in rows:
+      s = agg.summaries[(name, metric)]
+      h = (s.high - s.low) / 2.0
+      row = [name, str(len(s.values)),
+             f'{_fmt(s.mean, digits)} ± {_fmt(h, digits)}',
+             f'[{_fmt(s.low, digits)}, {_fmt(s.high, digits)}]']
+      if agg.baseline is not None:
+        if name == agg.baseline:
+          row += ['(baseline)', '']
+        elif s.paired is None:
+          row += ['n/a (no seed where both have a value)', 'n/a']
+        else:
+          p = s.paired
+          row += [f'{p.mean_difference:+.{digits}f} [{_fmt(p.low, digits)},'
+                  f' {_fmt(p.high, digits)}] (n={p.n})', _fmt_p(p.p_value)]
+      lines.append('| ' + ' | '.join(row) + ' |')
+    out.append('\n'.join(lines))
+  return '\n\n'.join(out) + '\n'
+
+
+def per_seed_markdown(
+    results: Mapping[str, Mapping[int, Mapping[str, float | None]]],
+    metric: str, *, digits: int = 4, label: str = 'algorithm') -> str:
+  """The raw values behind an aggregate: one row per algorithm, one column
+  per seed ('-' where the value is missing)."""
+  seeds = sorted({s for r in results.values() for s in r})
+  lines = ['| ' + label + ' | ' + ' | '.join(f'seed {s}' for s in seeds)
+           + ' |', '|---' * (len(seeds) + 1) + '|']
+  for name, seed_values in results.items():
+    cells = []
+    for s in seeds:
+      v = seed_values.get(s, {}).get(metric)
+      cells.append('-' if v is None or not math.isfinite(float(v))
+                   else f'{float(v):.{digits}f}')
+    lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
+def write_image_summary(png_path: str, logdir: str, tag: str,
+                        step: int = 0) -> None:
+  """Writes the PNG at `png_path` as a TensorBoard image summary `tag` into an
+  event file of `logdir` (the study's directory, so TensorBoard shows the
+  band plot next to the runs)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  with open(png_path, 'rb') as f:
+    image = tf.image.decode_png(f.read(), channels=4)
+  writer = tf.summary.create_file_writer(logdir)
+  with writer.as_default():
+    tf.summary.image(tag, image[tf.newaxis], step=step)
+  writer.flush()
+  writer.close()

@@ -22,6 +22,15 @@ last checkpoint is at `total_rounds` is complete and skipped; any other is
 a sweep and running it again redoes nothing that was checkpointed. At the end
 the final held-out metrics of every run go to `LOGDIR/results.csv` and
 `LOGDIR/results.md`.
+
+With seeds (`--seeds=N` or `--seeds=0,1,2`, `with_seeds`), the grid's `seed`
+dimension is set to those seeds (runs `...,seed=S`, the sweep's existing
+naming, so runs of an earlier sweep over the same seeds are reused), and
+`write_seed_results` writes `LOGDIR/results_seeds.md` (+ .json): per
+configuration (the grid values without the seed) and final metric, the mean
+over seeds with its 95 % Student-t interval and the paired comparison against
+a baseline configuration (same seed = same partition and client sampling),
+and `LOGDIR/accuracy_curves.png`, also a TensorBoard image in LOGDIR.
 """
 
 from __future__ import annotations
@@ -341,3 +350,80 @@ def write_hparams_config(config: SweepConfig, runs: Sequence[Run]) -> None:
   for path in glob.glob(os.path.join(config.logdir, 'events.out.tfevents.*')):
     os.remove(path)
   dashboard.write_hparams_config(config.logdir, values)
+
+
+# --- seeds ---------------------------------------------------------------------
+
+SEED_METRICS = ('eval_accuracy', 'eval_accuracy_p10', 'eval_accuracy_min',
+                'eval_loss', 'fairness_accuracy_spread')
+
+
+def with_seeds(config: SweepConfig, seeds: Sequence[int]) -> SweepConfig:
+  """`config` with its grid's `seed` values set to `seeds` (appended as the
+  last grid dimension if the grid has none). SweepError if "base" sets a
+  seed: the two would disagree."""
+  if 'seed' in config.base:
+    raise SweepError(
+        f'--seeds conflicts with "seed": {config.base["seed"]} in the'
+        ' config\'s "base"; remove one')
+  grid = dict(config.grid)
+  grid['seed'] = list(seeds)
+  return dataclasses.replace(config, grid=grid)
+
+
+def configuration_name(run: Run) -> str:
+  """A run's configuration: its grid values without the seed."""
+  rest = {k: v for k, v in run.grid_values.items() if k != 'seed'}
+  return run_name(rest) if rest else 'all'
+
+
+def check_baseline(runs: Sequence[Run], baseline: Optional[str]) -> str:
+  """The baseline configuration (default: the first); SweepError (one line)
+  for one the grid does not have."""
+  names = list(dict.fromkeys(configuration_name(r) for r in runs))
+  if baseline is None:
+    return names[0]
+  if baseline not in names:
+    raise SweepError(f'--baseline={baseline} is not valid: give one of the'
+                     f' configurations {"; ".join(names)}')
+  return baseline
+
+
+def write_seed_results(config: SweepConfig, runs: Sequence[Run],
+                       table: Sequence[Mapping[str, Any]],
+                       baseline: Optional[str] = None) -> str:
+  """Writes LOGDIR/results_seeds.md/.json and the band plot from `results`
+  rows; returns the markdown path."""
+  from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
+  baseline = check_baseline(runs, baseline)
+  per_seed: dict[str, dict[int, dict[str, Any]]] = {}
+  curves: dict[str, list] = {}
+  for run, row in zip(runs, table):
+    label = configuration_name(run)
+    seed = int(run.grid_values.get('seed', run.hparams.get('seed', 0)))
+    per_seed.setdefault(label, {})[seed] = {m: row.get(m)
+                                            for m in SEED_METRICS}
+    rows = run_directory.read_metrics(run_directory.RunDirectory(
+        os.path.join(config.logdir, run.name)).metrics_path)
+    curve = [(r['round'], r['eval_accuracy']) for r in rows
+             if r.get('eval_accuracy') is not None]
+    curves.setdefault(label, [])
+    if curve:
+      curves[label].append(curve)
+  for label in per_seed:  # The report's "final accuracy" per seed column.
+    for values in per_seed[label].values():
+      values['final_accuracy'] = values['eval_accuracy']
+  text, agg = comparison.seeds_report(
+      per_seed, curves, metrics=SEED_METRICS, baseline=baseline,
+      title=f'Sweep {config.logdir}', root=config.logdir,
+      label='configuration',
+      preamble=('Final held-out metrics (last evaluation) of every run;'
+                f' configurations differ in {", ".join(k for k in config.grid if k != "seed") or "nothing"}.'))
+  md = os.path.join(config.logdir, 'results_seeds.md')
+  for path, content in ((md, text), (md[:-3] + '.json', json.dumps(
+      agg.to_json(), indent=2) + '\n')):
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.write(content)
+    os.replace(tmp, path)
+  return md

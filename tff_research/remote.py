@@ -1,0 +1,512 @@
+"""A round's client work on TFF workers on other machines.
+
+`runtime.start(workers=('host:port', ...))` calls `start()` here instead of
+launching a local worker. Each address is a TFF C++ `worker_binary` (started
+on its machine with `python -m tff_research.worker --port=P`); the controller
+talks to it through TFF's own `RemoteExecutor`, and TFF's
+`MergeableCompExecutionContext` splits the CLIENTS-placed values of a call
+(the round's client datasets) into one contiguous slice per worker, runs the
+computation up to its aggregation on every worker, and merges the partial
+aggregates. The wheel of TFF 0.87 lacks the C++ remote executor stack, so
+this is built from the public Python pieces (see docs/scale_out.md).
+
+Routing, per computation (decided once, cached):
+
+* a computation with a CLIENTS-placed parameter that
+  `compile_to_mergeable_comp_form` accepts (one aggregation level: a round of
+  FedAvg and its adaptive, DP and clustered variants, the evaluation pass) is
+  split across the workers;
+* every other computation (`initialize`, server-only steps, anything the
+  compiler refuses) runs whole on one worker, the first. `stats()` counts
+  both, so a test can tell that a round really was split.
+
+Health: the local worker's machinery of `runtime` (`_Monitor`,
+`_MonitoredStub`, one-line `WorkerError`) is reused, with what a remote
+process allows instead of `/proc`: while a computation waits on a worker,
+the watchdog probes it every second with a cheap RPC on the same channel
+(`/grpc.health.v1.Health/Check`, which worker_binary answers UNIMPLEMENTED:
+any answer proves its gRPC server is alive) with a deadline of
+`PROBE_TIMEOUT_SECONDS`.
+
+* **Dead or unreachable** (connection refused, reset, no route): declared
+  failed once no RPC or probe has reached it for `unreachable_timeout`
+  (default 5 s), so the run ends about 6 s after the worker died.
+* **Hung** (stopped, machine frozen, packets dropped): probes time out; no
+  RPC completes and no probe is answered for `stall_timeout` (60 s) -> failed.
+  A worker that answers probes but never finishes its computation (e.g. a
+  deadlock inside it) is not detected.
+* **Unreachable at start**: `start()` raises `WorkerError` after
+  `connect_timeout` (default 10 s) with one line naming the address.
+
+A failed worker's channel is closed (its in-flight RPCs are cancelled) and
+the waiting call raises `WorkerError` naming ``host:port``; the checkpoint
+written before the round is intact, and re-running the same command resumes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Sequence
+from typing import Optional
+
+from absl import logging
+import grpc
+
+from tff_research import runtime
+from tensorflow_federated.python.core.backends.native import compiler
+from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
+from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
+from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
+from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context
+from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
+from tensorflow_federated.python.core.impl.executors import remote_executor
+from tensorflow_federated.python.core.impl.types import computation_types
+from tensorflow_federated.python.core.impl.types import placements
+from tensorflow_federated.python.core.impl.types import type_analysis
+
+DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
+DEFAULT_UNREACHABLE_TIMEOUT_SECONDS = 5.0
+PROBE_TIMEOUT_SECONDS = 5.0
+# worker_binary stores its message limit in MB as an int of bytes: <= 2047.
+MAX_MESSAGE_MEGABYTES = 2047
+_MAX_MESSAGE_BYTES = MAX_MESSAGE_MEGABYTES * 1024 * 1024
+_CHANNEL_OPTIONS = [
+    ('grpc.max_send_message_length', _MAX_MESSAGE_BYTES),
+    ('grpc.max_receive_message_length', _MAX_MESSAGE_BYTES),
+]
+_PROBE_METHOD = '/grpc.health.v1.Health/Check'
+_UNREACHABLE_CODES = (grpc.StatusCode.UNAVAILABLE,
+                      grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def parse_address(address: str) -> str:
+  """`host:port` normalized, or ValueError (one line) naming the bad value."""
+  text = address.strip()
+  host, sep, port = text.rpartition(':')
+  if host.startswith('[') and host.endswith(']'):
+    host = host[1:-1]  # [::1]:8000
+  if not sep or not host or not port.isdigit():
+    raise ValueError(
+        f'--workers entry {address!r} is not valid: expected host:port, e.g.'
+        ' 10.0.0.5:8000 or worker-0.tff-workers:8000')
+  if not 1 <= int(port) <= 65535:
+    raise ValueError(
+        f'--workers entry {address!r} is not valid: port {int(port)} is not'
+        ' in [1, 65535]')
+  return f'[{host}]:{int(port)}' if ':' in host else f'{host}:{int(port)}'
+
+
+def parse_workers(value) -> tuple[str, ...]:
+  """A comma-separated string (the flag) or a sequence, as addresses."""
+  if isinstance(value, str):
+    items = [v for v in value.split(',') if v.strip()]
+  else:
+    items = list(value or ())
+  addresses = tuple(parse_address(v) for v in items)
+  seen = set()
+  for a in addresses:
+    if a in seen:
+      raise ValueError(f'--workers lists {a} twice: each worker once')
+    seen.add(a)
+  return addresses
+
+
+class _RemoteMonitor(runtime._Monitor):  # pylint: disable=protected-access
+  """Health of one remote worker: RPC progress and probes, no process."""
+
+  def __init__(self, address: str, channel: grpc.Channel,
+               stall_timeout: float, unreachable_timeout: float):
+    super().__init__(None, None, stall_timeout)
+    self.address = address
+    self.channel = channel
+    self.unreachable_timeout = unreachable_timeout
+    self.unreachable_since: Optional[float] = None
+    self.last_error = ''
+    self._probe = channel.unary_unary(
+        _PROBE_METHOD, request_serializer=lambda x: x,
+        response_deserializer=lambda x: x)
+
+  def unavailable_reason(self) -> Optional[str]:
+    with self.lock:
+      if self.failure is not None:
+        return self.failure
+      if self.stopped:
+        return (f'the TFF worker at {self.address} was disconnected'
+                ' (runtime.stop()); call runtime.start() again')
+      return None
+
+  def rpc_end(self, *, ok: bool, retryable: bool = False) -> None:
+    super().rpc_end(ok=ok, retryable=retryable)
+    with self.lock:
+      if ok:
+        self.unreachable_since = None
+      elif retryable and self.unreachable_since is None:
+        self.unreachable_since = time.monotonic()
+
+  def probe(self) -> bool:
+    """One cheap RPC with a deadline: True if the worker's server answered."""
+    try:
+      self._probe(b'', timeout=PROBE_TIMEOUT_SECONDS)
+      return True
+    except grpc.RpcError as e:
+      code = e.code() if isinstance(e, grpc.Call) else None
+      if code in _UNREACHABLE_CODES:
+        detail = (e.details() or '').split(';')[0][:80] if code else ''
+        self.last_error = f'{code.name}: {detail}' if code else 'no answer'
+        return False
+      return True  # UNIMPLEMENTED etc.: a live server answered.
+    except ValueError:  # The channel was closed under us.
+      return False
+
+  def check_process(self) -> None:
+    """Fails the worker if it has been unreachable for too long."""
+    with self.lock:
+      if self.failure is not None or self.stopped:
+        return
+      since = self.unreachable_since
+      if since is None or time.monotonic() - since < self.unreachable_timeout:
+        return
+      during = 'during a computation' if self.calls else 'between computations'
+      self._fail(
+          f'is unreachable ({self.last_error or "connection lost"}) for'
+          f' {time.monotonic() - since:.0f} s {during}, more than'
+          f' {self.unreachable_timeout:g} s')
+
+  def check(self) -> None:
+    with self.lock:
+      if self.failure is not None or self.stopped:
+        return
+      waiting = self.calls > 0 and (self.inflight > 0 or self.retrying)
+    now = time.monotonic()
+    if not waiting:
+      with self.lock:
+        self.last_progress = now
+      return
+    alive = self.probe()
+    with self.lock:
+      if self.failure is not None or self.stopped:
+        return
+      if alive:
+        self.last_progress = time.monotonic()
+        self.unreachable_since = None
+      elif self.unreachable_since is None and not self.last_error.startswith(
+          'DEADLINE'):
+        self.unreachable_since = now
+    self.check_process()
+    with self.lock:
+      if self.failure is not None:
+        return
+      idle = time.monotonic() - self.last_progress
+      if idle < self.stall_timeout:
+        return
+      detail = f' (last probe: {self.last_error})' if self.last_error else ''
+      self._fail(
+          f'made no progress for {idle:.0f} s during a computation{detail},'
+          f' more than the stall timeout of {self.stall_timeout:g} s')
+
+  def _fail(self, what: str) -> None:
+    self.failure = (
+        f'the TFF worker at {self.address} {what}; the last checkpoint is'
+        ' intact: restart the worker (or fix --workers) and re-run the same'
+        ' command to resume')
+    logging.info('%s', self.failure)
+    self.done.set()
+    # Cancels the RPCs in flight, so TFF's threads stop waiting on it.
+    threading.Thread(target=self.channel.close, daemon=True).start()
+
+
+@dataclasses.dataclass
+class Stats:
+  """What the controller sent and how calls were routed, since `start()`."""
+
+  bytes_sent: dict[str, int]
+  bytes_received: dict[str, int]
+  split_calls: int = 0
+  single_worker_calls: int = 0
+  # (route, type signature) -> [calls, bytes sent, bytes received]: which
+  # computations the bytes belong to.
+  by_computation: dict[str, list[int]] = dataclasses.field(
+      default_factory=dict)
+
+  def _totals(self) -> tuple[int, int]:
+    return sum(self.bytes_sent.values()), sum(self.bytes_received.values())
+
+
+class _Runner:
+  """Runs a coroutine on a private loop; the caller waits in slices,
+  checking every worker, and raises `WorkerError` once one has failed."""
+
+  def __init__(self, monitors: Sequence[_RemoteMonitor]):
+    self._monitors = monitors
+    self._loop = asyncio.new_event_loop()
+    threading.Thread(target=self._loop.run_forever, name='tff-remote-loop',
+                     daemon=True).start()
+
+  def _failure(self) -> Optional[str]:
+    for m in self._monitors:
+      m.check_process()
+      reason = m.unavailable_reason()
+      if reason is not None:
+        return reason
+    return None
+
+  def run_coro_and_return_result(self, coro):
+    reason = self._failure()
+    if reason is not None:
+      coro.close()
+      raise runtime.WorkerError(reason)
+    for m in self._monitors:
+      m.call_begin()
+    try:
+      future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+      while True:
+        try:
+          return future.result(timeout=runtime.CALL_POLL_SECONDS)
+        except concurrent.futures.TimeoutError:
+          pass
+        except Exception:  # pylint: disable=broad-except
+          reason = self._failure()
+          if reason is None:
+            raise
+          self.cancel_all()
+          raise runtime.WorkerError(reason) from None
+        reason = self._failure()
+        if reason is not None:
+          self.cancel_all()
+          raise runtime.WorkerError(reason)
+    finally:
+      for m in self._monitors:
+        m.call_end()
+
+  def cancel_all(self, timeout: float = 5.0) -> None:
+    """Cancels every task of the call, the other workers' subrounds too.
+
+    TFF's pool does not cancel its sibling tasks when one fails; left
+    pending, asyncio would print "Task was destroyed but it is pending" for
+    each at exit, after our one-line error.
+    """
+    async def cancel():
+      tasks = [t for t in asyncio.all_tasks()
+               if t is not asyncio.current_task()]
+      for t in tasks:
+        t.cancel()
+      if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+    if self._loop.is_closed() or not self._loop.is_running():
+      return
+    with contextlib.suppress(Exception):
+      asyncio.run_coroutine_threadsafe(cancel(), self._loop).result(
+          timeout + 1)
+
+  def close(self):
+    self.cancel_all()
+    self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _has_clients_parameter(comp) -> bool:
+  param = comp.type_signature.parameter
+  if param is None:
+    return False
+  return type_analysis.contains(
+      param, lambda t: isinstance(t, computation_types.FederatedType)
+      and t.placement == placements.CLIENTS)
+
+
+class _DistributedContext(
+    mergeable_comp_execution_context.MergeableCompExecutionContext):
+  """TFF's mergeable context over the workers, plus the one-worker route for
+  computations it cannot split; its waits are bounded by the monitors."""
+
+  def __init__(self, async_contexts, monitors, stats: Stats):
+    super().__init__(
+        async_contexts,
+        compiler_fn=mergeable_comp_compiler.compile_to_mergeable_comp_form)
+    self._async_runner = _Runner(monitors)
+    self._single_context = async_contexts[0]
+    self._routes: dict[int, tuple[object, bool]] = {}
+    self._stats = stats
+
+  def _splits(self, comp) -> bool:
+    cached = self._routes.get(id(comp))
+    if cached is not None and cached[0] is comp:
+      return cached[1]
+    split = _has_clients_parameter(comp)
+    if split:
+      try:
+        self._compiler_pipeline.compile(comp)
+      except (ValueError, TypeError) as e:
+        logging.info('runs on one worker, not mergeable: %s (%s)',
+                        comp.type_signature, str(e).splitlines()[0][:200])
+        split = False
+    self._routes[id(comp)] = (comp, split)
+    return split
+
+  def invoke(self, comp, arg=None):
+    split = isinstance(
+        comp, mergeable_comp_execution_context.MergeableCompForm) or (
+            self._splits(comp))
+    stats = self._stats
+    sent, received = stats._totals()  # pylint: disable=protected-access
+    try:
+      if split:
+        stats.split_calls += 1
+        return super().invoke(comp, arg)
+      stats.single_worker_calls += 1
+      return self._async_runner.run_coro_and_return_result(
+          self._single_context.invoke(comp, arg))
+    finally:
+      now_sent, now_received = stats._totals()  # pylint: disable=protected-access
+      key = (f'{"split" if split else "one worker"}:'
+             f' {str(getattr(comp, "type_signature", "?"))[:120]}')
+      entry = stats.by_computation.setdefault(key, [0, 0, 0])
+      entry[0] += 1
+      entry[1] += now_sent - sent
+      entry[2] += now_received - received
+
+  def close(self):
+    self._async_runner.close()
+
+
+@dataclasses.dataclass
+class _Cluster:
+  addresses: tuple[str, ...]
+  monitors: list[_RemoteMonitor]
+  context: _DistributedContext
+  stats: Stats
+
+
+_lock = threading.Lock()
+_cluster: Optional[_Cluster] = None
+
+
+def _connect(address: str, timeout: float) -> grpc.Channel:
+  channel = grpc.insecure_channel(address, _CHANNEL_OPTIONS)
+  try:
+    grpc.channel_ready_future(channel).result(timeout=timeout)
+  except grpc.FutureTimeoutError:
+    channel.close()
+    raise runtime.WorkerError(
+        f'the TFF worker at {address} is unreachable: no gRPC connection'
+        f' within {timeout:g} s; start it there with `python -m'
+        ' tff_research.worker --port=PORT` or fix --workers') from None
+  return channel
+
+
+def start(
+    workers: Sequence[str],
+    *,
+    default_num_clients: int = 0,
+    stall_timeout: float = runtime.DEFAULT_STALL_TIMEOUT_SECONDS,
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
+    unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT_SECONDS,
+) -> None:
+  """Connects to `workers` and makes them TFF's default execution context.
+
+  Idempotent for the same addresses while all are healthy (only the
+  timeouts are updated). Raises `WorkerError` (one line naming the address)
+  if a worker cannot be reached within `connect_timeout`.
+  """
+  global _cluster
+  addresses = parse_workers(workers)
+  if not addresses:
+    raise ValueError('remote.start needs at least one worker address')
+  with _lock:
+    cluster = _cluster
+    if cluster is not None and cluster.addresses == addresses and all(
+        m.unavailable_reason() is None for m in cluster.monitors):
+      for m in cluster.monitors:
+        m.stall_timeout = float(stall_timeout)
+        m.unreachable_timeout = float(unreachable_timeout)
+      return
+  stop()
+  channels = []
+  try:
+    for address in addresses:
+      channels.append(_connect(address, connect_timeout))
+  except BaseException:
+    for c in channels:
+      c.close()
+    raise
+  stats = Stats({a: 0 for a in addresses}, {a: 0 for a in addresses})
+  monitors, contexts = [], []
+  for address, channel in zip(addresses, channels):
+    monitor = _RemoteMonitor(address, channel, float(stall_timeout),
+                             float(unreachable_timeout))
+    channel.subscribe(monitor.on_channel_state, try_to_connect=True)
+    stub = _CountingStub(channel, monitor, stats)
+    monitors.append(monitor)
+    contexts.append(async_execution_context.AsyncExecutionContext(
+        executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
+            executor_stack_fn=_stack_fn(stub, default_num_clients)),
+        compiler_fn=compiler.desugar_and_transform_to_native,
+        transform_args=tensorflow_computation.transform_args,
+        transform_result=tensorflow_computation.transform_result,
+    ))
+    threading.Thread(target=monitor.watch, name=f'tff-watchdog-{address}',
+                     daemon=True).start()
+  context = _DistributedContext(contexts, monitors, stats)
+  with _lock:
+    _cluster = _Cluster(addresses, monitors, context, stats)
+  context_stack_impl.context_stack.set_default_context(context)
+  logging.info('TFF remote workers %s (stall timeout %g s, unreachable'
+               ' timeout %g s)', ','.join(addresses), stall_timeout,
+               unreachable_timeout)
+
+
+def _stack_fn(stub, default_num_clients):
+  def stack_fn(cardinalities):
+    if cardinalities.get(placements.CLIENTS) is None:
+      cardinalities[placements.CLIENTS] = default_num_clients
+    executor = remote_executor.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+  return stack_fn
+
+
+class _CountingStub(runtime._MonitoredStub):  # pylint: disable=protected-access
+  """Counts serialized request/response bytes per worker (what travels)."""
+
+  def __init__(self, channel, monitor: _RemoteMonitor, stats: Stats):
+    super().__init__(channel, monitor)
+    self._stats = stats
+    self._address = monitor.address
+
+  def _call(self, method, request, *, dispose=False):
+    response = super()._call(method, request, dispose=dispose)
+    self._stats.bytes_sent[self._address] += request.ByteSize()
+    if response is not None:
+      self._stats.bytes_received[self._address] += response.ByteSize()
+    return response
+
+
+def active() -> bool:
+  return _cluster is not None
+
+
+def stats() -> Optional[Stats]:
+  """The running cluster's byte counts and routing counts, or None."""
+  cluster = _cluster
+  return None if cluster is None else cluster.stats
+
+
+def stop() -> None:
+  """Disconnects from the workers (they keep running; they are not ours)."""
+  global _cluster
+  with _lock:
+    cluster, _cluster = _cluster, None
+  if cluster is None:
+    return
+  for m in cluster.monitors:
+    with m.lock:
+      m.stopped = True
+    m.done.set()
+    with contextlib.suppress(Exception):
+      m.channel.close()
+  cluster.context.close()
