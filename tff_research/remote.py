@@ -132,14 +132,9 @@ class _RemoteMonitor(runtime._Monitor):  # pylint: disable=protected-access
         _PROBE_METHOD, request_serializer=lambda x: x,
         response_deserializer=lambda x: x)
 
-  def unavailable_reason(self) -> Optional[str]:
-    with self.lock:
-      if self.failure is not None:
-        return self.failure
-      if self.stopped:
-        return (f'the TFF worker at {self.address} was disconnected'
-                ' (runtime.stop()); call runtime.start() again')
-      return None
+  def stopped_message(self) -> str:
+    return (f'the TFF worker at {self.address} was disconnected'
+            ' (runtime.stop()); call runtime.start() again')
 
   def rpc_end(self, *, ok: bool, retryable: bool = False) -> None:
     super().rpc_end(ok=ok, retryable=retryable)

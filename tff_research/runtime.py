@@ -230,9 +230,12 @@ class _Monitor:
       if self.failure is not None:
         return self.failure
       if self.stopped:
-        return (f'the TFF worker (pid {self.process.pid}) was stopped'
-                ' (runtime.stop()); call runtime.start() for a new one')
+        return self.stopped_message()
       return None
+
+  def stopped_message(self) -> str:
+    return (f'the TFF worker (pid {self.process.pid}) was stopped'
+            ' (runtime.stop()); call runtime.start() for a new one')
 
   def check_process(self) -> None:
     """Records a failure if the worker process has exited."""
