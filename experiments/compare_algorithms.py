@@ -37,6 +37,7 @@ from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
 from tff_research.program import binary  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import tune_flags  # pylint: disable=g-import-not-at-top
 from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
 from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 
@@ -55,41 +56,6 @@ _BASELINE = absl_flags.DEFINE_string(
     'baseline', None,
     'Algorithm the others are compared with, paired by seed (default'
     ' fedavg, or the first of --algorithms).')
-_TUNE = absl_flags.DEFINE_boolean(
-    'tune', False,
-    "Choose each algorithm's client/server learning rates on a validation"
-    ' split of the training clients first (Reddi et al. 2021).')
-_TUNE_FACTORS = absl_flags.DEFINE_list(
-    'tune_factors', [f'{f:.4g}' for f in comparison.DEFAULT_TUNE_FACTORS],
-    'With --tune: multipliers of each paper-default learning rate.')
-_TUNE_FRACTION = absl_flags.DEFINE_float(
-    'tune_validation_fraction', 0.2,
-    "With --tune: fraction of each training client's examples"
-    ' (eval_on=test_split) or of the training clients'
-    ' (eval_on=heldout_clients) used for validation.')
-_TUNE_ROUNDS = absl_flags.DEFINE_integer(
-    'tune_rounds', None,
-    'With --tune: rounds of each tuning run (default --total_rounds).')
-_TUNE_FLAGS = ('tune_factors', 'tune_validation_fraction', 'tune_rounds')
-
-
-def tune_config(tune, factors, fraction, rounds, present):
-  """The TuneConfig of the --tune* flags (None without --tune); `present`:
-  the names of the --tune_* flags given. ValueError: one line."""
-  if not tune:
-    for name in _TUNE_FLAGS:
-      if name in present:
-        raise flags.FlagError(f'--{name} applies only with --tune')
-    return None
-  try:
-    values = tuple(float(f) for f in factors)
-  except ValueError:
-    raise flags.FlagError(
-        f'--tune_factors={",".join(factors)} is not valid: give positive'
-        ' multipliers, e.g. 0.316,1,3.16') from None
-  return comparison.TuneConfig(values, fraction, rounds)
-
-
 def run():
   given = flags.given_flags()
   # The per-algorithm flags first: their error is clearer than the config's.
@@ -97,10 +63,7 @@ def run():
   config = flags.config_from_flags()
   seeds = (None if _SEEDS.value is None
            else statistics.parse_seeds(_SEEDS.value, config.seed))
-  tune = tune_config(
-      _TUNE.value, _TUNE_FACTORS.value, _TUNE_FRACTION.value,
-      _TUNE_ROUNDS.value,
-      [n for n in _TUNE_FLAGS if absl_flags.FLAGS[n].present])
+  tune = tune_flags.tune_config_from_flags()
   path, _ = comparison.run_comparison(
       config, _ALGORITHMS.value, given=given,
       target_accuracy=_TARGET.value, seeds=seeds, baseline=_BASELINE.value,

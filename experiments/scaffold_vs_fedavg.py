@@ -4,6 +4,8 @@ r"""SCAFFOLD versus FedAvg and FedProx at equal rounds (issue 4).
       [every flag of train.py except --algorithm] \
       [--compare_algorithms=scaffold,fedavg,fedprox] [--target_accuracy=0.8] \
       [--seeds=3 | --seeds=0,1,2] [--baseline=fedavg]
+      [--tune [--tune_factors=0.316,1,3.16] [--tune_validation_fraction=0.2]
+       [--tune_rounds=N]]
 
 Trains each algorithm in LOGDIR/NAME/<algorithm>/ with the same flags (the
 algorithm hyperparameters given apply to every algorithm), then prints and
@@ -13,7 +15,9 @@ evaluated round. Re-running the command resumes every run. docs/scaffold.md
 has the measured command and results. --seeds runs each algorithm at every
 seed (LOGDIR/NAME/<algorithm>_seed{s}/) and reports means, 95 % t intervals
 and the paired comparison against --baseline (default fedavg), with
-accuracy_curves.png.
+accuracy_curves.png. --tune first chooses each algorithm's learning rates
+around the given ones on a validation split of the training data
+(LOGDIR/NAME/tune/, tuning.json), as compare_algorithms.py does.
 """
 
 import os
@@ -29,6 +33,7 @@ from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 from tff_research.algorithms import registry  # pylint: disable=g-import-not-at-top
 from tff_research.program import binary  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import tune_flags  # pylint: disable=g-import-not-at-top
 from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
 from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 
@@ -57,7 +62,8 @@ def run():
            else statistics.parse_seeds(_SEEDS.value, config.seed))
   path, _ = comparison.run_drift_comparison(
       config, _ALGORITHMS.value, given=given,
-      target_accuracy=_TARGET.value, seeds=seeds, baseline=_BASELINE.value)
+      target_accuracy=_TARGET.value, seeds=seeds, baseline=_BASELINE.value,
+      tune=tune_flags.tune_config_from_flags())
   with open(path) as f:
     print(f.read())
   print(f'Comparison: {os.path.abspath(path)}')

@@ -268,14 +268,17 @@ def test_seeds_report_of_fake_per_seed_results(tmp_path):
 
 
 def test_validation_split_uses_only_training_data(tmp_path):
-  """--tune's validation: carved out of the training examples / clients,
-  never the held-out ones."""
-  base = dict(model='linear', num_clients=8, total_rounds=1)
-  config = fl_testing.config_for(base, tmp_path, 'cmp')
-  data, evaluation = comparison.validation_data(config, 0.25)
+  """--validation_fraction (and --tune's validation): carved out of the
+  training examples / clients, never the held-out ones."""
   from tff_research.data import federated_data  # pylint: disable=g-import-not-at-top
   from tff_research.program import client_split  # pylint: disable=g-import-not-at-top
+  from tff_research.program import validation_split  # pylint: disable=g-import-not-at-top
+  base = dict(model='linear', num_clients=8, total_rounds=1)
+  config = fl_testing.config_for(dict(base, validation_fraction=0.25),
+                                 tmp_path, 'cmp')
   full = federated_data.load_federated_data(config.data)
+  data, evaluation = validation_split.carve(full, config.evaluation,
+                                            config.seed)
 
   def examples(cd, cid):
     return sorted(tuple(np.asarray(e['pixels']).ravel().round(4).tolist()[::7])
@@ -289,9 +292,11 @@ def test_validation_split_uses_only_training_data(tmp_path):
     # The client's training examples, split ~ 3:1; its test split unused.
     assert sorted(train + val) == examples(full.train, cid)
     assert len(val) == round(0.25 * len(examples(full.train, cid)))
-  held = dict(base, eval_on='heldout_clients', heldout_client_fraction=0.25)
+  held = dict(base, eval_on='heldout_clients', heldout_client_fraction=0.25,
+              validation_fraction=0.5)
   config = fl_testing.config_for(held, tmp_path, 'cmp')
-  data, evaluation = comparison.validation_data(config, 0.5)
+  data, evaluation = validation_split.carve(full, config.evaluation,
+                                            config.seed)
   split = client_split.ClientSplit(full, config.evaluation, config.seed)
   assert sorted(data.client_ids) == sorted(split.train_client_ids)
   assert not set(data.client_ids) & set(split.eval_client_ids)
@@ -299,6 +304,10 @@ def test_validation_split_uses_only_training_data(tmp_path):
   val_split = client_split.ClientSplit(data, evaluation, config.seed)
   assert len(val_split.eval_client_ids) == 3  # round(0.5 * 6)
   assert set(val_split.eval_client_ids) <= set(split.train_client_ids)
+  with pytest.raises(ValueError,
+                     match=r'--validation_fraction=1 is not valid: must be in'
+                     r' \[0, 1\)'):
+    fl_testing.config_for(dict(base, validation_fraction=1), tmp_path, 'x')
 
 
 def test_tune_grid_keeps_the_paper_default_first(tmp_path):
@@ -337,6 +346,42 @@ def test_tuning_trains_on_validation_and_records_the_choice(
   best = grid[int(np.argmax(accs))]['values']  # first of ties: the default
   assert chosen['fedsgd'] == best == saved['algorithms']['fedsgd']['chosen']
   assert 'held out for validation' in saved['validation']
+  # A tuning run is rebuilt from its own hparams.json: evaluating its
+  # checkpoint reads the same validation data and gives the logged accuracy.
+  from tff_research.evaluation import checkpoint  # pylint: disable=g-import-not-at-top
+  run_dir = tmp_path / 'cmp' / grid[0]['run']
+  hparams = json.loads((run_dir / 'hparams.json').read_text())
+  assert hparams['validation_fraction'] == 0.2
+  result = checkpoint.evaluate_checkpoint(str(run_dir / 'checkpoints'))
+  assert result['accuracy'] == pytest.approx(grid[0]['validation_accuracy'],
+                                             abs=1e-6)
+
+
+def test_drift_comparison_tunes_around_the_given_learning_rates(
+    tff_worker, tmp_path):
+  """scaffold_vs_fedavg.py --tune: the grid is centred on the given rates
+  (not the paper defaults), and the tuned runs use the choice."""
+  values = dict(model='linear', num_clients=4, clients_per_round=2,
+                total_rounds=1, eval_every=1, rounds_per_checkpoint=1,
+                progress=False, batch_size=20, client_learning_rate=0.05)
+  config = fl_testing.config_for(values, tmp_path, 'drift')
+  path, _ = comparison.run_drift_comparison(
+      config, ['fedavg'], given={'client_learning_rate': 0.05}, tune=comparison.TuneConfig(
+          (0.5, 1.0), rounds=1), log=lambda _: None)
+  saved = json.loads((tmp_path / 'drift' / comparison.TUNING_NAME
+                      ).read_text())
+  for algorithm in ('fedavg',):
+    record = saved['algorithms'][algorithm]
+    assert record['paper_default']['client_learning_rate'] == 0.05
+    rates = sorted(g['values']['client_learning_rate']
+                   for g in record['grid'])
+    assert rates[0] == pytest.approx(0.025) and rates[-1] == 0.05
+    tuned = json.loads((tmp_path / 'drift' / f'{algorithm}_tuned_seed0'
+                        / 'hparams.json').read_text())
+    assert tuned['client_learning_rate'] == pytest.approx(
+        record['chosen']['client_learning_rate'])
+    assert tuned['validation_fraction'] == 0.0  # the study itself: test data
+  assert 'Tuned (`--tune`)' in open(path).read()
 
 
 def test_compare_algorithms_binary_with_two_seeds(tmp_path):

@@ -15,42 +15,16 @@ import time
 
 import pytest
 
+from tests.reliability import procs
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO, 'experiments', 'train.py')
-
-
-def _worker_children(parent_pid):
-  """Pids of worker_binary processes whose parent is `parent_pid`."""
-  found = []
-  for entry in os.listdir('/proc'):
-    if not entry.isdigit():
-      continue
-    try:
-      with open(f'/proc/{entry}/stat') as f:
-        stat = f.read()
-      with open(f'/proc/{entry}/cmdline', 'rb') as f:
-        cmdline = f.read()
-    except OSError:
-      continue
-    ppid = int(stat.rsplit(')', 1)[1].split()[1])
-    if ppid == parent_pid and b'worker_binary' in cmdline:
-      found.append(int(entry))
-  return found
-
-
-def _alive(pid):
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      state = f.read().rsplit(')', 1)[1].split()[0]
-    return state != 'Z'
-  except OSError:
-    return False
 
 
 def _wait_for_worker(proc, timeout=300):  # generous: CI machines are shared
   deadline = time.monotonic() + timeout
   while time.monotonic() < deadline:
-    workers = _worker_children(proc.pid)
+    workers = procs.children(proc.pid)
     if workers:
       return workers[0]
     if proc.poll() is not None:
@@ -62,10 +36,8 @@ def _wait_for_worker(proc, timeout=300):  # generous: CI machines are shared
 
 
 def _assert_gone(pid, timeout=10):
-  deadline = time.monotonic() + timeout
-  while _alive(pid) and time.monotonic() < deadline:
-    time.sleep(0.05)
-  assert not _alive(pid), f'worker_binary {pid} outlived its parent'
+  assert procs.wait_gone(pid, timeout), (
+      f'worker_binary {pid} outlived its parent')
 
 
 def _spawn(args, **kwargs):

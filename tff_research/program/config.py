@@ -93,6 +93,9 @@ class EvaluationConfig:
   heldout_client_fraction: float = 0.2
   max_eval_clients: int = 0
   eval_batch_size: int = 100
+  # > 0: evaluate on a validation split of the training data instead
+  # (program/validation_split.py).
+  validation_fraction: float = 0.0
 
   def __post_init__(self):
     _at_least(self, ('eval_every', 'eval_batch_size'), 1)
@@ -103,6 +106,9 @@ class EvaluationConfig:
       _require(0 < self.heldout_client_fraction < 1,
                f'--heldout_client_fraction={self.heldout_client_fraction} is'
                ' not valid: must be in (0, 1)')
+    _require(0.0 <= self.validation_fraction < 1.0,
+             f'--validation_fraction={self.validation_fraction} is not valid:'
+             ' must be in [0, 1) (0 = evaluate on the test data)')
     _require(self.max_eval_clients >= 0,
              f'--max_eval_clients={self.max_eval_clients} is not valid: must'
              ' be >= 0 (0 = all)')
@@ -252,7 +258,7 @@ _DATA_FIELDS = ('dataset', 'data_dir', 'num_clients', 'dirichlet_alpha',
                 'permute_labels_fraction', 'label_permutation_shift')
 _TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 _EVAL_FIELDS = ('eval_every', 'eval_on', 'heldout_client_fraction',
-                'max_eval_clients')
+                'max_eval_clients', 'validation_fraction')
 
 
 def _missing_classes_text(groups) -> str:

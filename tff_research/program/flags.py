@@ -105,6 +105,10 @@ _FLAGS = (
      ' never trained on.'),
     ('evaluation', 'heldout_client_fraction', float,
      'With --eval_on=heldout_clients: fraction of clients held out.'),
+    ('evaluation', 'validation_fraction', float,
+     'In [0, 1): evaluate on a validation split of the training data, never'
+     " the test data: this fraction of each client's training examples"
+     ' (test_split) or of the training clients (heldout_clients); 0 = off.'),
     ('evaluation', 'max_eval_clients', int,
      'Evaluate on at most this many clients (a fixed seeded subset); 0 ='
      ' all.'),

@@ -41,6 +41,7 @@ from tff_research.program import loop
 from tff_research.program import release as release_lib
 from tff_research.program import run_directory as run_directory_lib
 from tff_research.program import run_lock
+from tff_research.program import validation_split
 
 ClientDataPair = tuple[tff.simulation.datasets.ClientData,
                        tff.simulation.datasets.ClientData]
@@ -109,7 +110,10 @@ def build_run(
   model_fn = models.model_fn(config.model if model is None else model,
                              data.num_classes, preprocessing.element_spec(),
                              seed=config.seed)
-  split = client_split.ClientSplit(data, config.evaluation, config.seed)
+  evaluation = config.evaluation
+  if evaluation.validation_fraction:
+    data, evaluation = validation_split.carve(data, evaluation, config.seed)
+  split = client_split.ClientSplit(data, evaluation, config.seed)
   algorithm = algorithms.build_algorithm(config.algorithm, model_fn,
                                          split.train_client_ids)
   return Run(config, data, model_fn, split, algorithm)

@@ -42,7 +42,8 @@ the single-seed tables in the README, which re-running still reuses).
 `run_comparison` also takes `tune` (`TuneConfig`, `--tune`): a small grid of
 client and server learning rates around each algorithm's paper defaults,
 every point trained on the *training* clients only and scored on a
-validation split carved out of them (`validation_data`), never on the
+validation split carved out of them (`--validation_fraction`,
+`program/validation_split.py`), never on the
 held-out evaluation data. Reddi et al. 2021 ("Adaptive Federated
 Optimization", Sec. 5 and App. D) tune eta_l and eta per optimizer on a
 log10 grid before comparing, because one learning rate favours whichever
@@ -61,8 +62,6 @@ import json
 import math
 import os
 from typing import Any, Optional
-
-import numpy as np
 
 from tff_research.algorithms import registry
 from tff_research.program import config as config_lib
@@ -647,86 +646,7 @@ def _point_name(algorithm: str, point: Mapping[str, float]) -> str:
   return algorithm + ''.join(f'_{short[k]}{v:.4g}' for k, v in point.items())
 
 
-def validation_data(config: config_lib.ExperimentConfig,
-                    validation_fraction: float):
-  """(FederatedData, EvaluationConfig) of the tuning runs of `config`.
-
-  Only the study's *training* data enters: with `eval_on=test_split` every
-  client trains, so each client's training examples are split (seeded)
-  into training and validation examples (the test split is dropped); with
-  `eval_on=heldout_clients`, the held-out clients are dropped and a
-  `validation_fraction` of the remaining training clients is held out as
-  validation clients. Built on the program layer's own pieces
-  (`ClientSplit`, `ArrayClientData`, `eval_on`), so the validation is
-  evaluated exactly as the study's held-out data is.
-  """
-  # pylint: disable=g-import-not-at-top
-  import zlib
-  from tff_research.data import federated_data
-  from tff_research.program import client_split
-  # pylint: enable=g-import-not-at-top
-  data = federated_data.load_federated_data(config.data)
-  train_ids = client_split.ClientSplit(
-      data, config.evaluation, config.seed).train_client_ids
-
-  def arrays(client_data, cid):
-    px, lb = [], []
-    for e in client_data.create_tf_dataset_for_client(cid).as_numpy_iterator():
-      px.append(np.asarray(e['pixels'], np.float32).reshape(28, 28))
-      lb.append(int(e['label']))
-    return px, lb
-
-  pixels, labels, train_idx, val_idx = [], [], {}, {}
-  rng = np.random.default_rng([config.seed, zlib.crc32(b'tune_validation')])
-  test_ids = set(data.test.client_ids)
-  heldout = config.evaluation.eval_on == 'heldout_clients'
-  for cid in train_ids:
-    px, lb = arrays(data.train, cid)
-    if heldout and cid in test_ids:  # A validation client's data is all of it.
-      more_px, more_lb = arrays(data.test, cid)
-      px, lb = px + more_px, lb + more_lb
-    start = len(labels)
-    pixels += px
-    labels += lb
-    idx = np.arange(start, len(labels))
-    if heldout:
-      train_idx[cid] = idx
-      continue
-    n_val = min(int(round(validation_fraction * idx.size)), idx.size - 1)
-    perm = rng.permutation(idx)
-    train_idx[cid] = np.sort(perm[n_val:])
-    if n_val > 0:
-      val_idx[cid] = np.sort(perm[:n_val])
-  pixels = np.stack(pixels)
-  labels = np.array(labels, np.int32)
-  train = federated_data.ArrayClientData(pixels, labels, train_idx)
-  if heldout:
-    # ClientSplit draws the validation clients from `train` by seed and
-    # appends a client's `test` data to it; the validation clients' data is
-    # already whole, so `test` holds only a placeholder no split can draw.
-    test = federated_data.ArrayClientData(
-        pixels, labels, {'__no_test_client__': np.arange(1)})
-    evaluation = dataclasses.replace(
-        config.evaluation, heldout_client_fraction=validation_fraction)
-    description = (f'tuning: {len(train_ids)} training clients of'
-                   f' {len(data.client_ids)}, {validation_fraction:g} of them'
-                   ' held out as validation clients')
-  else:
-    if not val_idx:
-      raise ValueError(
-          f'--tune_validation_fraction={validation_fraction} leaves no client'
-          ' a validation example; use a larger fraction')
-    test = federated_data.ArrayClientData(pixels, labels, val_idx)
-    evaluation = config.evaluation
-    description = (f'tuning: {len(train_ids)} clients, {validation_fraction:g}'
-                   ' of each client\'s training examples held out for'
-                   ' validation (the test split is not used)')
-  return federated_data.FederatedData(
-      train, test, data.num_classes, tuple(train.client_ids),
-      description), evaluation
-
-
-def _tuning_score(config: config_lib.ExperimentConfig, data, log) -> float:
+def _tuning_score(config: config_lib.ExperimentConfig, log) -> float:
   """Mean validation accuracy of the last LAST_EVALS evaluations of a tuning
   run (trained or resumed here); -inf if the run diverged. Steadier than the
   final evaluation alone, as for the drift table."""
@@ -736,7 +656,7 @@ def _tuning_score(config: config_lib.ExperimentConfig, data, log) -> float:
     return -math.inf
   log(f'=== tuning {config.experiment_name}: {config.run_dir} ===')
   try:
-    training.train(config, client_data=data, log=log)
+    training.train(config, log=log)
   except ValueError as e:
     if 'diverged' not in str(e) and 'not finite' not in str(e):
       raise
@@ -758,17 +678,21 @@ def tune_hyperparameters(
   """Chooses each algorithm's learning rates on the validation split.
 
   Every grid point of `tune_grid(configs[a], tune.factors)` is trained in
-  `config.run_dir/tune/<algorithm>_lrc<eta_l>_lrs<eta>/` on
-  `validation_data(config)` (the study's training data only) at
+  `config.run_dir/tune/<algorithm>_lrc<eta_l>_lrs<eta>/` with
+  `validation_fraction` set (`program/validation_split.py`: the study's
+  training data only; recorded in its hparams.json, so `rebuild_run` and
+  `evaluate.py` read the same validation data) at
   `config.seed`, and scored by its mean validation accuracy over the last
   LAST_EVALS evaluations; the best point wins (ties: the paper default, then
   grid order). Writes ROOT/tuning.json. Returns (algorithm -> chosen values,
   the tuning record).
   """
-  data, evaluation = validation_data(config, tune.validation_fraction)
+  from tff_research.program import validation_split  # pylint: disable=g-import-not-at-top
+  evaluation = dataclasses.replace(
+      config.evaluation, validation_fraction=tune.validation_fraction)
   tune_root = os.path.join(config.run_dir, TUNE_DIR)
   record: dict[str, Any] = dict(
-      validation=data.description,
+      validation='tuning: ' + validation_split.describe(evaluation),
       selection=(f'mean validation accuracy of the last {LAST_EVALS}'
                  ' evaluations; ties keep the paper default'),
       seed=config.seed, factors=list(tune.factors),
@@ -790,7 +714,7 @@ def tune_hyperparameters(
     for (alg, name), (point, c) in tuning_configs.items():
       if alg != algorithm:
         continue
-      score = _tuning_score(c, data, log)
+      score = _tuning_score(c, log)
       grid.append(dict(run=os.path.join(TUNE_DIR, name), values=point,
                        validation_accuracy=(score if math.isfinite(score)
                                             else None)))
@@ -843,6 +767,19 @@ def _seed_study(config, configs, seeds, baseline, target_accuracy, *, metrics,
       extra_json=extra_json)
 
 
+def _tuned(config, configs, tune, preamble, log):
+  """(configs with the learning rates `tune` chose, preamble with the tuning
+  section, the report's extra json); unchanged without `tune`."""
+  if tune is None:
+    return configs, preamble, None
+  chosen, record = tune_hyperparameters(config, configs, tune, log=log)
+  configs = {a: dataclasses.replace(
+      c, algorithm=c.algorithm.replace(**chosen[a]),
+      experiment_name=f'{a}_tuned') for a, c in configs.items()}
+  return configs, preamble + '\n\n' + tuning_markdown(record), {
+      'tuning': record}
+
+
 def run_comparison(
     config: config_lib.ExperimentConfig,
     algorithm_names: Optional[Sequence[str]] = None,
@@ -890,14 +827,7 @@ def run_comparison(
   seeded_configs(configs, seeds)  # Validate before the tuning trains.
   preamble = (f'Budget (identical for every algorithm and seed):'
               f' {budget_text(config)}.')
-  extra = None
-  if tune is not None:
-    chosen, record = tune_hyperparameters(config, configs, tune, log=log)
-    configs = {a: dataclasses.replace(
-        c, algorithm=c.algorithm.replace(**chosen[a]),
-        experiment_name=f'{a}_tuned') for a, c in configs.items()}
-    preamble += '\n\n' + tuning_markdown(record)
-    extra = {'tuning': record}
+  configs, preamble, extra = _tuned(config, configs, tune, preamble, log)
   return _seed_study(
       config, configs, seeds, baseline, target_accuracy,
       metrics=COMPARISON_METRICS,
@@ -913,6 +843,7 @@ def run_drift_comparison(
     target_accuracy: float = 0.8,
     seeds: Optional[Sequence[int]] = None,
     baseline: Optional[str] = None,
+    tune: Optional[TuneConfig] = None,
     log=print,
 ):
   """Trains every algorithm with the given hyperparameters; writes the
@@ -920,7 +851,8 @@ def run_drift_comparison(
 
   `given` (flag -> value set on the command line) must not hold
   `algorithm`: each run sets it. With `seeds` (or `baseline`, default
-  fedavg), the multi-seed report of `run_comparison`. Returns (path of
+  fedavg, or `tune`), the multi-seed report of `run_comparison`; `tune`
+  chooses the learning rates around the given ones first, as there. Returns (path of
   comparison.md, summaries or aggregate); ValueError (one line) before
   training for bad input.
   """
@@ -932,16 +864,20 @@ def run_drift_comparison(
         f'--algorithm={given["algorithm"]} is not valid here: the comparison'
         f' runs every algorithm of {",".join(names)} itself')
   configs = given_hyperparameter_configs(config, names, given)
-  if seeds is None and baseline is None:
+  if seeds is None and baseline is None and tune is None:
     train_all(configs, log=log)
     return write_comparison_table(config.run_dir, names, target_accuracy,
                                   curves=True)
   seeds = tuple(seeds) if seeds else (config.seed,)
   baseline = check_baseline(baseline, names)
+  seeded_configs(configs, seeds)  # Validate before the tuning trains.
+  configs, preamble, extra = _tuned(
+      config, configs, tune,
+      f'{data_description(config)}. Budget (identical for every algorithm'
+      f' and seed): {budget_text(config)}. Target accuracy'
+      f' {target_accuracy:g}.', log)
   return _seed_study(
       config, configs, seeds, baseline, target_accuracy,
       metrics=DRIFT_METRICS,
       title=f'Client drift: {", ".join(names)}',
-      preamble=(f'{data_description(config)}. Budget (identical for every'
-                f' algorithm and seed): {budget_text(config)}. Target'
-                f' accuracy {target_accuracy:g}.'), log=log)
+      preamble=preamble, log=log, extra_json=extra)
