@@ -65,7 +65,6 @@ from tensorflow_federated.python.core.impl.context_stack import context_stack_im
 from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
 from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context
 from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.executors import remote_executor
 from tensorflow_federated.python.core.impl.types import computation_types
 from tensorflow_federated.python.core.impl.types import placements
 from tensorflow_federated.python.core.impl.types import type_analysis
@@ -439,7 +438,7 @@ def start(
     monitors.append(monitor)
     contexts.append(async_execution_context.AsyncExecutionContext(
         executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
-            executor_stack_fn=_stack_fn(stub, default_num_clients)),
+            executor_stack_fn=runtime.remote_stack_fn(stub, default_num_clients)),
         compiler_fn=compiler.desugar_and_transform_to_native,
         transform_args=tensorflow_computation.transform_args,
         transform_result=tensorflow_computation.transform_result,
@@ -455,14 +454,6 @@ def start(
                unreachable_timeout)
 
 
-def _stack_fn(stub, default_num_clients):
-  def stack_fn(cardinalities):
-    if cardinalities.get(placements.CLIENTS) is None:
-      cardinalities[placements.CLIENTS] = default_num_clients
-    executor = remote_executor.RemoteExecutor(stub)
-    executor.set_cardinalities(cardinalities)
-    return executor
-  return stack_fn
 
 
 class _CountingStub(runtime._MonitoredStub):  # pylint: disable=protected-access

@@ -538,22 +538,29 @@ def start(
       target=monitor.watch, name='tff-worker-watchdog', daemon=True
   ).start()
 
-  def stack_fn(cardinalities):
-    if cardinalities.get(placements.CLIENTS) is None:
-      cardinalities[placements.CLIENTS] = default_num_clients
-    executor = remote_executor.RemoteExecutor(stub)
-    executor.set_cardinalities(cardinalities)
-    return executor
-
   context = _MonitoredSyncContext(
       python_executor_stacks.ResourceManagingExecutorFactory(
-          executor_stack_fn=stack_fn
+          executor_stack_fn=remote_stack_fn(stub, default_num_clients)
       ),
       monitor,
   )
   context_stack_impl.context_stack.set_default_context(context)
   logging.info('TFF worker pid %d on port %d (log %s, stall timeout %g s)',
                process.pid, port, _worker_log, stall_timeout)
+
+
+def remote_stack_fn(stub, default_num_clients: int):
+  """The executor stack of one worker: a `RemoteExecutor` on `stub` whose
+  CLIENTS cardinality defaults to `default_num_clients` (TFF needs one for
+  computations without CLIENTS-placed arguments). Shared by the local worker
+  and `remote.py`'s workers."""
+  def stack_fn(cardinalities):
+    if cardinalities.get(placements.CLIENTS) is None:
+      cardinalities[placements.CLIENTS] = default_num_clients
+    executor = remote_executor.RemoteExecutor(stub)
+    executor.set_cardinalities(cardinalities)
+    return executor
+  return stack_fn
 
 
 def _stop_remote() -> None:
