@@ -62,6 +62,22 @@ def local_sgd(w, b, x, y, lr, batch_size, epochs=1):
   return w, b
 
 
+def numpy_fed_avg_round(w, b, clients, lr, batch_size, weighted=True,
+                        server_lr=1.0):
+  """One FedAvg round in numpy: each client's `local_sgd` from (w, b), the
+  deltas averaged by example count (`weighted`) or uniformly, times
+  `server_lr` (McMahan et al. 2017, Algorithm 1, with a server step)."""
+  deltas_w, deltas_b, weights = [], [], []
+  for x, y in clients:
+    cw, cb = local_sgd(w, b, x, y, lr, batch_size)
+    deltas_w.append(cw - w)
+    deltas_b.append(cb - b)
+    weights.append(len(y) if weighted else 1.0)
+  weights = np.array(weights) / np.sum(weights)
+  return (w + server_lr * np.tensordot(weights, deltas_w, axes=1),
+          b + server_lr * np.tensordot(weights, deltas_b, axes=1))
+
+
 def mean_loss_and_accuracy(w, b, x, y):
   z = x.astype(np.float64) @ w + b
   z -= z.max(axis=1, keepdims=True)

@@ -69,15 +69,8 @@ def _run(alg, clients, ids, rounds, state=None, start=1, sampled=None):
 
 
 def _numpy_fed_avg_round(w, b, clients, weighted=True, server_lr=1.0):
-  deltas_w, deltas_b, weights = [], [], []
-  for x, y in clients:
-    cw, cb = fl_testing.local_sgd(w, b, x, y, LR, BATCH)
-    deltas_w.append(cw - w)
-    deltas_b.append(cb - b)
-    weights.append(len(y) if weighted else 1.0)
-  weights = np.array(weights) / np.sum(weights)
-  return (w + server_lr * np.tensordot(weights, deltas_w, axes=1),
-          b + server_lr * np.tensordot(weights, deltas_b, axes=1))
+  return fl_testing.numpy_fed_avg_round(w, b, clients, LR, BATCH, weighted,
+                                        server_lr)
 
 
 @pytest.mark.parametrize('k,warmup,weighted', [(1, 0, True), (2, 3, False)])

@@ -42,12 +42,13 @@ def test_checkpoint_evaluation_reproduces_the_logged_metrics(
         str(tmp_path / 'run' / 'checkpoints'), round_num=7)
 
 
-def test_evaluate_binary_writes_json_and_rejects_training_flags(tmp_path):
-  train = [sys.executable, os.path.join(REPO, 'experiments', 'train.py'),
-           f'--logdir={tmp_path}', '--experiment_name=r', '--model=linear',
-           '--num_clients=4', '--clients_per_round=2', '--total_rounds=1',
-           '--progress=false', '--client_learning_rate=0.01']
-  subprocess.run(train, check=True, capture_output=True, timeout=300, cwd=REPO)
+def test_evaluate_binary_writes_json_and_rejects_training_flags(
+    tff_worker, tmp_path):
+  # The run is trained in-process (train.py's library path): the binary
+  # under test is evaluate.py.
+  fl_testing.run_experiment(
+      dict(model='linear', num_clients=4, clients_per_round=2, total_rounds=1,
+           progress=False, client_learning_rate=0.01), tmp_path, 'r')
   evaluate = [sys.executable, os.path.join(REPO, 'experiments', 'evaluate.py'),
               f'--checkpoint_dir={tmp_path}/r/checkpoints']
   proc = subprocess.run(evaluate, capture_output=True, text=True, timeout=300,

@@ -27,15 +27,8 @@ def _numpy_fed_avg(clients, rounds, weighted, server_lr=1.0):
   w = np.zeros((fl_testing.INPUT_DIM, 10))
   b = np.zeros(10)
   for _ in range(rounds):
-    deltas_w, deltas_b, weights = [], [], []
-    for x, y in clients:
-      cw, cb = fl_testing.local_sgd(w, b, x, y, LR, BATCH)
-      deltas_w.append(cw - w)
-      deltas_b.append(cb - b)
-      weights.append(len(y) if weighted else 1.0)
-    weights = np.array(weights) / np.sum(weights)
-    w = w + server_lr * np.tensordot(weights, deltas_w, axes=1)
-    b = b + server_lr * np.tensordot(weights, deltas_b, axes=1)
+    w, b = fl_testing.numpy_fed_avg_round(w, b, clients, LR, BATCH, weighted,
+                                          server_lr)
   return w, b
 
 
