@@ -454,8 +454,6 @@ def start(
                unreachable_timeout)
 
 
-
-
 class _CountingStub(runtime._MonitoredStub):  # pylint: disable=protected-access
   """Counts serialized request/response bytes per worker (what travels)."""
 

@@ -93,9 +93,6 @@ def carve(
         pixels, labels, {'__no_test_client__': np.arange(1)})
     split_evaluation = dataclasses.replace(
         evaluation, heldout_client_fraction=fraction)
-    description = (f'{data.description}; validation: {len(train_ids)}'
-                   f' training clients, {fraction:g} of them held out as'
-                   ' validation clients')
   else:
     if not val_idx:
       raise ValueError(
@@ -103,9 +100,7 @@ def carve(
           ' example; use a larger fraction')
     test = federated_data_lib.ArrayClientData(pixels, labels, val_idx)
     split_evaluation = evaluation
-    description = (f'{data.description}; validation: {fraction:g} of each'
-                   " client's training examples (the test split is not"
-                   ' used)')
   return federated_data_lib.FederatedData(
       train, test, data.num_classes, tuple(train.client_ids),
-      description), split_evaluation
+      f'{data.description}; validation: {describe(evaluation)}'
+  ), split_evaluation
