@@ -45,16 +45,10 @@ import workload  # pylint: disable=g-import-not-at-top
 def run(plan_path: str, out_path: str, log_path: str, timeout: float, mode: str,
         workers: int = 2, threads: int = 1, eval_repeats: int = 3) -> dict:
   """Driver side: runs this script in a subprocess, returns its JSON + peak RSS."""
-  result = procs.run_peer(
+  return procs.run_json_peer(
       [sys.executable, os.path.abspath(__file__), f'--plan={plan_path}', f'--out={out_path}',
        f'--mode={mode}', f'--workers={workers}', f'--threads={threads}',
-       f'--eval_repeats={eval_repeats}'], log_path, timeout=timeout)
-  with open(out_path) as f:
-    out = json.load(f)
-  out.update(peak_main_mb=result.monitor.root_peak_mb(),
-             peak_children_mb=result.monitor.children_peak_mb(),
-             survivors_killed=result.survivors_killed)
-  return out
+       f'--eval_repeats={eval_repeats}'], out_path, log_path, timeout=timeout)
 
 
 class LocalTrainer:

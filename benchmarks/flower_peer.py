@@ -76,14 +76,9 @@ def run(plan_path: str, out_path: str, log_path: str, timeout: float) -> dict:
   env = dict(os.environ)
   for key in ('VIRTUAL_ENV', 'PYTHONHOME', 'PYTHONPATH'):
     env.pop(key, None)
-  result = procs.run_peer([VENV_PYTHON, os.path.abspath(__file__), f'--plan={plan_path}',
-                           f'--out={out_path}'], log_path, timeout=timeout, env=env)
-  with open(out_path) as f:
-    out = json.load(f)
-  out.update(peak_main_mb=result.monitor.root_peak_mb(),
-             peak_children_mb=result.monitor.children_peak_mb(),
-             survivors_killed=result.survivors_killed)
-  return out
+  return procs.run_json_peer([VENV_PYTHON, os.path.abspath(__file__), f'--plan={plan_path}',
+                              f'--out={out_path}'], out_path, log_path, timeout=timeout,
+                             env=env)
 
 
 # --- Flower side (its own venv; actors import this module by name) ------------

@@ -95,9 +95,7 @@ def run(plan: workload.Plan, logdir: str, name: str, log_path: str,
       eval_seconds=_float(last_eval, 'eval_seconds'),
       eval_num_examples=_float(last_eval, 'eval_num_examples'),
       eval_rounds=[int(r['round']) for r in evals],
-      peak_main_mb=result.monitor.root_peak_mb(),
-      peak_children_mb=result.monitor.children_peak_mb(WORKER_NAME),
-      survivors_killed=result.survivors_killed,
+      **result.memory(WORKER_NAME),
   )
 
 

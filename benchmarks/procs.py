@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -184,6 +185,25 @@ class PeerRun:
         return ''.join(f.readlines()[-lines:])
     except OSError:
       return ''
+
+  def memory(self, children: Optional[str] = None) -> dict:
+    """The peer's peak RSS (its main process, its descendants or those named
+    `children`) and the survivors killed, as every peer reports them."""
+    return dict(peak_main_mb=self.monitor.root_peak_mb(),
+                peak_children_mb=self.monitor.children_peak_mb(children),
+                survivors_killed=self.survivors_killed)
+
+
+def run_json_peer(cmd: Sequence[str], out_path: str, log_path: str, *,
+                  timeout: float, env: Optional[dict[str, str]] = None,
+                  children: Optional[str] = None) -> dict:
+  """`run_peer(cmd)`, then the JSON the peer wrote to `out_path` plus its
+  `PeerRun.memory(children)`."""
+  result = run_peer(cmd, log_path, timeout=timeout, env=env)
+  with open(out_path) as f:
+    out = json.load(f)
+  out.update(result.memory(children))
+  return out
 
 
 def run_peer(cmd: Sequence[str], log_path: str, *, timeout: float,

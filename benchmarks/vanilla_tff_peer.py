@@ -36,14 +36,9 @@ import workload  # pylint: disable=g-import-not-at-top
 
 def run(plan_path: str, out_path: str, log_path: str, timeout: float) -> dict:
   """Driver side: runs this script in its own session, kills the group after."""
-  result = procs.run_peer([sys.executable, os.path.abspath(__file__), f'--plan={plan_path}',
-                           f'--out={out_path}'], log_path, timeout=timeout)
-  with open(out_path) as f:
-    out = json.load(f)
-  out.update(peak_main_mb=result.monitor.root_peak_mb(),
-             peak_children_mb=result.monitor.children_peak_mb('worker_binary'),
-             survivors_killed=result.survivors_killed)
-  return out
+  return procs.run_json_peer([sys.executable, os.path.abspath(__file__), f'--plan={plan_path}',
+                              f'--out={out_path}'], out_path, log_path, timeout=timeout,
+                             children='worker_binary')
 
 
 def preprocess(dataset):

@@ -78,6 +78,36 @@ def numpy_fed_avg_round(w, b, clients, lr, batch_size, weighted=True,
           b + server_lr * np.tensordot(weights, deltas_b, axes=1))
 
 
+def pre_step_train_loss(w, b, clients, lr, batch_size):
+  """The training loss TFF reports for one local epoch of every client of
+  `clients` from (w, b): each batch's mean loss taken before its SGD step,
+  weighted by batch size, pooled over all the clients' examples."""
+  losses, sizes = [], []
+  for x, y in clients:
+    cw, cb = w.astype(np.float64), b.astype(np.float64)
+    for start in range(0, len(y), batch_size):
+      xb, yb = x[start:start + batch_size], y[start:start + batch_size]
+      losses.append(mean_loss_and_accuracy(cw, cb, xb, yb)[0])
+      sizes.append(len(yb))
+      gw, gb = softmax_ce_grad(cw, cb, xb, yb)
+      cw, cb = cw - lr * gw, cb - lr * gb
+  return np.dot(losses, sizes) / np.sum(sizes)
+
+
+def run_rounds(algorithm, clients, rounds, batch_size):
+  """`rounds` rounds of `algorithm` (a `base.FederatedAlgorithm`) on every
+  client of `clients`, ids '0', '1', ...; returns (its trainable weights as
+  numpy arrays, the last round's metrics)."""
+  state = algorithm.initialize()
+  ids = [str(i) for i in range(len(clients))]
+  metrics = None
+  for r in range(1, rounds + 1):
+    datasets = [to_dataset(x, y, batch_size) for x, y in clients]
+    state, metrics = algorithm.next(state, r, ids, datasets)
+  weights = algorithm.get_model_weights(state)
+  return [np.asarray(w) for w in weights.trainable], metrics
+
+
 def mean_loss_and_accuracy(w, b, x, y):
   z = x.astype(np.float64) @ w + b
   z -= z.max(axis=1, keepdims=True)

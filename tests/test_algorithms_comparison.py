@@ -263,8 +263,24 @@ def test_seeds_report_of_fake_per_seed_results(tmp_path):
   # No run reached the target: no table for it rather than zeros.
   assert 'rounds to target' not in text
   assert '| fedavg | 0.7000 | 0.7400 | 0.7200 |' in text
+  # Two evaluations per run: no quarter windows to compare.
+  assert ('| fedavg | 3 | - | n/a (a window without evaluations) | n/a |'
+          in text)
   assert (tmp_path / comparison.PLOT_NAME).read_bytes()[:4] == b'\x89PNG'
   assert list(tmp_path.glob('events.out.tfevents.*'))
+
+
+def test_climb_section_of_the_seeds_report():
+  # Seed s rises by 0.01 (s + 1) per round: climbs 0.02, 0.04, 0.06 between
+  # the quarters (4, 6] and (6, 8] of 8 rounds.
+  curves = {'fedavg': [[(t, 0.5 + 0.01 * (s + 1) * t) for t in range(1, 9)]
+                       for s in range(3)]}
+  text = comparison.climb_markdown(curves)
+  climbs = [0.02, 0.04, 0.06]
+  low, high = stats.t.interval(0.95, 2, loc=0.04, scale=stats.sem(climbs))
+  p = stats.ttest_1samp(climbs, 0.0).pvalue
+  assert (f'| fedavg | 3 | (4, 6] -> (6, 8] | +0.040 [{low:.3f}, {high:.3f}]'
+          f' | {p:.3f} |') in text, text
 
 
 def test_validation_split_uses_only_training_data(tmp_path):

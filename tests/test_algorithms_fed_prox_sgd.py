@@ -27,13 +27,7 @@ def _algorithm(name, **hyperparameters):
 
 
 def _run(alg, clients, rounds):
-  state = alg.initialize()
-  for r in range(1, rounds + 1):
-    datasets = [fl_testing.to_dataset(x, y, BATCH) for x, y in clients]
-    state, metrics = alg.next(state, r, [str(i) for i in range(len(clients))],
-                              datasets)
-  weights = alg.get_model_weights(state)
-  return [np.asarray(w) for w in weights.trainable], metrics
+  return fl_testing.run_rounds(alg, clients, rounds, BATCH)
 
 
 def _local_prox_sgd(w, b, x, y, mu):

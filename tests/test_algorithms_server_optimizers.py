@@ -28,13 +28,7 @@ ATOL = 2e-6
 
 def _tff_rounds(config, clients, rounds=ROUNDS):
   alg = algorithms.build_algorithm(config, fl_testing.linear_model_fn())
-  state = alg.initialize()
-  for r in range(1, rounds + 1):
-    datasets = [fl_testing.to_dataset(x, y, BATCH) for x, y in clients]
-    state, _ = alg.next(state, r, [str(i) for i in range(len(clients))],
-                        datasets)
-  weights = alg.get_model_weights(state)
-  return [np.asarray(w) for w in weights.trainable]
+  return fl_testing.run_rounds(alg, clients, rounds, BATCH)[0]
 
 
 def _mean_delta(params, clients):

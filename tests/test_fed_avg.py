@@ -14,13 +14,8 @@ BATCH = 4
 def _run_rounds(config, model_name, clients, rounds):
   alg = algorithms.build_algorithm(
       config, fl_testing.linear_model_fn(name=model_name))
-  state = alg.initialize()
-  for r in range(1, rounds + 1):
-    datasets = [fl_testing.to_dataset(x, y, BATCH) for x, y in clients]
-    state, metrics = alg.next(state, r, [str(i) for i in range(len(clients))],
-                              datasets)
-  weights = alg.get_model_weights(state)
-  return weights.trainable[0], weights.trainable[1], metrics
+  (w, b), metrics = fl_testing.run_rounds(alg, clients, rounds, BATCH)
+  return w, b, metrics
 
 
 def _numpy_fed_avg(clients, rounds, weighted, server_lr=1.0):
@@ -64,19 +59,10 @@ def test_train_metrics_are_example_weighted_over_clients(tff_worker):
   train = metrics['train']
   assert train['num_examples'] == 11
   assert train['num_batches'] == 2 + 1
-  # Reference: each batch's loss is taken before its SGD step, weighted by
-  # batch size, pooled over all clients' examples.
-  losses, sizes = [], []
-  for x, y in clients:
-    w, b = np.zeros((fl_testing.INPUT_DIM, 10)), np.zeros(10)
-    for start in range(0, len(y), BATCH):
-      xb, yb = x[start:start + BATCH], y[start:start + BATCH]
-      losses.append(fl_testing.mean_loss_and_accuracy(w, b, xb, yb)[0])
-      sizes.append(len(yb))
-      gw, gb = fl_testing.softmax_ce_grad(w, b, xb, yb)
-      w, b = w - LR * gw, b - LR * gb
   np.testing.assert_allclose(
-      train['loss'], np.dot(losses, sizes) / np.sum(sizes), rtol=1e-5)
+      train['loss'], fl_testing.pre_step_train_loss(
+          np.zeros((fl_testing.INPUT_DIM, 10)), np.zeros(10), clients, LR,
+          BATCH), rtol=1e-5)
 
 
 def test_keras_and_variable_linear_models_train_identically(tff_worker):

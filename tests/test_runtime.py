@@ -115,15 +115,33 @@ def test_normal_exit_of_train_binary_stops_worker_and_prints_no_noise(
 def test_signal_mid_run_stops_worker(tmp_path, signum, expected_returncode):
   proc = _spawn(_train_args(tmp_path, 10000))
   worker = _wait_for_worker(proc)
-  metrics = tmp_path / 'rt' / 'metrics.csv'
-  deadline = time.monotonic() + 300
-  def rounds_logged():
-    return metrics.exists() and len(metrics.read_text().splitlines()) > 1
-
-  while not rounds_logged() and time.monotonic() < deadline:
-    time.sleep(0.1)
-  assert rounds_logged(), 'no round completed'
+  procs.wait_for_rounds(proc, tmp_path / 'rt' / 'metrics.csv', 1)
   proc.send_signal(signum)
   out, err = proc.communicate(timeout=60)
   assert proc.returncode == expected_returncode, err.decode()[-2000:]
+  _assert_gone(worker)
+
+
+def test_lost_keyboard_interrupt_still_ends_the_run_by_sigint():
+  # Ctrl-C stops the worker and raises KeyboardInterrupt; raised inside a
+  # finalizer or a GC callback, Python only prints it, and the run's next
+  # TFF call meets the stopped worker. That must end the process as SIGINT
+  # does (-2), not with an "error: the TFF worker ... was stopped" line.
+  proc = _spawn(_script(_START + textwrap.dedent("""
+      import os, signal
+      runtime.install_signal_handlers()
+
+      class Finalized:
+        def __del__(self):
+          os.kill(os.getpid(), signal.SIGINT)  # the handler runs in here
+
+      Finalized()  # the KeyboardInterrupt is printed and lost
+      add(2)
+      print('not reached', flush=True)
+  """)))
+  worker = _wait_for_worker(proc)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == -signal.SIGINT, err.decode()[-2000:]
+  assert b'not reached' not in out
+  assert b'was stopped' not in err, err.decode()[-2000:]
   _assert_gone(worker)

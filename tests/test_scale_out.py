@@ -252,15 +252,10 @@ def test_killed_worker_ends_the_run_with_one_line_and_resume_matches(
 def _kill_and_resume(tmp_path, workers, rounds):
   addresses = ','.join(w.address for w in workers)
   argv = _train_argv(tmp_path, 'killed', addresses, rounds)
+  metrics = tmp_path / 'killed' / 'metrics.csv'
   trainer = procs.spawn(argv)
   try:
-    metrics = tmp_path / 'killed' / 'metrics.csv'
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and trainer.poll() is None:
-      if metrics.exists() and len(metrics.read_text().splitlines()) > 3:
-        break
-      time.sleep(0.1)
-    assert trainer.poll() is None, trainer.communicate()[1].decode()[-3000:]
+    procs.wait_for_rounds(trainer, metrics, 3)
     victim = workers[1]
     t0 = time.monotonic()
     victim.kill()  # SIGKILL the wrapper; its binary dies with it.

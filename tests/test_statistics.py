@@ -294,3 +294,48 @@ def test_write_image_summary_is_readable_by_tensorboard(tmp_path):
   width, height = event.tensor_proto.string_val[:2]
   assert (int(width), int(height)) == (768, 480)
   assert event.tensor_proto.string_val[2][:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_late_climb_windows_and_test_match_hand_values_and_scipy():
+  # T = 8: the quarter (6, 8] (rounds 7, 8) minus the quarter (4, 6]
+  # (rounds 5, 6). Seed k rises by `rise[k]` per round after round 4, so its
+  # climb is exactly 2 * rise[k]; rounds 1-4 and the longer seed's rounds 9
+  # and 10 are outside both windows and must not count.
+  rise = [0.1, 0.05, 0.15]
+  series = []
+  for k, r in enumerate(rise):
+    rounds = range(1, 11 if k == 1 else 9)
+    series.append([(t, (9.0 if t <= 4 or t > 8 else 0.0) + r * max(t - 4, 0))
+                   for t in rounds])
+  cmp, t = statistics.late_climb(series)
+  assert t == 8
+  climbs = [2 * r for r in rise]
+  assert cmp.n == 3
+  assert cmp.mean_difference == pytest.approx(0.2)
+  ref = stats.ttest_1samp(climbs, 0.0)
+  assert cmp.t_statistic == pytest.approx(ref.statistic, rel=1e-9)
+  assert cmp.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+  low, high = stats.t.interval(0.95, 2, loc=0.2, scale=stats.sem(climbs))
+  assert (cmp.low, cmp.high) == pytest.approx((low, high))
+  # A flat curve: every climb 0, no test possible (as ttest_rel).
+  flat, _ = statistics.late_climb([[(t, 0.5) for t in range(1, 9)]] * 2)
+  assert flat.mean_difference == 0 and math.isnan(flat.p_value)
+  # A window without an evaluation, or a seed without any: None.
+  assert statistics.late_climb([[(10, 0.1), (20, 0.2)]]) is None
+  assert statistics.late_climb([[(t, 0.1) for t in range(1, 9)], []]) is None
+  assert statistics.late_climb([]) is None
+
+
+def test_late_climb_of_noise_has_its_stated_false_alarm_rate():
+  # Curves that stopped rising (i.i.d. noise around a constant): "no climb"
+  # is true, so p < 0.05 must occur in 5 % of the studies. 2,000 studies of
+  # 3 seeds: the count of alarms is Binomial(2000, 0.05) (mean 100, sd 9.7);
+  # [65, 135] holds it with probability > 0.999.
+  rng = np.random.default_rng(0)
+  alarms = 0
+  for _ in range(2000):
+    series = [[(t, 0.9 + 0.01 * rng.standard_normal()) for t in
+               range(10, 201, 10)] for _ in range(3)]
+    cmp, _ = statistics.late_climb(series)
+    alarms += cmp.p_value < 0.05
+  assert 65 <= alarms <= 135, alarms

@@ -113,6 +113,8 @@ _worker_log: Optional[str] = None
 _monitor: Optional['_Monitor'] = None
 _atexit_registered = False
 _excepthook_installed = False
+# The signal whose handler stopped the worker (None: not stopped by one).
+_stopped_by_signal: Optional[int] = None
 
 
 class WorkerError(RuntimeError):
@@ -423,9 +425,22 @@ class _MonitoredSyncContext(context_base.SyncContext):
 
 def _excepthook(exc_type, exc, tb, *, previous):
   if isinstance(exc, WorkerError):
+    if _stopped_by_signal is not None:
+      # The worker was stopped because the user interrupted the run, and the
+      # KeyboardInterrupt was lost on the way (raised inside a finalizer or
+      # a GC callback, where Python only prints it): end as the signal would,
+      # rather than blame a stopped worker.
+      _die_by(_stopped_by_signal)
     print(f'error: {exc}', file=sys.stderr, flush=True)
     return
   previous(exc_type, exc, tb)
+
+
+def _die_by(signum: int) -> None:
+  sys.stderr.flush()
+  signal.signal(signum, signal.SIG_DFL)
+  os.kill(os.getpid(), signum)
+  sys.exit(128 + signum)  # Only if the signal was blocked.
 
 
 def _install_excepthook() -> None:
@@ -487,9 +502,10 @@ def start(
       progress (no CPU time, no RPC answered) before the worker is declared
       stuck, killed, and the call raises `WorkerError`. Must be > 0.
   """
-  global _worker, _monitor, _atexit_registered
+  global _worker, _monitor, _atexit_registered, _stopped_by_signal
   if not stall_timeout > 0:
     raise ValueError(f'stall_timeout must be > 0, got {stall_timeout!r}')
+  _stopped_by_signal = None  # A new worker: an earlier interrupt is handled.
   if workers:
     from tff_research import remote  # pylint: disable=g-import-not-at-top
     _stop_local_worker()
@@ -601,17 +617,22 @@ def install_signal_handlers() -> None:
   """On SIGINT/SIGTERM: stop the worker, then behave as the default would.
 
   SIGINT still raises KeyboardInterrupt (so `finally` blocks and checkpoints
-  written so far stay consistent); SIGTERM exits with status 128 + 15.
+  written so far stay consistent); SIGTERM exits with status 128 + 15. If
+  the KeyboardInterrupt is lost (raised where Python only prints it, in a
+  finalizer or GC callback) and the run's next TFF call meets the stopped
+  worker, that `WorkerError` ends the process by SIGINT, not with a line
+  about a stopped worker.
   """
 
   def on_sigterm(signum, frame):
     del frame
     stop()
-    signal.signal(signum, signal.SIG_DFL)
-    os.kill(os.getpid(), signum)
+    _die_by(signum)
 
   def on_sigint(signum, frame):
-    del signum, frame
+    global _stopped_by_signal
+    del frame
+    _stopped_by_signal = signum
     stop()
     raise KeyboardInterrupt
 

@@ -57,6 +57,18 @@ def wait_gone(pid, timeout=10.0):
   return not alive(pid)
 
 
+def wait_for_rounds(proc, metrics, rounds, timeout=300.0, poll=0.1):
+  """Waits until the run `proc` logged `rounds` rows in its metrics.csv
+  (`metrics`, a pathlib.Path); asserts it did so while still running."""
+  def logged():
+    return metrics.exists() and len(metrics.read_text().splitlines()) > rounds
+  deadline = time.monotonic() + timeout
+  while not logged() and time.monotonic() < deadline and proc.poll() is None:
+    time.sleep(poll)
+  assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+  assert logged(), f'{metrics}: fewer than {rounds} rounds in {timeout:.0f} s'
+
+
 def kill_quietly(proc):
   """SIGKILL a process this test started (its worker dies with it)."""
   if proc.poll() is None:

@@ -179,14 +179,9 @@ def test_plain_tff_manager_fails_on_truncated_newest(pristine, tmp_path):
       ' bytes than requested); using round_2']
 
 
-@pytest.mark.parametrize('filename, corruption', [
-    (f, c) for f in FILES + (C.MANIFEST,) for c in sorted(CORRUPTIONS)
-    # Without its manifest a version is checked as a legacy one:
-    # test_deleted_manifest_is_checked_by_loading.
-    if (f, c) != (C.MANIFEST, 'deleted')])
-def test_damaged_newest_falls_back_to_older(pristine, tmp_path, filename, corruption):
-  root = copy_of(pristine, tmp_path, 'ours')
-  CORRUPTIONS[corruption](root / 'round_3' / filename)
+def falls_back_to_round_2(root) -> str:
+  """Loads `root`, whose round_3 is damaged: asserts round_2's state and one
+  one-line warning naming round_3; returns that line."""
   mgr = Manager(root)
   state, version = mgr.load_latest()
   assert version == 2
@@ -195,6 +190,18 @@ def test_damaged_newest_falls_back_to_older(pristine, tmp_path, filename, corrup
   (line,) = mgr.warnings
   assert line.startswith(f'warning: checkpoint {root}/round_3 is unreadable (')
   assert line.endswith('); using round_2') and '\n' not in line
+  return line
+
+
+@pytest.mark.parametrize('filename, corruption', [
+    (f, c) for f in FILES + (C.MANIFEST,) for c in sorted(CORRUPTIONS)
+    # Without its manifest a version is checked as a legacy one:
+    # test_deleted_manifest_is_checked_by_loading.
+    if (f, c) != (C.MANIFEST, 'deleted')])
+def test_damaged_newest_falls_back_to_older(pristine, tmp_path, filename, corruption):
+  root = copy_of(pristine, tmp_path, 'ours')
+  CORRUPTIONS[corruption](root / 'round_3' / filename)
+  line = falls_back_to_round_2(root)
   assert filename in line or corruption in ('garbage', 'zeroed') or filename == C.MANIFEST, line
   # Reading never writes.
   assert sorted(os.listdir(root)) == ['round_1', 'round_2', 'round_3']
@@ -206,13 +213,7 @@ def test_damaged_legacy_newest_falls_back(pristine, tmp_path, filename, corrupti
   # Checkpoints written before this module (no manifest): TF's errors decide.
   root = copy_of(pristine, tmp_path, 'legacy')
   CORRUPTIONS[corruption](root / 'round_3' / filename)
-  mgr = Manager(root)
-  state, version = mgr.load_latest()
-  assert version == 2
-  assert_state(state, 2)
-  (line,) = mgr.warnings
-  assert line.startswith(f'warning: checkpoint {root}/round_3 is unreadable (')
-  assert line.endswith('); using round_2') and '\n' not in line
+  falls_back_to_round_2(root)
 
 
 def test_deleted_manifest_is_checked_by_loading(pristine, tmp_path):

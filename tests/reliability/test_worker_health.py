@@ -184,13 +184,7 @@ def test_train_binary_worker_killed_mid_run(tmp_path):
           '--rounds_per_checkpoint=2', '--num_clients=4', '--clients_per_round=2']
   proc = procs.spawn(args)
   try:
-    metrics = tmp_path / 'x' / 'metrics.csv'
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-      if metrics.exists() and len(metrics.read_text().splitlines()) > 3:
-        break
-      time.sleep(0.2)
-    assert proc.poll() is None, proc.communicate()[1].decode()[-3000:]
+    procs.wait_for_rounds(proc, tmp_path / 'x' / 'metrics.csv', 3, poll=0.2)
     (worker,) = procs.children(proc.pid)
     line = _end_and_check(
         proc, worker, lambda pid: os.kill(pid, signal.SIGKILL),

@@ -20,7 +20,7 @@ where M is the model's `ModelWeights` type and B its batch type.
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import tensorflow_federated as tff
 
@@ -71,15 +71,24 @@ def build_fed_avg(
   )
 
 
-def _build(config, model_fn, client_ids):
-  return base.LearningProcessAlgorithm(build_fed_avg(
-      model_fn,
+def config_arguments(config, client_ids) -> dict[str, Any]:
+  """The `build_fed_avg` arguments every FedAvg-based spec takes from its
+  validated `registry.AlgorithmConfig`: client optimizer, weighting, model
+  aggregator (`config.model_aggregator()`) and per-client metrics over the
+  training clients `client_ids` (FedProx and the adaptive server optimizers
+  build on FedAvg with these too)."""
+  return dict(
       client_optimizer=hp.build_client_optimizer(config.values),
-      server_optimizer=hp.server_sgd(config.values),
       weighted=config.weighted,
       model_aggregator=config.model_aggregator(),
       metrics_aggregator=client_metrics.for_clients(client_ids),
-  ))
+  )
+
+
+def _build(config, model_fn, client_ids):
+  return base.LearningProcessAlgorithm(build_fed_avg(
+      model_fn, server_optimizer=hp.server_sgd(config.values),
+      **config_arguments(config, client_ids)))
 
 
 SPEC = spec.AlgorithmSpec(

@@ -45,11 +45,9 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
-from tff_research.algorithms import client_metrics
+from tff_research.algorithms import fed_avg
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
-
-from tff_research.algorithms import fed_avg
 
 DEFAULT_PROXIMAL_STRENGTH = 1.0
 
@@ -166,14 +164,9 @@ PROXIMAL_STRENGTH = spec.Hyperparameter(
 
 def _build(config, model_fn, client_ids):
   return base.LearningProcessAlgorithm(build_fed_prox(
-      model_fn,
-      client_optimizer=hp.build_client_optimizer(config.values),
-      proximal_strength=config.proximal_strength,
+      model_fn, proximal_strength=config.proximal_strength,
       server_optimizer=hp.server_sgd(config.values),
-      weighted=config.weighted,
-      model_aggregator=config.model_aggregator(),
-      metrics_aggregator=client_metrics.for_clients(client_ids),
-  ))
+      **fed_avg.config_arguments(config, client_ids)))
 
 
 SPEC = spec.AlgorithmSpec(

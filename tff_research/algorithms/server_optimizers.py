@@ -55,7 +55,6 @@ from typing import Callable, Optional
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
-from tff_research.algorithms import client_metrics
 from tff_research.algorithms import fed_avg
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
@@ -198,10 +197,7 @@ def _spec(algorithm: str) -> spec.AlgorithmSpec:
 
   def build(config, model_fn, client_ids):
     return base.LearningProcessAlgorithm(build_fed_adaptive(
-        algorithm, model_fn,
-        client_optimizer=hp.build_client_optimizer(config.values),
-        weighted=config.weighted, model_aggregator=config.model_aggregator(),
-        metrics_aggregator=client_metrics.for_clients(client_ids),
+        algorithm, model_fn, **fed_avg.config_arguments(config, client_ids),
         **{arg: config.values[_HYPERPARAMETERS[arg].name] for arg in used}))
 
   return spec.AlgorithmSpec(

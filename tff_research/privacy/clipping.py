@@ -73,6 +73,24 @@ def clip_by_global_norm(value, clip):
   )
 
 
+def clip_with_counts(value, clip):
+  """(clipped value, norm, counts) in TensorFlow, for one client.
+
+  `counts` is what both DP aggregators sum over clients: `clients` (1),
+  `clipped` and `nonfinite` (0/1, as `clip_by_global_norm`'s) and `excluded`
+  (1 if the update's norm is 0). Norm 0 means non-finite, or zeroed already
+  by TFF's client work, which replaces a non-finite delta by zeros before
+  any aggregator sees it, so `nonfinite` alone misses it; a zero adds
+  nothing to the sum, and it is counted as excluded.
+  """
+  clipped, norm, was_clipped, nonfinite = clip_by_global_norm(value, clip)
+  counts = collections.OrderedDict(
+      clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite,
+      excluded=tf.cast(tf.equal(norm, 0.0), tf.float32),
+  )
+  return clipped, norm, counts
+
+
 def build_clip_fn(value_type) -> tff.Computation:
   """A TF computation clipping one client's update (see module docstring)."""
   check_value_type(value_type)

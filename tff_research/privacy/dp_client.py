@@ -88,9 +88,7 @@ class ClientDPFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type, tf.float32)
     def client_fn(value, clip):
-      clipped, norm, was_clipped, nonfinite = clipping.clip_by_global_norm(
-          value, clip
-      )
+      clipped, _, stats = clipping.clip_with_counts(value, clip)
       if noise_multiplier > 0:
         clipped = tf.nest.map_structure(
             lambda t: t + tf.random.normal(
@@ -98,11 +96,6 @@ class ClientDPFactory(tff.aggregators.UnweightedAggregationFactory):
             ),
             clipped,
         )
-      stats = collections.OrderedDict(
-          clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite,
-          # Non-finite, or zeroed by TFF's client work: norm 0 (module doc).
-          excluded=tf.cast(tf.equal(norm, 0.0), tf.float32),
-      )
       return clipped, stats
 
     stats_type = client_fn.type_signature.result[1]

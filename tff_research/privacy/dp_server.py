@@ -115,7 +115,6 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
 
   def create(self, value_type) -> tff.templates.AggregationProcess:
     clipping.check_value_type(value_type)
-    clip_fn = clipping.build_clip_fn(value_type)
     expected = self._expected
     value_nm = self._value_noise_multiplier
     count_stddev = self._count_stddev
@@ -138,19 +137,11 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
 
     @tff.tensorflow.computation(value_type, tf.float32)
     def client_fn(value, clip):
-      clipped, norm, was_clipped, nonfinite = clipping.clip_by_global_norm(
-          value, clip
-      )
+      # `excluded` updates add nothing to the sum, and the denominator is
+      # the fixed m.
+      clipped, norm, stats = clipping.clip_with_counts(value, clip)
       # b_i - 1/2 (see adaptive_clipping): sensitivity 1/2 per client.
       below = tf.cast(norm <= clip, tf.float32) - 0.5
-      stats = collections.OrderedDict(
-          clients=tf.constant(1.0), clipped=was_clipped, nonfinite=nonfinite,
-          # Non-finite, or zeroed already by TFF's client work (which
-          # replaces a non-finite delta by zeros before any aggregator sees
-          # it, so `nonfinite` alone misses it): norm 0. A zero adds nothing
-          # to the sum and the denominator is the fixed m: it is excluded.
-          excluded=tf.cast(tf.equal(norm, 0.0), tf.float32),
-      )
       return clipped, below, stats
 
     stats_type = client_fn.type_signature.result[2]

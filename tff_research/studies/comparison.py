@@ -535,6 +535,7 @@ def seeds_report(
       statistics.aggregate_markdown(agg, labels=METRIC_LABELS, label=label),
       '### per seed: final held-out accuracy', '',
       statistics.per_seed_markdown(results, 'final_accuracy', label=label),
+      climb_markdown(curves, confidence, label=label),
   ]
   if root is not None and any(curves.values()):
     png = os.path.join(root, PLOT_NAME)
@@ -544,6 +545,39 @@ def seeds_report(
     statistics.write_image_summary(png, root, 'comparison/accuracy_curves')
     lines += [f'![held-out accuracy, mean and {level} band]({PLOT_NAME})', '']
   return '\n'.join(lines), agg
+
+
+def climb_markdown(
+    curves: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+    confidence: float = 0.95,
+    *,
+    label: str = 'algorithm',
+) -> str:
+  """The report's budget check: per label, `statistics.late_climb` of its
+  held-out accuracy curves (is it still rising at the end of the runs?)."""
+  level = f'{100 * confidence:g}%'
+  lines = [
+      '### still climbing? held-out accuracy, last quarter of the rounds'
+      ' minus the quarter before', '',
+      'Per seed: the mean held-out accuracy at the evaluations in'
+      ' (3T/4, T] minus that in (T/2, 3T/4], T the last round every seed'
+      f' evaluated; the mean over seeds, its {level} interval and the paired'
+      ' t-test of "no climb". An interval that includes 0: no rise the seeds'
+      ' can resolve, the budget is long enough for this curve.', '',
+      f'| {label} | n | rounds | climb [{level} CI] | p (paired t) |',
+      '|---|---|---|---|---|']
+  for name, series in curves.items():
+    result = statistics.late_climb(series, confidence) if series else None
+    if result is None:
+      lines.append(f'| {name} | {len(series)} | - | n/a (a window without'
+                   ' evaluations) | n/a |')
+      continue
+    c, t = result
+    rounds = f'({t / 2:g}, {3 * t / 4:g}] -> ({3 * t / 4:g}, {t:g}]'
+    lines.append(f'| {name} | {c.n} | {rounds} |'
+                 f' {statistics.format_difference(c)} |'
+                 f' {statistics.format_p(c.p_value)} |')
+  return '\n'.join(lines) + '\n'
 
 
 def write_seeds_table(

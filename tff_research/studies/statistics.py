@@ -35,6 +35,11 @@ reduces per-(algorithm, seed) metric values to the per-metric intervals and
 paired comparisons (`SeedAggregate`), and `aggregate_markdown` renders them,
 one `markdown_table` per metric plus the per-seed values.
 
+`late_climb` measures whether a curve is still rising at the end of the
+runs (the mean over the last quarter of the rounds minus that over the
+quarter before, paired over seeds): the check that a study's budget is long
+enough.
+
 `markdown_table` renders one row per algorithm (mean +- half-width of the t
 interval, the interval, n) and, against a named baseline, the paired mean
 difference with its interval and p-value. `plot_curves` draws the mean curve
@@ -177,10 +182,17 @@ def _fmt(x: float, digits: int) -> str:
   return 'n/a' if not math.isfinite(x) else f'{x:.{digits}f}'
 
 
-def _fmt_p(p: float) -> str:
+def format_p(p: float) -> str:
+  """A p-value for a table: 3 decimals, '< 0.001', or 'n/a' (NaN)."""
   if not math.isfinite(p):
     return 'n/a'
   return '< 0.001' if p < 1e-3 else f'{p:.3f}'
+
+
+def format_difference(cmp: PairedComparison, digits: int = 3) -> str:
+  """'+0.012 [-0.003, 0.027]': a paired mean difference and its interval."""
+  return (f'{cmp.mean_difference:+.{digits}f} [{_fmt(cmp.low, digits)},'
+          f' {_fmt(cmp.high, digits)}]')
 
 
 def markdown_table(
@@ -235,8 +247,7 @@ def markdown_table(
         row += ['(baseline)', '']
       else:
         cmp = paired_comparison(values, results[baseline], c)
-        row += [f'{cmp.mean_difference:+.{digits}f} [{_fmt(cmp.low, digits)},'
-                f' {_fmt(cmp.high, digits)}]', _fmt_p(cmp.p_value)]
+        row += [format_difference(cmp, digits), format_p(cmp.p_value)]
     lines.append('| ' + ' | '.join(row) + ' |')
   return '\n'.join(lines) + '\n'
 
@@ -267,6 +278,41 @@ def curve_band(
   mean, low, high = (np.array(x) for x in zip(*cis))
   n = np.array([len(by_round[r]) for r in rounds])
   return rounds, mean, low, high, n
+
+
+def late_climb(
+    series: Sequence[Sequence[tuple[float, float]]],
+    confidence: float = 0.95,
+) -> tuple[PairedComparison, float] | None:
+  """Whether a curve is still rising at the end of its runs (the budget).
+
+  With T the last round evaluated by every seed's run, each seed's climb is
+  the mean of its values at rounds in (3T/4, T] minus the mean at rounds in
+  (T/2, 3T/4] (two windows of T/4, so a 200-round run compares rounds
+  151-200 with 101-150). Paired over seeds, `paired_comparison(late, mid)`
+  gives the mean climb, its interval and the paired t-test of "no climb"
+  (= the one-sample t-test of the climbs against 0); an interval that
+  includes 0 says the curve has stopped rising within what the seeds can
+  resolve.
+
+  Args:
+    series: one [(round, value), ...] list per seed.
+
+  Returns:
+    (the comparison, T), or None if some seed has no value in one window.
+  """
+  if not series or not all(series):
+    return None
+  t = min(max(r for r, _ in s) for s in series)
+  late, mid = [], []
+  for seed_series in series:
+    late_v = [v for r, v in seed_series if 0.75 * t < r <= t]
+    mid_v = [v for r, v in seed_series if 0.5 * t < r <= 0.75 * t]
+    if not late_v or not mid_v:
+      return None
+    late.append(float(np.mean(late_v)))
+    mid.append(float(np.mean(mid_v)))
+  return paired_comparison(late, mid, confidence), float(t)
 
 
 def plot_curves(
@@ -504,8 +550,8 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
           row += ['n/a (no seed where both have a value)', 'n/a']
         else:
           p = s.paired
-          row += [f'{p.mean_difference:+.{digits}f} [{_fmt(p.low, digits)},'
-                  f' {_fmt(p.high, digits)}] (n={p.n})', _fmt_p(p.p_value)]
+          row += [f'{format_difference(p, digits)} (n={p.n})',
+                  format_p(p.p_value)]
       lines.append('| ' + ' | '.join(row) + ' |')
     out.append('\n'.join(lines))
   return '\n\n'.join(out) + '\n'
