@@ -567,7 +567,7 @@ def climb_markdown(
       f'| {label} | n | rounds | climb [{level} CI] | p (paired t) |',
       '|---|---|---|---|---|']
   for name, series in curves.items():
-    result = statistics.late_climb(series, confidence) if series else None
+    result = statistics.late_climb(series, confidence)
     if result is None:
       lines.append(f'| {name} | {len(series)} | - | n/a (a window without'
                    ' evaluations) | n/a |')
