@@ -43,6 +43,20 @@ def tff_runtime():
   runtime.stop()
 
 
+@pytest.fixture(autouse=True)
+def worker_not_left_stopped(tff_runtime):
+  """Restarts the worker a test stopped, so the next test does not inherit it.
+
+  A binary's `main()` always ends with `runtime.stop()`, which leaves the
+  stopped worker's context as TFF's default: every later TFF call in this
+  process would raise "the TFF worker ... was stopped". Tests run in an
+  order xdist picks, so a test must not depend on which ran before it.
+  """
+  yield
+  if tff_runtime.stopped():
+    tff_runtime.start()
+
+
 @pytest.fixture
 def tff_worker(tff_runtime):
   tff_runtime.start()

@@ -115,6 +115,9 @@ _atexit_registered = False
 _excepthook_installed = False
 # The signal whose handler stopped the worker (None: not stopped by one).
 _stopped_by_signal: Optional[int] = None
+# What the last start() installed as TFF's default context: 'local', 'remote'
+# or None (never started: TFF's own import-time context).
+_started: Optional[str] = None
 
 
 class WorkerError(RuntimeError):
@@ -148,6 +151,18 @@ def worker_pid() -> Optional[int]:
     if _worker is not None and _worker.poll() is None:
       return _worker.pid
     return None
+
+
+def stopped() -> bool:
+  """Whether TFF's default context is one `start()` installed that has since
+  ended (stopped, or its local worker died or was declared stuck): TFF calls
+  raise `WorkerError` until the next `start()`. False before any `start()`."""
+  if _started is None:
+    return False
+  if _started == 'remote':
+    from tff_research import remote  # pylint: disable=g-import-not-at-top
+    return remote.stats() is None
+  return worker_pid() is None
 
 
 def worker_log_path() -> Optional[str]:
@@ -502,7 +517,7 @@ def start(
       progress (no CPU time, no RPC answered) before the worker is declared
       stuck, killed, and the call raises `WorkerError`. Must be > 0.
   """
-  global _worker, _monitor, _atexit_registered, _stopped_by_signal
+  global _worker, _monitor, _atexit_registered, _stopped_by_signal, _started
   if not stall_timeout > 0:
     raise ValueError(f'stall_timeout must be > 0, got {stall_timeout!r}')
   _stopped_by_signal = None  # A new worker: an earlier interrupt is handled.
@@ -516,6 +531,7 @@ def start(
     _install_excepthook()
     remote.start(workers, default_num_clients=default_num_clients,
                  stall_timeout=stall_timeout)
+    _started = 'remote'
     return
   _stop_remote()
   with _lock:
@@ -561,6 +577,7 @@ def start(
       monitor,
   )
   context_stack_impl.context_stack.set_default_context(context)
+  _started = 'local'
   logging.info('TFF worker pid %d on port %d (log %s, stall timeout %g s)',
                process.pid, port, _worker_log, stall_timeout)
 

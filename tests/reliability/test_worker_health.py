@@ -149,10 +149,12 @@ _RECOVERY = _SCRIPT + textwrap.dedent("""
       spin(1)
     except runtime.WorkerError as e:
       print('again at once', time.monotonic() - t < 0.5, 'died' in str(e), flush=True)
+    print('stopped after death', runtime.stopped(), flush=True)
     runtime.start()  # a new worker
     assert spin(5) == 5
-    print('recovered', runtime.worker_pid(), flush=True)
+    print('recovered', runtime.worker_pid(), runtime.stopped(), flush=True)
     runtime.stop()
+    print('stopped after stop', runtime.stopped(), flush=True)
     t = time.monotonic()
     try:
       spin(1)
@@ -174,7 +176,10 @@ def test_long_call_is_not_stuck_failure_is_sticky_and_start_recovers():
   raised = next(l for l in lines if l.startswith('raised after')).split()
   assert float(raised[2]) < 1.0 + 2.5 and raised[-1] == 'True'
   assert 'again at once True True' in lines
-  assert any(l.startswith('recovered ') for l in lines)
+  # runtime.stopped() is what the test suite's conftest restarts on.
+  assert 'stopped after death True' in lines
+  assert any(l.startswith('recovered ') and l.endswith(' False') for l in lines)
+  assert 'stopped after stop True' in lines
   assert 'after stop True True' in lines
 
 
