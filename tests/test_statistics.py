@@ -149,26 +149,81 @@ def test_bad_inputs_are_errors():
     statistics.mean_ci([[1.0, 2.0]])
 
 
-def test_markdown_table_rows_and_paired_column():
+def test_aggregate_markdown_rows_paired_and_holm_columns():
   results = {'fedavg': SLEEP_1, 'fedprox': SLEEP_2, 'single': [0.5]}
-  with pytest.raises(ValueError, match='equally many values'):
-    statistics.markdown_table(results, baseline='fedavg')
-  del results['single']
-  table = statistics.markdown_table(results, baseline='fedavg', digits=2)
-  lines = table.strip().split('\n')
-  assert lines[0] == ('| algorithm | n | accuracy (mean ± 95% half-width) |'
-                      ' 95% CI | Δ vs fedavg [95% CI] | p (paired t) |')
-  assert lines[1] == '|---|---|---|---|---|---|'
+  per_seed = {a: {s: {'accuracy': v} for s, v in enumerate(vals)}
+              for a, vals in results.items()}
+  agg = statistics.aggregate_seeds(per_seed, ['accuracy'], baseline='fedavg')
+  lines = statistics.aggregate_markdown(agg, digits=2).strip().split('\n')
+  assert lines[:2] == ['### accuracy', '']
+  # 'single' has one seed: its paired test has no p-value, so the family
+  # Holm adjusts over is fedprox alone (m = 1).
+  assert lines[2] == ('| algorithm | n | accuracy (mean ± 95% half-width) |'
+                      ' 95% CI | Δ vs fedavg [95% CI] | p (paired t) |'
+                      ' p (Holm, m=1) |')
+  assert lines[3] == '|---|---|---|---|---|---|---|'
   mean1, low1, high1 = statistics.mean_ci(SLEEP_1)
-  assert lines[2] == (f'| fedavg | 10 | {mean1:.2f} ± {(high1 - low1) / 2:.2f}'
-                      f' | [{low1:.2f}, {high1:.2f}] | (baseline) |  |')
-  # fedprox - fedavg = +1.58 [0.70, 2.46], p = 0.003.
-  assert lines[3].endswith('| +1.58 [0.70, 2.46] | 0.003 |')
-  assert lines[3].startswith('| fedprox | 10 | 2.33 ± 1.43 | [0.90, 3.76]')
-  plain = statistics.markdown_table({'a': [0.9]}, metric='loss')
-  assert plain.split('\n')[2] == '| a | 1 | 0.900 ± n/a | [n/a, n/a] |'
-  with pytest.raises(ValueError, match="baseline 'b' is not one of"):
-    statistics.markdown_table({'a': [1.0]}, baseline='b')
+  assert lines[4] == (f'| fedavg | 10 | {mean1:.2f} ± {(high1 - low1) / 2:.2f}'
+                      f' | [{low1:.2f}, {high1:.2f}] | (baseline) |  |  |')
+  # fedprox - fedavg = +1.58 [0.70, 2.46], p = 0.003 (the sleep data).
+  assert lines[5] == ('| fedprox | 10 | 2.33 ± 1.43 | [0.90, 3.76] |'
+                      ' +1.58 [0.70, 2.46] (n=10) | 0.003 | 0.003 |')
+  assert lines[6] == ('| single | 1 | 0.50 ± n/a | [n/a, n/a] |'
+                      ' -0.20 [n/a, n/a] (n=1) | n/a | n/a |')
+
+
+def test_holm_adjusted_matches_hand_values():
+  # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, then
+  # 0.04 * 1 = 0.04 < 0.06, so the step-down keeps 0.06.
+  assert statistics.holm_adjusted([0.01, 0.04, 0.03, 0.005]) == pytest.approx(
+      [0.03, 0.06, 0.06, 0.02])
+  # NaN is not a test: m = 2.
+  out = statistics.holm_adjusted([math.nan, 0.02, 0.5])
+  assert math.isnan(out[0]) and out[1:] == pytest.approx([0.04, 0.5])
+  assert statistics.holm_adjusted([0.6, 0.7]) == [1.0, 1.0]  # capped at 1
+  assert statistics.holm_adjusted([0.2]) == [0.2]  # m = 1: unchanged
+  assert statistics.holm_adjusted([]) == []
+  with pytest.raises(ValueError, match='p-values must be in'):
+    statistics.holm_adjusted([0.5, 1.5])
+
+
+def test_holm_keeps_the_family_wise_false_alarm_rate():
+  """Four true null hypotheses (uniform p-values), 4,000 simulated families:
+  raw p < 0.05 rejects something in about 1 - 0.95^4 = 18.5 % of them, Holm
+  in at most 5 %. The test fails if Holm's count exceeds the 0.999 quantile
+  of Binomial(4000, 0.05) (false alarm < 0.001), or if the raw count is
+  below the 0.001 quantile of Binomial(4000, 0.185)."""
+  rng = np.random.default_rng(0)
+  p = rng.uniform(size=(4000, 4))
+  holm = sum(min(statistics.holm_adjusted(row)) < 0.05 for row in p)
+  raw = int(np.sum(p.min(axis=1) < 0.05))
+  assert holm <= stats.binom.ppf(0.999, 4000, 0.05)
+  assert raw >= stats.binom.ppf(0.001, 4000, 1 - 0.95**4)
+
+
+def test_aggregate_seeds_holm_family_is_one_metric_against_the_baseline():
+  rng = np.random.default_rng(1)
+  base = rng.normal(0.8, 0.02, size=5)
+  results = {'fedavg': base, 'a': base + 0.03 + rng.normal(0, 0.01, 5),
+             'b': base + rng.normal(0, 0.01, 5),
+             'c': base - 0.01 + rng.normal(0, 0.01, 5)}
+  per_seed = {k: {s: {'acc': v[s], 'loss': -v[s]} for s in range(5)}
+              for k, v in results.items()}
+  agg = statistics.aggregate_seeds(per_seed, ['acc', 'loss'],
+                                   baseline='fedavg')
+  raw = [stats.ttest_rel(results[k], base).pvalue for k in 'abc']
+  assert [agg.get(k, 'acc').paired.p_value for k in 'abc'] == pytest.approx(raw)
+  assert [agg.get(k, 'acc').p_holm for k in 'abc'] == pytest.approx(
+      statistics.holm_adjusted(raw))
+  assert {agg.get(k, m).holm_m for k in 'abc' for m in ('acc', 'loss')} == {3}
+  # The loss is a second family: the same three tests, adjusted on their own
+  # (not over six).
+  assert [agg.get(k, 'loss').p_holm for k in 'abc'] == pytest.approx(
+      statistics.holm_adjusted(raw))
+  assert math.isnan(agg.get('fedavg', 'acc').p_holm)
+  saved = agg.to_json()['metrics']['acc']['a']['paired']
+  assert saved['p_holm'] == pytest.approx(statistics.holm_adjusted(raw)[0])
+  assert saved['holm_m'] == 3
 
 
 def test_curve_band_aligns_rounds_across_seeds():
@@ -263,15 +318,15 @@ def test_aggregate_seeds_on_fake_per_seed_results_matches_scipy():
   assert '### final_accuracy' in lines
   assert lines[2] == ('| algorithm | n | final_accuracy (mean ± 95%'
                       ' half-width) | 95% CI | Δ vs fedavg [95% CI] |'
-                      ' p (paired t) |')
+                      ' p (paired t) | p (Holm, m=1) |')
   assert lines[4] == (f'| fedavg | 4 | 0.810 ± {half:.3f} | [{0.81 - half:.3f},'
-                      f' {0.81 + half:.3f}] | (baseline) |  |')
+                      f' {0.81 + half:.3f}] | (baseline) |  |  |')
   # 0.8375 and 0.0275 are 0.83749.. and 0.02749.. in binary: 3 decimals
   # round them down.
   assert lines[5].startswith('| fedprox | 4 | 0.837 ± ')
   assert lines[5].endswith(
       f'| +0.027 [{prox.paired.low:.3f}, {prox.paired.high:.3f}] (n=4) |'
-      ' 0.010 |')
+      ' 0.010 | 0.010 |')
   assert statistics.per_seed_markdown(results, 'rounds').splitlines()[2] == (
       '| fedavg | 10.0000 | - | 12.0000 | 8.0000 |')
   saved = agg.to_json()

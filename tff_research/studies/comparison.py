@@ -530,7 +530,10 @@ def seeds_report(
       + (f' Δ: the paired difference {label} - {baseline} over the seeds'
          ' both ran (same seed = same partition, client sampling, shuffling'
          ' and initialisation), its interval and the two-sided paired t-test'
-         ' p-value (scipy.stats.ttest_rel).' if baseline else ''),
+         ' p-value (scipy.stats.ttest_rel); p (Holm): that p-value adjusted'
+         ' for the m comparisons against the baseline in the same table'
+         ' (Holm 1979), the one to read when asking which of them differ'
+         ' from it.' if baseline else ''),
       '',
       statistics.aggregate_markdown(agg, labels=METRIC_LABELS, label=label),
       '### per seed: final held-out accuracy', '',

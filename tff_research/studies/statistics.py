@@ -30,19 +30,27 @@ Edge cases (documented, tested):
   if every difference is 0 (a and b identical).
 * n = 0, non-finite values, or a confidence outside (0, 1): ValueError.
 
+* Holm's step-down adjustment (`holm_adjusted`; Holm 1979, "A simple
+  sequentially rejective multiple test procedure"): the m paired tests of
+  one metric against the baseline are one family. With p_(1) <= ... <=
+  p_(m) sorted, the adjusted values are
+      p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)),
+  and rejecting where p~ < alpha keeps the chance of any false rejection
+  in the family <= alpha (for any dependence between the tests), where the
+  raw p-values would give up to m alpha.
+
 `parse_seeds` turns a `--seeds` value into the seed list; `aggregate_seeds`
 reduces per-(algorithm, seed) metric values to the per-metric intervals and
-paired comparisons (`SeedAggregate`), and `aggregate_markdown` renders them,
-one `markdown_table` per metric plus the per-seed values.
+paired comparisons with their Holm-adjusted p-values (`SeedAggregate`), and
+`aggregate_markdown` renders them, one table per metric plus the per-seed
+values.
 
 `late_climb` measures whether a curve is still rising at the end of the
 runs (the mean over the last quarter of the rounds minus that over the
 quarter before, paired over seeds): the check that a study's budget is long
 enough.
 
-`markdown_table` renders one row per algorithm (mean +- half-width of the t
-interval, the interval, n) and, against a named baseline, the paired mean
-difference with its interval and p-value. `plot_curves` draws the mean curve
+`plot_curves` draws the mean curve
 of each algorithm over rounds with its t band to a PNG (matplotlib's Agg
 canvas, no display needed); `write_image_summary` puts that PNG into a
 TensorBoard event file of the study's directory.
@@ -195,61 +203,28 @@ def format_difference(cmp: PairedComparison, digits: int = 3) -> str:
           f' {_fmt(cmp.high, digits)}]')
 
 
-def markdown_table(
-    results: Mapping[str, Sequence[float]],
-    *,
-    baseline: str | None = None,
-    confidence: float = 0.95,
-    metric: str = 'accuracy',
-    digits: int = 3,
-) -> str:
-  """A GitHub-markdown table of per-algorithm means over seeds.
+def holm_adjusted(p_values: Sequence[float]) -> list[float]:
+  """Holm-adjusted p-values (module docstring), in the order given.
 
-  Args:
-    results: algorithm -> one value per seed (seed order must be the same
-      for every algorithm: values are paired by position).
-    baseline: with a name from `results`, adds the paired comparison
-      `algorithm - baseline` (mean difference, its CI, paired t-test p).
-    confidence: level of every interval.
-    metric: the metric's name, for the header.
-    digits: decimals of the values.
-
-  Rows, in the order of `results`:
-    | algorithm | n | metric (mean +- h) | c CI | diff vs baseline [CI] | p |
-  where h = t_{(1+c)/2, n-1} s / sqrt(n) is the interval's half-width.
+  NaN entries (tests without a p-value, e.g. one seed) stay NaN and are not
+  counted in m. Equals R's `p.adjust(p, "holm")` and statsmodels'
+  `multipletests(p, method='holm')[1]`.
 
   Raises:
-    ValueError: an unknown baseline, no results, or (for the paired column)
-      an algorithm with a different number of seeds than the baseline.
+    ValueError: a p-value outside [0, 1].
   """
-  c = _check_confidence(confidence)
-  if not results:
-    raise ValueError('markdown_table needs at least one algorithm')
-  if baseline is not None and baseline not in results:
-    raise ValueError(
-        f'baseline {baseline!r} is not one of the algorithms:'
-        f' {", ".join(results)}')
-  level = f'{100 * c:g}%'
-  header = ['algorithm', 'n', f'{metric} (mean ± {level} half-width)',
-            f'{level} CI']
-  if baseline is not None:
-    header += [f'Δ vs {baseline} [{level} CI]', 'p (paired t)']
-  lines = ['| ' + ' | '.join(header) + ' |',
-           '|' + '|'.join(['---'] * len(header)) + '|']
-  for name, values in results.items():
-    mean, low, high = mean_ci(values, c)
-    h = (high - low) / 2.0
-    row = [str(name), str(len(values)),
-           f'{_fmt(mean, digits)} ± {_fmt(h, digits)}',
-           f'[{_fmt(low, digits)}, {_fmt(high, digits)}]']
-    if baseline is not None:
-      if name == baseline:
-        row += ['(baseline)', '']
-      else:
-        cmp = paired_comparison(values, results[baseline], c)
-        row += [format_difference(cmp, digits), format_p(cmp.p_value)]
-    lines.append('| ' + ' | '.join(row) + ' |')
-  return '\n'.join(lines) + '\n'
+  p = np.asarray(p_values, dtype=float).reshape(-1)
+  if np.any((p < 0) | (p > 1)):
+    raise ValueError(f'p-values must be in [0, 1], got {p_values!r}')
+  out = np.full(p.shape, math.nan)
+  finite = np.flatnonzero(np.isfinite(p))
+  m = finite.size
+  order = finite[np.argsort(p[finite], kind='stable')]
+  running = 0.0
+  for i, k in enumerate(order):
+    running = max(running, min(1.0, (m - i) * p[k]))
+    out[k] = running
+  return out.tolist()
 
 
 def curve_band(
@@ -420,6 +395,10 @@ class MetricSummary:
   high: float
   # Against the baseline on the same seeds (None for the baseline itself).
   paired: PairedComparison | None = None
+  # paired.p_value, Holm-adjusted over the metric's family of `holm_m`
+  # comparisons against the baseline (NaN where p is).
+  p_holm: float = math.nan
+  holm_m: int = 0
 
   def to_json(self) -> dict:
     out = dict(seeds=list(self.seeds), values=list(self.values),
@@ -428,7 +407,8 @@ class MetricSummary:
       p = self.paired
       out['paired'] = dict(mean_difference=p.mean_difference,
                            ci=[p.low, p.high], t=p.t_statistic,
-                           p_value=p.p_value, n=p.n)
+                           p_value=p.p_value, n=p.n,
+                           p_holm=self.p_holm, holm_m=self.holm_m)
     return out
 
 
@@ -472,7 +452,8 @@ def aggregate_seeds(
     metrics: the metrics to summarise, in table order.
     baseline: an algorithm of `results`; every other algorithm gets
       `paired_comparison(its values, baseline's values)` over the shared
-      seeds (same seed = same partition, sampling and initialisation).
+      seeds (same seed = same partition, sampling and initialisation), and
+      its p-value Holm-adjusted over that metric's comparisons.
     confidence: level of every interval.
 
   Raises:
@@ -513,6 +494,13 @@ def aggregate_seeds(
                                      [base[s] for s in common], c)
       summaries[(name, metric)] = MetricSummary(
           name, metric, seeds, tuple(x), mean, low, high, paired)
+    family = [k for k, v in summaries.items()
+              if k[1] == metric and v.paired is not None]
+    raw = [summaries[k].paired.p_value for k in family]
+    m = sum(math.isfinite(p) for p in raw)
+    for k, adjusted in zip(family, holm_adjusted(raw)):
+      summaries[k] = dataclasses.replace(summaries[k], p_holm=adjusted,
+                                         holm_m=m)
   return SeedAggregate(tuple(metrics), tuple(results), tuple(all_seeds),
                        baseline, c, summaries)
 
@@ -520,9 +508,10 @@ def aggregate_seeds(
 def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
                        labels: Mapping[str, str] | None = None,
                        label: str = 'algorithm') -> str:
-  """One table per metric, as `markdown_table`: n, mean ± half-width, the
-  interval and, against the baseline, the paired mean difference with its
-  interval and p-value (over the seeds both have)."""
+  """One table per metric: n, mean ± half-width, the interval and, against
+  the baseline, the paired mean difference with its interval (over the
+  seeds both have), its p-value and the Holm-adjusted one (the family: this
+  metric's m comparisons against the baseline)."""
   c = agg.confidence
   level = f'{100 * c:g}%'
   out = []
@@ -534,7 +523,9 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
     header = [label, 'n', f'{title} (mean ± {level} half-width)',
               f'{level} CI']
     if agg.baseline is not None:
-      header += [f'Δ vs {agg.baseline} [{level} CI]', 'p (paired t)']
+      m = max(agg.summaries[(a, metric)].holm_m for a in rows)
+      header += [f'Δ vs {agg.baseline} [{level} CI]', 'p (paired t)',
+                 f'p (Holm, m={m})']
     lines = [f'### {title}', '', '| ' + ' | '.join(header) + ' |',
              '|' + '|'.join(['---'] * len(header)) + '|']
     for name in rows:
@@ -545,13 +536,13 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
              f'[{_fmt(s.low, digits)}, {_fmt(s.high, digits)}]']
       if agg.baseline is not None:
         if name == agg.baseline:
-          row += ['(baseline)', '']
+          row += ['(baseline)', '', '']
         elif s.paired is None:
-          row += ['n/a (no seed where both have a value)', 'n/a']
+          row += ['n/a (no seed where both have a value)', 'n/a', 'n/a']
         else:
           p = s.paired
           row += [f'{format_difference(p, digits)} (n={p.n})',
-                  format_p(p.p_value)]
+                  format_p(p.p_value), format_p(s.p_holm)]
       lines.append('| ' + ' | '.join(row) + ' |')
     out.append('\n'.join(lines))
   return '\n\n'.join(out) + '\n'
