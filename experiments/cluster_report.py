@@ -91,7 +91,7 @@ def _seed_report(given):
           place_unresolved=_PLACE_UNRESOLVED.value)
               for s, d in by_seed.items()}
       for label, by_seed in dirs.items()}
-  curves = {label: [cluster_report.run_curve(d) for d in by_seed.values()]
+  curves = {label: {s: cluster_report.run_curve(d) for s, d in by_seed.items()}
             for label, by_seed in dirs.items()}
   root = _REPORT_DIR.value or os.path.join(
       os.path.dirname(os.path.normpath(_RUN_DIRS.value[0])),

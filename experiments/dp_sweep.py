@@ -136,7 +136,7 @@ def seeds_sweep(config, sigmas, seeds, baseline=None, log=print):
   comparison.train_all(comparison.flatten_seeded(seeded), log=log)
   results, curves = {}, {}
   for label, by_seed in seeded.items():
-    results[label], curves[label] = {}, []
+    results[label], curves[label] = {}, {}
     for seed, c in by_seed.items():
       summary = comparison.summarize_run(c.run_dir)
       row = summary.last_row
@@ -144,7 +144,7 @@ def seeds_sweep(config, sigmas, seeds, baseline=None, log=print):
           final_accuracy=summary.final_accuracy,
           dp_epsilon=row.get('dp_epsilon'),
           dp_epsilon_pld=row.get('dp_epsilon_pld'))
-      curves[label].append(summary.curve)
+      curves[label][seed] = summary.curve
   root = os.path.join(config.logdir, f'{config.experiment_name}_dp_sweep')
   os.makedirs(root, exist_ok=True)
   text, _ = comparison.seeds_report(

@@ -211,6 +211,8 @@ import sys  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 from scipy import stats  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -241,7 +243,7 @@ def test_seeds_report_of_fake_per_seed_results(tmp_path):
   final = {'fedavg': [0.70, 0.74, 0.72], 'scaffold': [0.75, 0.76, 0.78]}
   results = {a: {s: dict(final_accuracy=v[s], rounds_to_target=None)
                  for s in range(3)} for a, v in final.items()}
-  curves = {a: [[(1, 0.1 * (s + 1)), (2, v[s])] for s in range(3)]
+  curves = {a: {s: [(1, 0.1 * (s + 1)), (2, v[s])] for s in range(3)}
             for a, v in final.items()}
   text, agg = comparison.seeds_report(
       results, curves, metrics=('final_accuracy', 'rounds_to_target'),
@@ -273,14 +275,54 @@ def test_seeds_report_of_fake_per_seed_results(tmp_path):
 def test_climb_section_of_the_seeds_report():
   # Seed s rises by 0.01 (s + 1) per round: climbs 0.02, 0.04, 0.06 between
   # the quarters (4, 6] and (6, 8] of 8 rounds.
-  curves = {'fedavg': [[(t, 0.5 + 0.01 * (s + 1) * t) for t in range(1, 9)]
-                       for s in range(3)]}
+  curves = {'fedavg': {s: [(t, 0.5 + 0.01 * (s + 1) * t) for t in range(1, 9)]
+                       for s in range(3)}}
   text = comparison.climb_markdown(curves)
   climbs = [0.02, 0.04, 0.06]
   low, high = stats.t.interval(0.95, 2, loc=0.04, scale=stats.sem(climbs))
   p = stats.ttest_1samp(climbs, 0.0).pvalue
   assert (f'| fedavg | 3 | (4, 6] -> (6, 8] | +0.040 [{low:.3f}, {high:.3f}]'
           f' | {p:.3f} |') in text, text
+
+
+def test_fixed_rounds_section_of_the_seeds_report():
+  # Three algorithms, three seeds, evaluated at rounds 10, 20, ..., 100:
+  # reported at 10, 30 (>= 25), 50, 80 (>= 75) and 100.
+  rng = np.random.default_rng(3)
+  acc = {a: {s: {r: float(v) for r, v in zip(
+      range(10, 101, 10), rng.uniform(0.5, 0.9, 10))} for s in range(3)}
+         for a in ('fedavg', 'fedadam', 'fedyogi')}
+  curves = {a: {s: sorted(c.items()) for s, c in by.items()}
+            for a, by in acc.items()}
+  text = comparison.fixed_rounds_markdown(curves, 'fedavg')
+  lines = text.splitlines()
+  assert lines[4] == ('| algorithm | n | round 10 | round 30 | round 50 |'
+                      ' round 80 | round 100 |')
+  at30 = [acc['fedadam'][s][30] for s in range(3)]
+  low, high = stats.t.interval(0.95, 2, loc=np.mean(at30),
+                               scale=stats.sem(at30))
+  row = next(l for l in lines if l.startswith('| fedadam | 3 |'))
+  assert row.split(' | ')[3] == f'{np.mean(at30):.3f} [{low:.3f}, {high:.3f}]'
+  # Paired at round 80, both against fedavg; Holm over the two.
+  base = [acc['fedavg'][s][80] for s in range(3)]
+  p = [stats.ttest_rel([acc[a][s][80] for s in range(3)], base).pvalue
+       for a in ('fedadam', 'fedyogi')]
+  holm = sorted(p)
+  holm = {holm[0]: min(1, 2 * holm[0])}
+  holm[max(p)] = max(holm[min(p)], max(p))
+  paired = text.split('Paired against fedavg')[1].splitlines()
+  for a, pa in zip(('fedadam', 'fedyogi'), p):
+    d = np.subtract([acc[a][s][80] for s in range(3)], base)
+    row = next(l for l in paired if l.startswith(f'| {a} | '))
+    cell = row.split(' | ')[4]
+    assert cell.startswith(f'{d.mean():+.3f} [')
+    assert cell.endswith(f', p {statistics.format_p(pa)} (Holm'
+                         f' {statistics.format_p(holm[pa])})'), cell
+  assert not any(l.startswith('| fedavg | ') for l in paired)
+  # No baseline: the means only. No round every run evaluated: no section.
+  assert 'Paired against' not in comparison.fixed_rounds_markdown(curves, None)
+  assert comparison.fixed_rounds_markdown(
+      {'a': {0: [(1, 0.5)]}, 'b': {0: [(2, 0.5)]}}, 'a') == ''
 
 
 def test_validation_split_uses_only_training_data(tmp_path):

@@ -81,7 +81,7 @@ def test_seed_report_of_fake_per_seed_summaries(tmp_path):
       'cfl': {s: {'eval': {'accuracy': acc['cfl'][s]},
                   'purity_all': 1.0, 'purity_resolved': 1.0}
               for s in (0, 1)}}
-  curves = {k: [[(1, 0.2), (2, v[s])] for s in (0, 1)]
+  curves = {k: {s: [(1, 0.2), (2, v[s])] for s in (0, 1)}
             for k, v in acc.items()}
   with pytest.raises(ValueError, match='--baseline=x is not valid'):
     cluster_report.seed_report(summaries, curves, baseline='x')

@@ -1,5 +1,6 @@
 """experiments/dp_sweep.py: the accuracy-against-epsilon table on tiny data."""
 
+import functools
 import importlib.util
 import os
 
@@ -9,6 +10,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@functools.cache  # the binary defines its absl flags once per process
 def _load_binary():
   spec = importlib.util.spec_from_file_location(
       'dp_sweep', os.path.join(REPO, 'experiments', 'dp_sweep.py'))

@@ -172,6 +172,22 @@ def test_aggregate_markdown_rows_paired_and_holm_columns():
                       ' -0.20 [n/a, n/a] (n=1) | n/a | n/a |')
 
 
+def test_report_rounds_are_budget_fractions_every_curve_evaluated():
+  # Evaluated at 5, 10, 15, 20 and every 10 after, to 200: the first
+  # evaluated rounds >= 20, 50, 100, 150, 200.
+  grid = [5, 10, 15] + list(range(20, 201, 10))
+  curve = [(r, 0.5) for r in grid]
+  assert statistics.report_rounds([curve, curve]) == (20, 50, 100, 150, 200)
+  # A seed that stopped at round 60 bounds T: 0.1 * 60 -> 10, 15 -> 15,
+  # 30, 45 -> 50, 60.
+  short = [(r, 0.5) for r in grid if r <= 60]
+  assert statistics.report_rounds([curve, short]) == (10, 15, 30, 50, 60)
+  # Only rounds both evaluated count; fractions landing on one round merge.
+  assert statistics.report_rounds([[(1, 0.1), (2, 0.2)], [(2, 0.3)]]) == (2,)
+  assert statistics.report_rounds([[(1, 0.1)], [(2, 0.3)]]) == ()
+  assert statistics.report_rounds([]) == ()
+
+
 def test_holm_adjusted_matches_hand_values():
   # Sorted: 0.005 * 4 = 0.02, 0.01 * 3 = 0.03, 0.03 * 2 = 0.06, then
   # 0.04 * 1 = 0.04 < 0.06, so the step-down keeps 0.06.

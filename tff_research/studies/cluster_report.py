@@ -169,7 +169,7 @@ def seed_run_dirs(prefixes, seeds) -> dict[str, dict[int, str]]:
 def seed_report(summaries_by_seed, curves, *, baseline=None, root=None):
   """The multi-seed report of per-seed `summarize_run` results.
 
-  `summaries_by_seed`: label -> seed -> summary; `curves`: label -> per-seed
+  `summaries_by_seed`: label -> seed -> summary; `curves`: label -> seed ->
   [(round, held-out accuracy)]. Per label: mean final held-out accuracy and
   purity with 95 % t intervals, and the paired comparison against
   `baseline` (default the first label; e.g. the unclustered FedAvg run of

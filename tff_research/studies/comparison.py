@@ -498,9 +498,12 @@ def seed_metrics(summary: RunSummary) -> dict[str, Optional[float]]:
       wall_seconds=summary.wall_seconds)
 
 
+Curves = Mapping[str, Mapping[int, Sequence[tuple[float, float]]]]
+
+
 def seeds_report(
     results: Mapping[str, Mapping[int, Mapping[str, Optional[float]]]],
-    curves: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+    curves: Curves,
     *,
     metrics: Sequence[str],
     baseline: Optional[str],
@@ -512,10 +515,11 @@ def seeds_report(
 ) -> tuple[str, statistics.SeedAggregate]:
   """The multi-seed markdown report of per-seed results (no training).
 
-  `results`: label -> seed -> metric -> value; `curves`: label -> per-seed
-  [(round, held-out accuracy)]. With `root`, also writes ROOT/PLOT_NAME and
-  its TensorBoard image summary (`comparison/accuracy_curves`) in ROOT.
-  Returns (markdown, aggregate).
+  `results`: label -> seed -> metric -> value; `curves`: label -> seed ->
+  [(round, held-out accuracy)] (the accuracy at fixed rounds is paired by
+  these seeds). With `root`, also writes ROOT/PLOT_NAME and its TensorBoard
+  image summary (`comparison/accuracy_curves`) in ROOT. Returns (markdown,
+  aggregate).
   """
   agg = statistics.aggregate_seeds(results, metrics, baseline=baseline,
                                    confidence=confidence)
@@ -538,20 +542,79 @@ def seeds_report(
       statistics.aggregate_markdown(agg, labels=METRIC_LABELS, label=label),
       '### per seed: final held-out accuracy', '',
       statistics.per_seed_markdown(results, 'final_accuracy', label=label),
+      fixed_rounds_markdown(curves, baseline, confidence, label=label),
       climb_markdown(curves, confidence, label=label),
   ]
   if root is not None and any(curves.values()):
     png = os.path.join(root, PLOT_NAME)
     statistics.plot_curves(
-        {k: v for k, v in curves.items() if v}, png, confidence=confidence,
+        {k: list(v.values()) for k, v in curves.items() if v}, png,
+        confidence=confidence,
         title=f'mean over {len(agg.seeds)} seeds, {level} Student-t band')
     statistics.write_image_summary(png, root, 'comparison/accuracy_curves')
     lines += [f'![held-out accuracy, mean and {level} band]({PLOT_NAME})', '']
   return '\n'.join(lines), agg
 
 
+def fixed_rounds_markdown(
+    curves: Curves,
+    baseline: Optional[str],
+    confidence: float = 0.95,
+    *,
+    label: str = 'algorithm',
+) -> str:
+  """Held-out accuracy at the rounds `statistics.report_rounds` picks
+  (about 1/10, 1/4, 1/2, 3/4 and all of the budget): mean over seeds and
+  its interval, and against `baseline` the paired difference per round
+  with its p-value and the Holm-adjusted one (the family: that round's
+  comparisons). '' if no round was evaluated by every run."""
+  rounds = statistics.report_rounds(
+      [c for by_seed in curves.values() for c in by_seed.values()])
+  if not rounds:
+    return ''
+  names = {r: f'round {r:g}' for r in rounds}
+  results = {
+      name: {seed: {names[r]: dict(curve)[r] for r in rounds}
+             for seed, curve in by_seed.items()}
+      for name, by_seed in curves.items() if by_seed}
+  if baseline not in results:
+    baseline = None
+  agg = statistics.aggregate_seeds(results, list(names.values()),
+                                   baseline=baseline, confidence=confidence)
+  level = f'{100 * agg.confidence:g}%'
+  head = '| ' + ' | '.join(names.values()) + ' |'
+  rule = '|---' * len(rounds) + '|'
+  lines = ['### held-out accuracy at fixed rounds', '',
+           f'Mean over seeds [{level} Student-t interval], at rounds every'
+           ' run evaluated.', '', f'| {label} | n ' + head, '|---|---' + rule]
+  for name in results:
+    cells = []
+    for metric in names.values():
+      s = agg.get(name, metric)
+      cells.append(f'{s.mean:.3f} {statistics.format_interval(s.low, s.high)}')
+    lines.append(f'| {name} | {len(results[name])} | ' + ' | '.join(cells)
+                 + ' |')
+  if baseline is not None:
+    lines += ['', f'Paired against {baseline} (same seeds): Δ [{level} CI],'
+              ' p (paired t) and p (Holm over the other'
+              f' {len(results) - 1} at that round).', '',
+              f'| {label} ' + head, '|---' + rule]
+    for name in results:
+      if name == baseline:
+        continue
+      cells = []
+      for metric in names.values():
+        s = agg.get(name, metric)
+        cells.append('n/a (no seed in common)' if s.paired is None else
+                     f'{statistics.format_difference(s.paired)}, p'
+                     f' {statistics.format_p(s.paired.p_value)} (Holm'
+                     f' {statistics.format_p(s.p_holm)})')
+      lines.append(f'| {name} | ' + ' | '.join(cells) + ' |')
+  return '\n'.join(lines) + '\n'
+
+
 def climb_markdown(
-    curves: Mapping[str, Sequence[Sequence[tuple[float, float]]]],
+    curves: Curves,
     confidence: float = 0.95,
     *,
     label: str = 'algorithm',
@@ -569,7 +632,8 @@ def climb_markdown(
       ' can resolve, the budget is long enough for this curve.', '',
       f'| {label} | n | rounds | climb [{level} CI] | p (paired t) |',
       '|---|---|---|---|---|']
-  for name, series in curves.items():
+  for name, by_seed in curves.items():
+    series = list(by_seed.values())
     result = statistics.late_climb(series, confidence)
     if result is None:
       lines.append(f'| {name} | {len(series)} | - | n/a (a window without'
@@ -599,11 +663,11 @@ def write_seeds_table(
   """
   results, curves, runs = {}, {}, {}
   for label, by_seed in run_names.items():
-    results[label], curves[label], runs[label] = {}, [], {}
+    results[label], curves[label], runs[label] = {}, {}, {}
     for seed, name in by_seed.items():
       summary = summarize_run(os.path.join(root, name), target_accuracy)
       results[label][seed] = seed_metrics(summary)
-      curves[label].append(summary.curve)
+      curves[label][seed] = summary.curve
       runs[label][seed] = dict(run=name, **summary.to_json())
   text, agg = seeds_report(results, curves, metrics=metrics,
                            baseline=baseline, title=title, preamble=preamble,

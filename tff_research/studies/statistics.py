@@ -197,10 +197,15 @@ def format_p(p: float) -> str:
   return '< 0.001' if p < 1e-3 else f'{p:.3f}'
 
 
+def format_interval(low: float, high: float, digits: int = 3) -> str:
+  """'[-0.003, 0.027]' ('n/a' for NaN bounds)."""
+  return f'[{_fmt(low, digits)}, {_fmt(high, digits)}]'
+
+
 def format_difference(cmp: PairedComparison, digits: int = 3) -> str:
   """'+0.012 [-0.003, 0.027]': a paired mean difference and its interval."""
-  return (f'{cmp.mean_difference:+.{digits}f} [{_fmt(cmp.low, digits)},'
-          f' {_fmt(cmp.high, digits)}]')
+  return (f'{cmp.mean_difference:+.{digits}f}'
+          f' {format_interval(cmp.low, cmp.high, digits)}')
 
 
 def holm_adjusted(p_values: Sequence[float]) -> list[float]:
@@ -253,6 +258,31 @@ def curve_band(
   mean, low, high = (np.array(x) for x in zip(*cis))
   n = np.array([len(by_round[r]) for r in rounds])
   return rounds, mean, low, high, n
+
+
+REPORT_FRACTIONS = (0.1, 0.25, 0.5, 0.75, 1.0)
+
+
+def report_rounds(series: Sequence[Sequence[tuple[float, float]]],
+                  fractions: Sequence[float] = REPORT_FRACTIONS
+                  ) -> tuple[float, ...]:
+  """The rounds at which to compare curves: for each fraction f, the first
+  round >= f T that *every* curve of `series` evaluated, T the last such
+  round (so 20, 50, 100, 150, 200 for 200 rounds evaluated every 10).
+  Distinct and increasing; () if the curves share no evaluated round."""
+  if not series:
+    return ()
+  common = set.intersection(*(set(r for r, _ in s) for s in series))
+  if not common:
+    return ()
+  ordered = sorted(common)
+  last = ordered[-1]
+  picked = []
+  for f in fractions:
+    r = next(r for r in ordered if r >= f * last)
+    if r not in picked:
+      picked.append(r)
+  return tuple(picked)
 
 
 def late_climb(
@@ -533,7 +563,7 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
       h = (s.high - s.low) / 2.0
       row = [name, str(len(s.values)),
              f'{_fmt(s.mean, digits)} ± {_fmt(h, digits)}',
-             f'[{_fmt(s.low, digits)}, {_fmt(s.high, digits)}]']
+             format_interval(s.low, s.high, digits)]
       if agg.baseline is not None:
         if name == agg.baseline:
           row += ['(baseline)', '', '']

@@ -397,7 +397,7 @@ def write_seed_results(config: SweepConfig, runs: Sequence[Run],
   from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
   baseline = check_baseline(runs, baseline)
   per_seed: dict[str, dict[int, dict[str, Any]]] = {}
-  curves: dict[str, list] = {}
+  curves: dict[str, dict[int, list]] = {}
   for run, row in zip(runs, table):
     label = configuration_name(run)
     seed = int(run.grid_values.get('seed', run.hparams.get('seed', 0)))
@@ -407,9 +407,9 @@ def write_seed_results(config: SweepConfig, runs: Sequence[Run],
         os.path.join(config.logdir, run.name)).metrics_path)
     curve = [(r['round'], r['eval_accuracy']) for r in rows
              if r.get('eval_accuracy') is not None]
-    curves.setdefault(label, [])
+    curves.setdefault(label, {})
     if curve:
-      curves[label].append(curve)
+      curves[label][seed] = curve
   for label in per_seed:  # The report's "final accuracy" per seed column.
     for values in per_seed[label].values():
       values['final_accuracy'] = values['eval_accuracy']
