@@ -170,6 +170,16 @@ def test_aggregate_markdown_rows_paired_and_holm_columns():
                       ' +1.58 [0.70, 2.46] (n=10) | 0.003 | 0.003 |')
   assert lines[6] == ('| single | 1 | 0.50 ± n/a | [n/a, n/a] |'
                       ' -0.20 [n/a, n/a] (n=1) | n/a | n/a |')
+  # A metric the baseline never has (epsilon without noise): no Δ columns.
+  per_seed['fedavg'] = {s: {'accuracy': v, 'epsilon': None}
+                        for s, v in enumerate(SLEEP_1)}
+  per_seed['fedprox'] = {s: {'accuracy': v, 'epsilon': 4.0}
+                         for s, v in enumerate(SLEEP_2)}
+  agg = statistics.aggregate_seeds(per_seed, ['epsilon'], baseline='fedavg')
+  lines = statistics.aggregate_markdown(agg).strip().split('\n')
+  assert lines[2] == ('| algorithm | n | epsilon (mean ± 95% half-width) |'
+                      ' 95% CI |')
+  assert lines[4] == '| fedprox | 10 | 4.000 ± 0.000 | [4.000, 4.000] |'
 
 
 def test_report_rounds_are_budget_fractions_every_curve_evaluated():

@@ -541,7 +541,8 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
   """One table per metric: n, mean ± half-width, the interval and, against
   the baseline, the paired mean difference with its interval (over the
   seeds both have), its p-value and the Holm-adjusted one (the family: this
-  metric's m comparisons against the baseline)."""
+  metric's m comparisons against the baseline). A metric with no seed
+  shared with the baseline gets no comparison columns."""
   c = agg.confidence
   level = f'{100 * c:g}%'
   out = []
@@ -552,7 +553,11 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
       continue
     header = [label, 'n', f'{title} (mean ± {level} half-width)',
               f'{level} CI']
-    if agg.baseline is not None:
+    # A metric the baseline has no value of (e.g. the epsilon of a run
+    # without noise) has nothing to pair: no comparison columns.
+    paired = agg.baseline is not None and any(
+        agg.summaries[(a, metric)].paired is not None for a in rows)
+    if paired:
       m = max(agg.summaries[(a, metric)].holm_m for a in rows)
       header += [f'Δ vs {agg.baseline} [{level} CI]', 'p (paired t)',
                  f'p (Holm, m={m})']
@@ -564,7 +569,7 @@ def aggregate_markdown(agg: SeedAggregate, *, digits: int = 3,
       row = [name, str(len(s.values)),
              f'{_fmt(s.mean, digits)} ± {_fmt(h, digits)}',
              format_interval(s.low, s.high, digits)]
-      if agg.baseline is not None:
+      if paired:
         if name == agg.baseline:
           row += ['(baseline)', '', '']
         elif s.paired is None:
