@@ -18,7 +18,15 @@ Formulas (x_1..x_n the values, n >= 2):
       dbar -+ t_{(1+c)/2, n-1} * s_d / sqrt(n)      (CI of the mean difference)
       T = dbar / (s_d / sqrt(n)),  p = 2 * (1 - F_{n-1}(|T|))
   with F_nu Student's t CDF: the two-sided paired t-test, identical to
-  `scipy.stats.ttest_rel(a, b)`.
+  `scipy.stats.ttest_rel(a, b)`;
+* Holm's step-down adjustment (`holm_adjusted`; Holm 1979, "A simple
+  sequentially rejective multiple test procedure"): the m paired tests of
+  one metric against the baseline are one family. With p_(1) <= ... <=
+  p_(m) sorted, the adjusted values are
+      p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)),
+  and rejecting where p~ < alpha keeps the chance of any false rejection
+  in the family <= alpha (for any dependence between the tests), where the
+  raw p-values would give up to m alpha.
 
 Edge cases (documented, tested):
 
@@ -30,15 +38,6 @@ Edge cases (documented, tested):
   if every difference is 0 (a and b identical).
 * n = 0, non-finite values, or a confidence outside (0, 1): ValueError.
 
-* Holm's step-down adjustment (`holm_adjusted`; Holm 1979, "A simple
-  sequentially rejective multiple test procedure"): the m paired tests of
-  one metric against the baseline are one family. With p_(1) <= ... <=
-  p_(m) sorted, the adjusted values are
-      p~_(i) = max_{j <= i} min(1, (m - j + 1) p_(j)),
-  and rejecting where p~ < alpha keeps the chance of any false rejection
-  in the family <= alpha (for any dependence between the tests), where the
-  raw p-values would give up to m alpha.
-
 `parse_seeds` turns a `--seeds` value into the seed list; `aggregate_seeds`
 reduces per-(algorithm, seed) metric values to the per-metric intervals and
 paired comparisons with their Holm-adjusted p-values (`SeedAggregate`), and
@@ -48,7 +47,8 @@ values.
 `late_climb` measures whether a curve is still rising at the end of the
 runs (the mean over the last quarter of the rounds minus that over the
 quarter before, paired over seeds): the check that a study's budget is long
-enough.
+enough. `report_rounds` picks the rounds at which a report compares curves
+(about 1/10, 1/4, 1/2, 3/4 and all of the budget).
 
 `plot_curves` draws the mean curve
 of each algorithm over rounds with its t band to a PNG (matplotlib's Agg
@@ -212,8 +212,7 @@ def holm_adjusted(p_values: Sequence[float]) -> list[float]:
   """Holm-adjusted p-values (module docstring), in the order given.
 
   NaN entries (tests without a p-value, e.g. one seed) stay NaN and are not
-  counted in m. Equals R's `p.adjust(p, "holm")` and statsmodels'
-  `multipletests(p, method='holm')[1]`.
+  counted in m (as R's `p.adjust(p, "holm")` defines it).
 
   Raises:
     ValueError: a p-value outside [0, 1].
