@@ -379,6 +379,18 @@ def test_tune_grid_keeps_the_paper_default_first(tmp_path):
   assert [list(p) for p in sgd] == [['server_learning_rate']] * 2
   with pytest.raises(ValueError, match='--tune_factors=0,1 is not valid'):
     comparison.TuneConfig((0.0, 1.0))
+  # The flag's default parses to the exact half-decades: a point of the
+  # default grid is a power of ten, named and shown as one.
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tff_research.program import tune_flags  # pylint: disable=g-import-not-at-top
+  tune = tune_flags.tune_config(True, flags.FLAGS['tune_factors'].default,
+                                0.2, None, ())
+  assert tune.factors == comparison.DEFAULT_TUNE_FACTORS
+  corner = comparison.tune_grid(configs['fedadam'], tune.factors)[-1]
+  assert comparison.hyperparameter_text(
+      configs['fedadam'].algorithm.replace(**corner)).startswith(
+          'eta_l=10^-1, eta=10^-2,')
+  assert comparison._point_name('fedadam', corner) == 'fedadam_lrc0.1_lrs0.01'  # pylint: disable=protected-access
   with pytest.raises(ValueError,
                      match='--tune_validation_fraction=1 is not valid'):
     comparison.TuneConfig(validation_fraction=1)

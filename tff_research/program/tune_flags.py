@@ -19,8 +19,11 @@ _TUNE = flags.DEFINE_boolean(
     "Choose each algorithm's client/server learning rates on a validation"
     ' split of the training clients first (Reddi et al. 2021).')
 _TUNE_FACTORS = flags.DEFINE_list(
-    'tune_factors', [f'{f:.4g}' for f in comparison.DEFAULT_TUNE_FACTORS],
-    'With --tune: multipliers of each default learning rate.')
+    # repr: the exact half-decades, so a tuned rate of 10^-1.5 x 10^0.5 is
+    # 10^-1 (and is named so), not 0.09999 as 4 digits of sqrt(10) give.
+    'tune_factors', [repr(f) for f in comparison.DEFAULT_TUNE_FACTORS],
+    'With --tune: multipliers of each default learning rate (default'
+    ' 10^-0.5, 1, 10^0.5).')
 _TUNE_FRACTION = flags.DEFINE_float(
     'tune_validation_fraction', 0.2,
     "With --tune: fraction of each training client's examples"
