@@ -59,7 +59,6 @@ def test_sweep_prints_one_row_per_run_with_its_epsilon(tff_worker, tmp_path):
 def test_seeds_sweep_pairs_every_configuration_with_the_baseline(
     tff_worker, tmp_path):
   """--seeds=2 at one sigma: 2 configurations x 2 seeds of 1 round."""
-  import json  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from scipy import stats  # pylint: disable=g-import-not-at-top
   from tests import fl_testing  # pylint: disable=g-import-not-at-top
