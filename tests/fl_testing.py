@@ -33,6 +33,28 @@ def to_dataset(x, y, batch_size, epochs=1):
   return ds.repeat(epochs).batch(batch_size)
 
 
+def tiny_emnist_sqlite(cache_dir):
+  """(train, test) TFF `SqlClientData` of two writers, w0 and w1, read by
+  TFF's own EMNIST loader from an `emnist_all.sqlite` written in `cache_dir`:
+  15 train and 2 test examples each, random pixels and digit labels."""
+  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
+  from tff_research.data import build_emnist_cache  # pylint: disable=g-import-not-at-top
+  from tff_research.data import femnist_arrays  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  n = 30
+  arrays = femnist_arrays.FemnistArrays(
+      client_ids=['w0', 'w1'],
+      train_pixels=rng.random((n, 28, 28)).astype(np.float32),
+      train_labels=rng.integers(0, 10, n).astype(np.int32),
+      train_client=(np.arange(n) % 2).astype(np.int32),
+      test_pixels=rng.random((4, 28, 28)).astype(np.float32),
+      test_labels=rng.integers(0, 10, 4).astype(np.int32),
+      test_client=np.array([0, 1, 0, 1], np.int32))
+  build_emnist_cache.write_emnist_sqlite(arrays, str(cache_dir))
+  return tff.simulation.datasets.emnist.load_data(
+      only_digits=True, cache_dir=str(cache_dir))
+
+
 def linear_model_fn(num_classes=10, name='linear'):
   return models.model_fn(
       name, num_classes, preprocessing.element_spec(), seed=0)

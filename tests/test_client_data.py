@@ -7,6 +7,7 @@ import pytest
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
 from tff_research.program import client_data
+from tests import fl_testing
 
 SETTINGS = dict(epochs=2, batch_size=3, shuffle_buffer=4)
 
@@ -41,23 +42,7 @@ def test_array_client_data_matches_eager_pipeline():
 
 
 def _sql_client_data(tmp_path):
-  import tensorflow_federated as tff  # pylint: disable=g-import-not-at-top
-  from tff_research.data import build_emnist_cache  # pylint: disable=g-import-not-at-top
-  from tff_research.data import femnist_arrays  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(1)
-  n = 30
-  arrays = femnist_arrays.FemnistArrays(
-      client_ids=['w0', 'w1'],
-      train_pixels=rng.random((n, 28, 28)).astype(np.float32),
-      train_labels=rng.integers(0, 10, n).astype(np.int32),
-      train_client=(np.arange(n) % 2).astype(np.int32),
-      test_pixels=rng.random((4, 28, 28)).astype(np.float32),
-      test_labels=rng.integers(0, 10, 4).astype(np.int32),
-      test_client=np.array([0, 1, 0, 1], np.int32))
-  build_emnist_cache.write_emnist_sqlite(arrays, str(tmp_path))
-  train, _ = tff.simulation.datasets.emnist.load_data(
-      only_digits=True, cache_dir=str(tmp_path))
-  return train
+  return fl_testing.tiny_emnist_sqlite(tmp_path)[0]
 
 
 def test_tffs_emnist_loader_takes_the_traced_sql_path(tmp_path):

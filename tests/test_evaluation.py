@@ -4,6 +4,8 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_research import evaluation
+from tff_research.data import preprocessing
+from tff_research.evaluation import per_client
 from tests import fl_testing
 
 
@@ -64,3 +66,76 @@ def test_groups_evaluate_each_client_with_its_own_model(tff_worker):
     loss, acc = fl_testing.mean_loss_and_accuracy(w, b, x, y)
     np.testing.assert_allclose(result['per_client_loss'][i], loss, rtol=1e-5)
     np.testing.assert_allclose(result['per_client_accuracy'][i], acc)
+
+
+def _batches(ds):
+  out = []
+  for batch, tag in ds.as_numpy_iterator():
+    out.append(([np.asarray(v) for v in batch.values()], int(tag)))
+  return out
+
+
+def _sql_eval_datasets(tmp_path, batch_size):
+  _, test = fl_testing.tiny_emnist_sqlite(tmp_path)
+  return [preprocessing.preprocess_for_eval(
+      test.create_tf_dataset_for_client(c), batch_size)
+          for c in test.client_ids]
+
+
+def test_pooled_sequence_is_the_clients_batches_without_the_source(tmp_path):
+  clients = fl_testing.make_clients([5, 0, 7, 3], seed=3)
+  datasets = [fl_testing.to_dataset(x, y, batch_size=3) for x, y in clients]
+  pool = per_client.PooledBatches.read(datasets)
+  assert len(pool) == 4
+  for indices in ([0, 1, 2, 3], [3, 0], [1], []):
+    chosen = [datasets[i] for i in indices]
+    want = (_batches(per_client.indexed(chosen, indices)) if chosen else [])
+    got = _batches(pool.sequence(indices))
+    # The same batches (sizes 3, 2 | 3, 3, 1 | 3), in order, same tags.
+    assert [t for _, t in got] == [t for _, t in want]
+    for (a, _), (b, _) in zip(got, want):
+      for u, v in zip(a, b):
+        np.testing.assert_array_equal(u, v)
+  assert [len(b[0][0]) for b in _batches(pool.sequence([2, 0]))] == [
+      3, 3, 1, 3, 2]
+  # Read from TFF's SQLite EMNIST, the pooled sequence no longer queries it.
+  sql = _sql_eval_datasets(tmp_path, batch_size=1)
+  lazy = per_client.indexed(sql, [0, 1])
+  pooled = per_client.PooledBatches.read(sql).sequence([0, 1])
+  assert b'SqlDataset' in lazy._as_serialized_graph().numpy()
+  assert b'SqlDataset' not in pooled._as_serialized_graph().numpy()
+  assert len(_batches(pooled)) == 4  # 2 test examples per writer.
+
+
+def test_pool_falls_back_where_it_cannot_hold_the_batches():
+  clients = fl_testing.make_clients([5, 7], seed=3)
+  datasets = [fl_testing.to_dataset(x, y, batch_size=3) for x, y in clients]
+  # 12 examples x (784 floats + 1 label) x 4 bytes = 37,680 bytes.
+  assert per_client.PooledBatches.read(datasets, limit_bytes=37_680)
+  assert per_client.PooledBatches.read(datasets, limit_bytes=37_679) is None
+  unbatched = [ds.unbatch() for ds in datasets]  # No batch dimension.
+  assert per_client.PooledBatches.read(unbatched) is None
+  assert per_client.PooledBatches.read([datasets[0], unbatched[1]]) is None
+  assert per_client.PooledBatches.read([]) is None
+
+
+def test_pooled_evaluation_equals_reading_the_source_every_time(
+    tff_worker, tmp_path):
+  rng = np.random.default_rng(6)
+  weights = [tff.learning.models.ModelWeights(
+      [rng.normal(size=(fl_testing.INPUT_DIM, 10)).astype(np.float32) * 0.05,
+       rng.normal(size=10).astype(np.float32)], []) for _ in range(2)]
+  model_fn = fl_testing.linear_model_fn()
+  datasets = _sql_eval_datasets(tmp_path, batch_size=1)
+  pooled = evaluation.Evaluator(model_fn, num_classes=10)
+  source = evaluation.Evaluator(model_fn, num_classes=10, pool_limit_bytes=0)
+  for groups in ([(weights[0], [0, 1])], [(weights[0], [1]),
+                                           (weights[1], [0])]):
+    for _ in range(2):  # The second call reuses the pool.
+      a = pooled.evaluate_groups(groups, datasets)
+      b = source.evaluate_groups(groups, datasets)
+      for key in ('per_client_loss', 'per_client_accuracy',
+                  'per_client_num_examples', 'confusion_matrix'):
+        np.testing.assert_array_equal(a[key], b[key])
+      assert a['num_examples'] == 4 and a['confusion_matrix'].sum() == 4
+  assert source._pool[1] is None and pooled._pool[1] is not None

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Sequence
-from typing import Callable
+from typing import Callable, Optional
+
+from absl import logging
 
 import numpy as np
 import tensorflow as tf
@@ -122,16 +124,115 @@ def indexed(datasets: Sequence[tf.data.Dataset],
   return tagged[0]
 
 
+# Above this many bytes of evaluation batches the clients' datasets are read
+# from their source at every evaluation: a pooled sequence carries its
+# examples in the serialized argument of every call, which gRPC and protobuf
+# cap at 2 GiB.
+POOL_LIMIT_BYTES = 512 * 2**20
+
+
+class PooledBatches:
+  """Every client's evaluation batches, read once and held as arrays.
+
+  Why: a run evaluates the same held-out datasets every evaluation round,
+  and iterating hundreds of small per-client pipelines cost more than the
+  forward pass itself. Measured on the 201 FEMNIST writers' 3,209 test
+  examples (CNN, one call): 3.98 s per evaluation reading TFF's SQLite
+  EMNIST per client, 2.2-2.4 s from per-client in-memory datasets, about
+  0.7 s from one dataset, against a 0.46-0.58 s plain-TF forward pass.
+  `sequence(indices)` is one dataset over the pooled arrays whose elements
+  are exactly the clients' original batches, in order, each tagged with
+  its client's row (what `indexed` builds from per-client datasets).
+  """
+
+  def __init__(self, spec, leaves: list[np.ndarray], batch_bounds: np.ndarray,
+               client_batches: list[np.ndarray]):
+    self._spec = spec
+    self._leaves = leaves
+    self._bounds = batch_bounds      # batch b = rows bounds[b]:bounds[b + 1]
+    self._client_batches = client_batches  # client i -> its batch ids
+
+  def __len__(self) -> int:
+    return len(self._client_batches)
+
+  @classmethod
+  def read(cls, datasets: Sequence[tf.data.Dataset],
+           limit_bytes: int = POOL_LIMIT_BYTES) -> Optional['PooledBatches']:
+    """The pool of `datasets`' batches, or None where it cannot be one:
+    element structures that differ or are not tensors with a leading batch
+    dimension, or more than `limit_bytes` of data (logged)."""
+    if not datasets:
+      return None
+    spec = datasets[0].element_spec
+    specs = tf.nest.flatten(spec)
+    if not all(isinstance(s, tf.TensorSpec) and s.shape.rank
+               and s.shape[1:].is_fully_defined() for s in specs) or any(
+                   d.element_spec != spec for d in datasets):
+      return None
+    columns = [[] for _ in specs]
+    sizes, client_batches, total = [], [], 0
+    for ds in datasets:
+      first = len(sizes)
+      for batch in ds.as_numpy_iterator():
+        leaves = tf.nest.flatten(batch)
+        n = leaves[0].shape[0]
+        if any(a.shape[0] != n for a in leaves):
+          return None
+        for column, a in zip(columns, leaves):
+          column.append(a)
+        sizes.append(n)
+        total += sum(a.nbytes for a in leaves)
+        if total > limit_bytes:
+          logging.info('Evaluation data exceeds %d bytes: read from its'
+                       ' source at every evaluation', limit_bytes)
+          return None
+      client_batches.append(np.arange(first, len(sizes)))
+    leaves = [np.concatenate(c) if c else
+              np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
+              for c, s in zip(columns, specs)]
+    bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+    return cls(spec, leaves, bounds, client_batches)
+
+  def sequence(self, indices: Sequence[int]) -> tf.data.Dataset:
+    """The batches of clients `indices`, in that order, tagged with their
+    index; holds only those clients' examples."""
+    batches = np.concatenate(
+        [self._client_batches[i] for i in indices] + [np.zeros(0, np.int64)]
+    ).astype(np.int64)
+    tags = np.concatenate(
+        [np.full(len(self._client_batches[i]), i, np.int32) for i in indices]
+        + [np.zeros(0, np.int32)])
+    sizes = self._bounds[batches + 1] - self._bounds[batches]
+    rows = np.concatenate([np.arange(self._bounds[b], self._bounds[b + 1])
+                           for b in batches] + [np.zeros(0, np.int64)])
+    leaves = [tf.constant(a[rows]) for a in self._leaves]
+    ends = np.cumsum(sizes, dtype=np.int64)
+    spec = self._spec
+
+    def batch(start, end, tag):
+      return tf.nest.pack_sequence_as(
+          spec, [a[start:end] for a in leaves]), tag
+
+    # Built once per set of clients (a run, or a clustering of it), so the
+    # function this registers with the eager context is not per round.
+    return tf.data.Dataset.from_tensor_slices(
+        (ends - sizes, ends, tags)).map(batch)
+
+
 class Evaluator:
   """Evaluates model weights on a list of client datasets.
 
-  Computations are built once and reused every evaluation round.
+  Computations are built once and reused every evaluation round, and the
+  datasets are read once (`PooledBatches`) when they fit in
+  `pool_limit_bytes`.
   """
 
   def __init__(self, model_fn: Callable[[], tff.learning.models.VariableModel],
-               num_classes: int = 0):
+               num_classes: int = 0,
+               pool_limit_bytes: int = POOL_LIMIT_BYTES):
     self._model_fn = model_fn
     self._num_classes = num_classes
+    self._pool_limit_bytes = pool_limit_bytes
     # Built on first use for the number of evaluated clients, which is fixed
     # for a run; rebuilt only if it changes.
     self._per_client_eval = None
@@ -140,6 +241,8 @@ class Evaluator:
     # run evaluates the same datasets every time. The datasets are kept so
     # their ids cannot be reused by others.
     self._inputs = {}
+    # (the datasets, their pool or None): read once per list of datasets.
+    self._pool = None
 
   def evaluate(
       self,
@@ -159,13 +262,23 @@ class Evaluator:
         [(model_weights, list(range(len(client_datasets))))], client_datasets
     )
 
+  def _pooled(self, client_datasets) -> Optional[PooledBatches]:
+    datasets = list(client_datasets)
+    if self._pool is None or len(self._pool[0]) != len(datasets) or any(
+        a is not b for a, b in zip(self._pool[0], datasets)):
+      self._pool = (datasets,
+                    PooledBatches.read(datasets, self._pool_limit_bytes))
+    return self._pool[1]
+
   def _indexed(self, client_datasets, indices):
     chosen = [client_datasets[i] for i in indices]
     key = (tuple(id(d) for d in chosen), tuple(indices))
     if key not in self._inputs:
       if len(self._inputs) >= 8:  # Clustered FL's groups change over time.
         self._inputs.clear()
-      self._inputs[key] = (chosen, indexed(chosen, indices))
+      pool = self._pooled(client_datasets)
+      self._inputs[key] = (chosen, indexed(chosen, indices) if pool is None
+                           else pool.sequence(indices))
     return self._inputs[key][1]
 
   def evaluate_groups(
