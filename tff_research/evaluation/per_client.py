@@ -137,9 +137,10 @@ class PooledBatches:
   Why: a run evaluates the same held-out datasets every evaluation round,
   and iterating hundreds of small per-client pipelines cost more than the
   forward pass itself. Measured on the 201 FEMNIST writers' 3,209 test
-  examples (CNN, one call): 3.98 s per evaluation reading TFF's SQLite
-  EMNIST per client, 2.2-2.4 s from per-client in-memory datasets, about
-  0.7 s from one dataset, against a 0.46-0.58 s plain-TF forward pass.
+  examples (CNN, one call per evaluation): 3.98 s reading TFF's SQLite
+  EMNIST per client, 2.2-2.4 s from per-client in-memory datasets, 0.74-
+  0.77 s from this pool, against a 0.38-0.46 s plain-TF forward pass
+  (`benchmarks/run.py`, eval / forward).
   `sequence(indices)` is one dataset over the pooled arrays whose elements
   are exactly the clients' original batches, in order, each tagged with
   its client's row (what `indexed` builds from per-client datasets).
