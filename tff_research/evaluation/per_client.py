@@ -175,14 +175,14 @@ class PooledBatches:
     for ds in datasets:
       first = len(sizes)
       for batch in ds.as_numpy_iterator():
-        leaves = tf.nest.flatten(batch)
-        n = leaves[0].shape[0]
-        if any(a.shape[0] != n for a in leaves):
+        arrays = tf.nest.flatten(batch)
+        n = arrays[0].shape[0]
+        if any(a.shape[0] != n for a in arrays):
           return None
-        for column, a in zip(columns, leaves):
+        for column, a in zip(columns, arrays):
           column.append(a)
         sizes.append(n)
-        total += sum(a.nbytes for a in leaves)
+        total += sum(a.nbytes for a in arrays)
         if total > limit_bytes:
           logging.info('Evaluation data exceeds %d bytes: read from its'
                        ' source at every evaluation', limit_bytes)
@@ -198,8 +198,7 @@ class PooledBatches:
     """The batches of clients `indices`, in that order, tagged with their
     index; holds only those clients' examples."""
     batches = np.concatenate(
-        [self._client_batches[i] for i in indices] + [np.zeros(0, np.int64)]
-    ).astype(np.int64)
+        [self._client_batches[i] for i in indices] + [np.zeros(0, np.int64)])
     tags = np.concatenate(
         [np.full(len(self._client_batches[i]), i, np.int32) for i in indices]
         + [np.zeros(0, np.int32)])
