@@ -1,0 +1,23 @@
+"""Model aggregators: the mean and the robust rules, as `tff.aggregators`
+factories, with a registry (`registry.py`).
+
+| name | module | paper |
+| --- | --- | --- |
+| `mean` | `mean.py` | McMahan et al. 2017 (the non-finite-excluding mean) |
+| `median` | `median.py` | Yin et al. 2018, coordinate-wise median |
+| `trimmed_mean` | `trimmed_mean.py` | Yin et al. 2018, coordinate-wise trimmed mean |
+| `krum`, `multi_krum` | `krum.py` | Blanchard et al. 2017 |
+| `norm_bound` | `norm_bound.py` | Sun et al. 2019, on TFF's `clipping_factory` |
+
+Rules that need every update (median, trimmed mean, Krum) collect them with
+one `tff.federated_aggregate` whose merge concatenates (`collection.py`), so
+they stay mergeable across TFF workers. Every rule leaves non-finite updates
+out and counts them (`excluded_clients`, as
+`algorithms/robust_aggregation.py`), and reports `kept_clients` and
+`kept_share` (float32[capacity], per position in the round's client order)
+so that an attack layer can count the malicious clients a rule kept
+(`tff_research.attacks.selection.kept_malicious`).
+
+This package is a library layer: it imports TensorFlow, TFF, numpy and
+`algorithms.robust_aggregation`, never the program, studies or binaries.
+"""
