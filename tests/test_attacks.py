@@ -22,10 +22,12 @@ import tensorflow_federated as tff
 
 from tff_research.aggregators import registry
 from tff_research.attacks import backdoor
+from tff_research.attacks import client_work
 from tff_research.attacks import gaussian
 from tff_research.attacks import label_flip
 from tff_research.attacks import selection
 from tff_research.attacks import sign_flip
+from tests import fl_testing
 
 # Every stated false-alarm rate of the statistical checks below.
 ALPHA = 1e-3
@@ -277,3 +279,70 @@ def test_norm_bounding_caps_the_boosted_backdoor_and_reports_it(tff_worker):
   assert selection.kept_malicious(bounded.measurements['kept_share'],
                                   round_ids, malicious) == pytest.approx(
                                       0.55 / 40)
+
+
+# --- update attacks inside TFF's client work ---
+
+
+def _attacked_fed_avg(model_fn, lr, kind, scale):
+  """FedAvg (uniform, server lr 1) composed from TFF's parts with the
+  client work wrapped by `client_work.with_update_attack`."""
+  initial = tff.tensorflow.computation(
+      lambda: tff.learning.models.ModelWeights.from_model(model_fn()))
+  weights_type = initial.type_signature.result
+  inner = tff.learning.templates.build_model_delta_client_work(
+      model_fn, tff.learning.optimizers.build_sgdm(learning_rate=lr),
+      tff.learning.ClientWeighting.UNIFORM)
+  return tff.learning.templates.compose_learning_process(
+      initial, tff.learning.templates.build_broadcast_process(weights_type),
+      client_work.with_update_attack(inner,
+                                     client_work.update_attack(kind, scale)),
+      registry.build('mean', capacity=3).create(
+          weights_type.trainable, tff.TensorType(np.float32)),
+      tff.learning.templates.build_apply_optimizer_finalizer(
+          tff.learning.optimizers.build_sgdm(learning_rate=1.0),
+          weights_type))
+
+
+def test_a_sign_flip_client_sends_minus_scale_times_its_delta_in_fedavg(
+    tff_worker):
+  clients = fl_testing.make_clients([5, 3, 4], seed=5)
+  lr, batch = 0.1, 2
+  process = _attacked_fed_avg(fl_testing.linear_model_fn(), lr, 'sign_flip',
+                              10.0)
+  data = [collections.OrderedDict(
+      data=fl_testing.to_dataset(x, y, batch),
+      attack=client_work.attack_input(malicious=(i == 1)))
+          for i, (x, y) in enumerate(clients)]
+  output = process.next(process.initialize(), data)
+  w, b = process.get_model_weights(output.state).trainable
+  deltas = [fl_testing.local_sgd(np.zeros((fl_testing.INPUT_DIM, 10)),
+                                 np.zeros(10), x, y, lr, batch)
+            for x, y in clients]
+  factor = np.array([1.0, -10.0, 1.0])  # client 1 attacks
+  np.testing.assert_allclose(
+      w, np.tensordot(factor, [d[0] for d in deltas], axes=1) / 3, atol=1e-6)
+  np.testing.assert_allclose(
+      b, np.tensordot(factor, [d[1] for d in deltas], axes=1) / 3, atol=1e-6)
+
+
+def test_update_attacks_change_only_malicious_updates():
+  u = collections.OrderedDict(w=tf.constant([[1.0, -2.0]]),
+                              b=tf.constant([3.0]))
+  seed = gaussian.noise_seed(0, 1, 'c')
+  honest = dict(malicious=tf.constant(False), seed=tf.constant(seed))
+  attacker = dict(malicious=tf.constant(True), seed=tf.constant(seed))
+  for kind, want in (('sign_flip', -2.0 * np.array([1, -2, 3])),
+                     ('backdoor', 2.0 * np.array([1, -2, 3])),
+                     ('gaussian', np.concatenate([
+                         np.ravel(v) for v in gaussian.gaussian_update(
+                             u, 2.0, seed).values()]))):
+    fn = client_work.update_attack(kind, 2.0)
+    got = fn(u, attacker)
+    np.testing.assert_array_equal(
+        np.concatenate([np.ravel(got['w']), np.ravel(got['b'])]), want)
+    same = fn(u, honest)
+    np.testing.assert_array_equal(same['w'], u['w'])
+    np.testing.assert_array_equal(same['b'], u['b'])
+  with pytest.raises(ValueError, match='--attack=label_flip has no update'):
+    client_work.update_attack('label_flip', 1.0)

@@ -547,3 +547,38 @@ def test_factories_refuse_bad_parameters_in_one_line():
     krum.KrumFactory(1, 0)
   with pytest.raises(TypeError, match='structure of float tensors'):
     median.MedianFactory().create(tff.TensorType(np.int32, [3]))
+
+
+@pytest.mark.slow
+def test_collecting_rules_split_across_two_workers_equal_one_machine(
+    tff_worker):
+  """Real mergeable execution: TFF gives each of two `tff_research.worker`
+  processes a contiguous slice of the clients and merges the partial
+  accumulators; result and kept positions equal the local run's."""
+  from tests import test_scale_out  # pylint: disable=g-import-not-at-top
+  from tff_research import remote  # pylint: disable=g-import-not-at-top
+  from tff_research import runtime  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(4)
+  values = [_structure(rng.normal(size=5)) for _ in range(7)]
+  values[1] = _structure([np.nan] * 5)
+  values[5] = _structure([1e3] * 5)  # an outlier Krum must not keep
+  cases = (('median', {}), ('trimmed_mean', dict(trim_fraction=0.2)),
+           ('multi_krum', dict(byzantine_clients=1)), ('norm_bound', {}))
+  local = [_run(name, values, **parameters) for name, parameters in cases]
+  workers = test_scale_out._start_workers(2)  # pylint: disable=protected-access
+  try:
+    runtime.start(workers=tuple(w.address for w in workers))
+    split = [_run(name, values, **parameters) for name, parameters in cases]
+    assert remote.stats().split_calls >= len(cases)
+  finally:
+    runtime.stop()
+    for w in workers:
+      w.stop()
+  for (name, _), a, b in zip(cases, local, split):
+    np.testing.assert_allclose(_flat(b.result), _flat(a.result), rtol=1e-6,
+                               err_msg=name)
+    for key in a.measurements:
+      np.testing.assert_allclose(b.measurements[key], a.measurements[key],
+                                 rtol=1e-6, err_msg=f'{name} {key}')
+  assert local[2].measurements['kept_share'][5] == 0.0
+  assert local[2].measurements['kept_share'][1] == 0.0

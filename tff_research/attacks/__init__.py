@@ -7,6 +7,7 @@
 | `sign_flip`: -s x the honest update | `sign_flip.py` | client update |
 | `gaussian`: N(0, s^2) instead of the update (Blanchard et al. 2017) | `gaussian.py` | client update |
 | `backdoor`: trigger + relabel, boosting, success metric (Bagdasaryan et al. 2020) | `backdoor.py` | client data, client update, evaluation |
+| update attacks inside TFF's client work | `client_work.py` | learning process |
 
 Nothing here is wired into training. How each piece plugs in:
 
@@ -24,9 +25,11 @@ Nothing here is wired into training. How each piece plugs in:
   `seed = gaussian.noise_seed(run_seed, round, client_id)`, or
   `backdoor.boost(delta, backdoor.replacement_factor(n, eta))`. They are
   TensorFlow functions of a structure, so they run inside the client's TF
-  computation (e.g. a `tff.learning.templates.ClientWorkProcess` that maps
-  them over its `ClientResult.update` where a per-client flag says
-  malicious).
+  computation: `client_work.with_update_attack(inner_client_work,
+  client_work.update_attack(kind, scale))` wraps TFF's client work, and
+  each client's data becomes `OrderedDict(data=batches,
+  attack=client_work.attack_input(malicious, seed))`; the learning process
+  is composed from TFF's parts around it (`client_work.py`).
 * Metrics: `selection.malicious_mask(round_client_ids, malicious).sum()`
   (malicious clients sampled) and `selection.kept_malicious(kept_share,
   round_client_ids, malicious)` from the aggregator's `kept_share`
