@@ -97,14 +97,14 @@ def test_every_client_is_equally_likely_to_be_malicious():
 
 
 def test_kept_malicious_sums_the_kept_share_of_malicious_positions():
-  round_ids = ['a', 'b', 'c', 'd']
-  malicious = {'b', 'd', 'z'}
-  np.testing.assert_array_equal(
-      selection.malicious_mask(round_ids, malicious), [0, 1, 0, 1])
+  mask = selection.round_mask(['a', 'b', 'c', 'd'], {'b', 'd', 'z'})
+  np.testing.assert_array_equal(mask, [0, 1, 0, 1])
   share = [1.0, 0.25, 1.0, 1.0, 0.0, 0.0]  # capacity 6
-  assert selection.kept_malicious(share, round_ids, malicious) == 1.25
+  assert selection.kept_malicious(share, mask) == 1.25
+  # A mask padded to the capacity, as the client work reports it.
+  assert selection.kept_malicious(share, [0, 1, 0, 1, 0, 0]) == 1.25
   with pytest.raises(ValueError, match='capacity'):
-    selection.kept_malicious(share[:3], round_ids, malicious)
+    selection.kept_malicious(share[:3], mask)
 
 
 # --- data attacks ---
@@ -258,9 +258,8 @@ def test_norm_bounding_caps_the_boosted_backdoor_and_reports_it(tff_worker):
   honest = [u, u * 1.1, u * 0.9]
   boosted = np.asarray(backdoor.boost(np.array([0.0, 0.0, 10.0], np.float32),
                                       backdoor.replacement_factor(4, 1.0)))
-  round_ids = ['h0', 'm0', 'h1', 'h2']
   values = [honest[0], boosted, honest[1], honest[2]]
-  malicious = {'m0'}
+  mask = selection.round_mask(['h0', 'm0', 'h1', 'h2'], {'m0'})
 
   def run(name, **parameters):
     process = registry.build(name, parameters, capacity=4).create(value_type)
@@ -269,16 +268,15 @@ def test_norm_bounding_caps_the_boosted_backdoor_and_reports_it(tff_worker):
   mean = run('mean')
   np.testing.assert_allclose(mean.result, np.mean(values, axis=0), rtol=1e-6)
   assert mean.result[2] == pytest.approx(10.0)
-  assert selection.kept_malicious(mean.measurements['kept_share'], round_ids,
-                                  malicious) == 1.0
+  assert selection.kept_malicious(mean.measurements['kept_share'],
+                                  mask) == 1.0
   bounded = run('norm_bound', norm_bound=0.55)
   clipped = [v * min(1.0, 0.55 / np.linalg.norm(v)) for v in values]
   np.testing.assert_allclose(bounded.result, np.mean(clipped, axis=0),
                              rtol=1e-6)
   assert bounded.result[2] == pytest.approx(0.55 / 4)
   assert selection.kept_malicious(bounded.measurements['kept_share'],
-                                  round_ids, malicious) == pytest.approx(
-                                      0.55 / 40)
+                                  mask) == pytest.approx(0.55 / 40)
 
 
 # --- update attacks inside TFF's client work ---
@@ -295,8 +293,8 @@ def _attacked_fed_avg(model_fn, lr, kind, scale):
       tff.learning.ClientWeighting.UNIFORM)
   return tff.learning.templates.compose_learning_process(
       initial, tff.learning.templates.build_broadcast_process(weights_type),
-      client_work.with_update_attack(inner,
-                                     client_work.update_attack(kind, scale)),
+      client_work.with_update_attack(
+          inner, client_work.update_attack(kind, scale), capacity=3),
       registry.build('mean', capacity=3).create(
           weights_type.trainable, tff.TensorType(np.float32)),
       tff.learning.templates.build_apply_optimizer_finalizer(
@@ -324,6 +322,11 @@ def test_a_sign_flip_client_sends_minus_scale_times_its_delta_in_fedavg(
       w, np.tensordot(factor, [d[0] for d in deltas], axes=1) / 3, atol=1e-6)
   np.testing.assert_allclose(
       b, np.tensordot(factor, [d[1] for d in deltas], axes=1) / 3, atol=1e-6)
+  attack = output.metrics['client_work']['attack']
+  assert attack['malicious_clients'] == 1.0
+  np.testing.assert_array_equal(attack['malicious_mask'], [0, 1, 0])
+  assert selection.kept_malicious(output.metrics['aggregator']['kept_share'],
+                                  attack['malicious_mask']) == 1.0
 
 
 def test_update_attacks_change_only_malicious_updates():

@@ -28,6 +28,7 @@ from tff_research.aggregators import registry
 from tff_research.aggregators import spec
 from tff_research.aggregators import trimmed_mean
 from tff_research.algorithms import fed_avg
+from tff_research.attacks import selection
 from tff_research.attacks import sign_flip
 from tests import fl_testing
 
@@ -550,11 +551,13 @@ def test_factories_refuse_bad_parameters_in_one_line():
 
 
 @pytest.mark.slow
-def test_collecting_rules_split_across_two_workers_equal_one_machine(
+def test_split_across_two_workers_the_rules_agree_and_positions_line_up(
     tff_worker):
   """Real mergeable execution: TFF gives each of two `tff_research.worker`
   processes a contiguous slice of the clients and merges the partial
-  accumulators; result and kept positions equal the local run's."""
+  results in the order the workers finish. The rules' results equal one
+  machine's; positions may be permuted, but a flag collected in the same
+  computation lines up with `kept_share`."""
   from tests import test_scale_out  # pylint: disable=g-import-not-at-top
   from tff_research import remote  # pylint: disable=g-import-not-at-top
   from tff_research import runtime  # pylint: disable=g-import-not-at-top
@@ -562,23 +565,59 @@ def test_collecting_rules_split_across_two_workers_equal_one_machine(
   values = [_structure(rng.normal(size=5)) for _ in range(7)]
   values[1] = _structure([np.nan] * 5)
   values[5] = _structure([1e3] * 5)  # an outlier Krum must not keep
+  flags = [float(p in (1, 5, 6)) for p in range(7)]  # "malicious"
   cases = (('median', {}), ('trimmed_mean', dict(trim_fraction=0.2)),
            ('multi_krum', dict(byzantine_clients=1)), ('norm_bound', {}))
-  local = [_run(name, values, **parameters) for name, parameters in cases]
+
+  def with_flags(process):
+    @tff.federated_computation(
+        process.next.type_signature.parameter[0],
+        process.next.type_signature.parameter[1],
+        tff.FederatedType(tff.TensorType(np.float32), tff.CLIENTS))
+    def comp(state, value, flag):
+      @tff.tensorflow.computation(tff.TensorType(np.float32))
+      def row(f):
+        return collections.OrderedDict(update=f[tf.newaxis],
+                                       entered=tf.constant(1, tf.int32))
+      output = process.next(state, value)
+      mask = collection.federated_collect(
+          tff.federated_map(row, flag), 1,
+          lambda r: (tf.zeros([1]), r[:, 0], {}), 8,
+          lambda a, m: m[collection.KEPT_SHARE])
+      return output.result, output.measurements, mask
+    return comp
+
+  def run_all():
+    out = []
+    for name, parameters in cases:
+      process = registry.build(name, parameters, capacity=8).create(
+          VALUE_TYPE)
+      out.append(with_flags(process)(process.initialize(), values, flags))
+    return out
+
+  local = run_all()
   workers = test_scale_out._start_workers(2)  # pylint: disable=protected-access
   try:
     runtime.start(workers=tuple(w.address for w in workers))
-    split = [_run(name, values, **parameters) for name, parameters in cases]
+    split = run_all()
     assert remote.stats().split_calls >= len(cases)
   finally:
     runtime.stop()
     for w in workers:
       w.stop()
-  for (name, _), a, b in zip(cases, local, split):
-    np.testing.assert_allclose(_flat(b.result), _flat(a.result), rtol=1e-6,
+  for (name, _), (a_result, a_m, a_mask), (b_result, b_m, b_mask) in zip(
+      cases, local, split):
+    np.testing.assert_allclose(_flat(b_result), _flat(a_result), rtol=1e-6,
                                err_msg=name)
-    for key in a.measurements:
-      np.testing.assert_allclose(b.measurements[key], a.measurements[key],
-                                 rtol=1e-6, err_msg=f'{name} {key}')
-  assert local[2].measurements['kept_share'][5] == 0.0
-  assert local[2].measurements['kept_share'][1] == 0.0
+    for key in ('excluded_clients', 'kept_clients'):
+      np.testing.assert_allclose(b_m[key], a_m[key], rtol=1e-6, err_msg=name)
+    # The same (kept share, flag) pairs, whatever the order of positions.
+    pairs = lambda m, mask: sorted(zip(np.round(m['kept_share'], 5), mask))  # pylint: disable=unnecessary-lambda-assignment
+    assert pairs(b_m, b_mask) == pairs(a_m, a_mask), name
+  # On one machine positions are the client order: the flags as given, and
+  # Multi-Krum keeps neither the NaN client (1) nor the outlier (5).
+  np.testing.assert_array_equal(local[2][2][:7], flags)
+  np.testing.assert_array_equal(local[2][1]['kept_share'][[1, 5]], [0, 0])
+  _, krum_m, krum_mask = split[2]
+  # Split, the kept malicious clients are still only position 6's.
+  assert selection.kept_malicious(krum_m['kept_share'], krum_mask) == 1.0

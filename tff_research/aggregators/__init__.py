@@ -14,8 +14,9 @@ one `tff.federated_aggregate` whose merge concatenates (`collection.py`), so
 they stay mergeable across TFF workers. Every rule leaves non-finite updates
 out and counts them (`excluded_clients`, as
 `algorithms/robust_aggregation.py`), and reports `kept_clients` and
-`kept_share` (float32[capacity], per position in the round's client order)
-so that an attack layer can count the malicious clients a rule kept
+`kept_share` (float32[capacity], per position: see `collection.py` for what
+a position is on one machine and across workers) so that an attack layer can
+count the malicious clients a rule kept
 (`tff_research.attacks.selection.kept_malicious`).
 
 This package is a library layer: it imports TensorFlow, TFF, numpy and

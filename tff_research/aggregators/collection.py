@@ -19,14 +19,20 @@ has a NaN or Inf anywhere or is zero in every coordinate (TFF's client work
 replaces a non-finite delta by zeros before any aggregator sees it). The
 count is reported as `excluded_clients`.
 
-Positions. Position p is the p-th client of the round's CLIENTS-placed value
-(the order of the datasets given to the learning process's `next`). TFF
-documents no aggregation order; TFF 0.87's C++ runtime accumulates the
-clients in that order and its mergeable context gives each worker a
-contiguous slice and merges in slice order, so concatenation keeps it
-(`tests/test_robust_aggregators.py` pins both). `entered[p]` is 1 when the
-client at p entered the rule; its update is then row `sum(entered[:p])` of
-`updates`.
+Positions. Every client of the round gets one position, in the order the
+accumulators are concatenated; `entered[p]` is 1 when the client at p
+entered the rule, and its update is then row `sum(entered[:p])` of
+`updates`. On one machine TFF 0.87's C++ runtime accumulates the clients in
+the order of the round's CLIENTS-placed value (the datasets given to
+`next`), so position p is the p-th client of the round. Split across
+workers, TFF's mergeable context merges the workers' partial results in the
+order they *finish*, so positions are a permutation of the clients; but
+every aggregation of one computation is merged in the same order (its
+`merge` merges the whole partial result at once), so position p is the same
+client in every concatenating aggregation of the round. A per-client flag
+collected the same way (`attacks.client_work` collects the malicious flag)
+lines up with `kept_share` in both cases (`tests/test_robust_aggregators.py`
+pins the order on one machine and the alignment on two real workers).
 
 Types, for d parameters and a value type V (a structure of float tensors):
 

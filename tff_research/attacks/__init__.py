@@ -30,10 +30,12 @@ Nothing here is wired into training. How each piece plugs in:
   each client's data becomes `OrderedDict(data=batches,
   attack=client_work.attack_input(malicious, seed))`; the learning process
   is composed from TFF's parts around it (`client_work.py`).
-* Metrics: `selection.malicious_mask(round_client_ids, malicious).sum()`
-  (malicious clients sampled) and `selection.kept_malicious(kept_share,
-  round_client_ids, malicious)` from the aggregator's `kept_share`
-  (`tff_research.aggregators`); on evaluation rounds the held-out accuracy
+* Metrics: the wrapped client work's `attack/malicious_clients` (malicious
+  clients sampled) and `selection.kept_malicious(kept_share,
+  malicious_mask)` with the aggregator's `kept_share`
+  (`tff_research.aggregators`) and the client work's
+  `attack/malicious_mask`, which line up position by position even when the
+  round is split across workers; on evaluation rounds the held-out accuracy
   on `backdoor.triggered_test_set(ds, target)` is `attack/backdoor_success`.
 """
 

@@ -18,11 +18,25 @@ Each client then passes `OrderedDict(data=its batches, attack=attack_input(
 malicious, seed))`: the flag and the Gaussian seed travel as a one-element
 dataset because TFF's client work takes only (structures of) sequences as
 client data. An honest client's update passes unchanged, bit for bit.
+Data attacks need no update transform (`update_fn=None`): the wrapper then
+only reads the flag.
 
-Type signature of the wrapped process (S, M, D, R, Me as the inner's):
+Which positions are malicious. The wrapper collects every client's flag
+with the aggregators' concatenating `federated_aggregate`
+(`aggregators.collection.federated_collect`) into the measurement
+`attack/malicious_mask` (float32[capacity]). It is merged together with the
+model aggregator's `kept_share` in the same round computation, so the two
+line up position by position on one machine and split across workers:
+`selection.kept_malicious(kept_share, malicious_mask)` counts the malicious
+clients the rule kept.
+
+Type signature of the wrapped process (S, M, D, R, Me as the inner's, C the
+capacity):
 
     next: (<S@SERVER, {M}@CLIENTS, {<data=D, attack=A*>}@CLIENTS> ->
-           <state=S@SERVER, result={R}@CLIENTS, measurements=Me@SERVER>)
+           <state=S@SERVER, result={R}@CLIENTS,
+            measurements=<Me..., attack=<malicious_clients=float32,
+                                         malicious_mask=float32[C]>>@SERVER>)
 
 with A = <malicious=bool, seed=int64[2]> and R = ClientResult(update,
 update_weight); only `update` is changed.
@@ -31,12 +45,13 @@ update_weight); only `update` is changed.
 from __future__ import annotations
 
 import collections
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Optional
 
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_research.aggregators import collection
 from tff_research.attacks import backdoor
 from tff_research.attacks import gaussian
 from tff_research.attacks import sign_flip
@@ -91,10 +106,15 @@ def update_attack(kind: str, scale: float) -> UpdateFn:
   return update_fn
 
 
-def with_update_attack(client_work: tff.learning.templates.ClientWorkProcess,
-                       update_fn: UpdateFn
-                       ) -> tff.learning.templates.ClientWorkProcess:
-  """`client_work` whose clients pass their update through `update_fn`."""
+def with_update_attack(
+    client_work: tff.learning.templates.ClientWorkProcess,
+    update_fn: Optional[UpdateFn] = None,
+    capacity: int = collection.DEFAULT_CAPACITY,
+) -> tff.learning.templates.ClientWorkProcess:
+  """`client_work` whose clients read their attack input, pass their update
+  through `update_fn` (None: unchanged) and report where the malicious
+  clients are (`capacity`: the most clients a round can have)."""
+  capacity = collection.check_capacity(capacity)
   state_type, weights_type, data_type = (
       client_work.next.type_signature.parameter)
   attack_type = tff.SequenceType(
@@ -113,18 +133,50 @@ def with_update_attack(client_work: tff.learning.templates.ClientWorkProcess,
 
   @tff.tensorflow.computation(result_type, read_attack.type_signature.result)
   def attack_fn(result, attack):
+    if update_fn is None:
+      return result
     return tff.learning.templates.ClientResult(
         update=update_fn(result.update, attack),
         update_weight=result.update_weight)
+
+  @tff.tensorflow.computation(read_attack.type_signature.result)
+  def flag_row(attack):
+    # Every client takes a position; the row carries its flag.
+    return collections.OrderedDict(
+        update=tf.cast(attack['malicious'], tf.float32)[tf.newaxis],
+        entered=tf.constant(1, tf.int32))
+
+  def flags_rule(rows):
+    return tf.zeros([1]), rows[:, 0], {}
+
+  def flags_finish(aggregate, measurements):
+    del aggregate
+    return collections.OrderedDict(
+        malicious_clients=measurements[collection.KEPT],
+        malicious_mask=measurements[collection.KEPT_SHARE])
 
   @tff.federated_computation(state_type, weights_type, client_data_type)
   def next_fn(state, weights, client_data):
     output = client_work.next(state, weights, client_data[DATA])
     attack = tff.federated_map(read_attack, client_data[ATTACK])
+    flags = collection.federated_collect(
+        tff.federated_map(flag_row, attack), 1, flags_rule, capacity,
+        flags_finish)
+
+    @tff.tensorflow.computation(output.measurements.type_signature.member,
+                                flags.type_signature.member)
+    def measurements_fn(inner, flags):
+      out = collections.OrderedDict(
+          inner if isinstance(inner, Mapping) else tff.structure.to_odict(
+              inner))
+      out[ATTACK] = flags
+      return out
+
     return tff.templates.MeasuredProcessOutput(
         state=output.state,
         result=tff.federated_map(attack_fn, (output.result, attack)),
-        measurements=output.measurements)
+        measurements=tff.federated_map(
+            measurements_fn, tff.federated_zip((output.measurements, flags))))
 
   return tff.learning.templates.ClientWorkProcess(
       client_work.initialize, next_fn,

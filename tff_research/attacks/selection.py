@@ -8,11 +8,15 @@ training client ids, fraction): the same in every round, after a resume and
 whatever order the ids come in, so a run's attackers are reproducible.
 
 An aggregator of `tff_research.aggregators` reports `kept_share`
-(float32[capacity]): position p is the p-th client of the round in the order
-the round's client ids were given to the process. `kept_malicious` sums it
+(float32[capacity]) per position. `kept_malicious(kept_share, mask)` sums it
 over the malicious positions: how many malicious clients (or, for a
 coordinate-wise rule, how many clients' worth of malicious values) the rule
-kept.
+kept. The mask must be in the same positions: `client_work.
+with_update_attack` collects it in the round's own computation
+(`malicious_mask` of its measurements), which lines up with `kept_share`
+on one machine and split across workers alike; on one machine only,
+`round_mask(round_client_ids, malicious)` gives it from the ids (positions
+are then the round's client order).
 """
 
 from __future__ import annotations
@@ -54,22 +58,20 @@ def malicious_clients(client_ids: Sequence[str], fraction: float,
   return tuple(ids[i] for i in chosen)
 
 
-def malicious_mask(round_client_ids: Sequence[str],
-                   malicious: Collection[str]) -> np.ndarray:
+def round_mask(round_client_ids: Sequence[str],
+               malicious: Collection[str]) -> np.ndarray:
   """bool[n]: whether the round's i-th client is malicious."""
   malicious = set(malicious)
   return np.array([c in malicious for c in round_client_ids], dtype=bool)
 
 
-def kept_malicious(kept_share, round_client_ids: Sequence[str],
-                   malicious: Collection[str]) -> float:
-  """Sum of an aggregator's `kept_share` over the round's malicious
-  positions (`kept_share` has at least as many entries as the round has
-  clients: its capacity)."""
+def kept_malicious(kept_share, mask) -> float:
+  """Sum of an aggregator's `kept_share` over the positions `mask` marks
+  malicious (`mask` as long as the round or padded to the capacity)."""
   share = np.asarray(kept_share, np.float64)
-  mask = malicious_mask(round_client_ids, malicious)
+  mask = np.asarray(mask, bool)
   if share.shape[0] < mask.shape[0]:
-    raise ValueError(f'kept_share has {share.shape[0]} positions for a round'
-                     f' of {mask.shape[0]} clients: build the aggregator with'
-                     ' a capacity >= the most clients per round')
+    raise ValueError(f'kept_share has {share.shape[0]} positions for a mask of'
+                     f' {mask.shape[0]}: build the aggregator with a capacity'
+                     ' >= the most clients per round')
   return float(share[:mask.shape[0]][mask].sum())
