@@ -234,7 +234,7 @@ def test_gaussian_noise_has_mean_zero_and_the_stated_scale():
   assert stats.kstest(x / scale, 'norm').pvalue > ALPHA
 
 
-def test_model_replacement_boost_makes_the_mean_step_land_on_the_attackers_model():
+def test_model_replacement_boost_lands_the_mean_step_on_the_attackers_model():
   # n = 10 clients, server learning rate 0.5; the nine honest deltas
   # cancel (zero), so G + eta * mean = X exactly.
   n, eta = 10, 0.5

@@ -550,6 +550,10 @@ def test_factories_refuse_bad_parameters_in_one_line():
     median.MedianFactory().create(tff.TensorType(np.int32, [3]))
 
 
+def _pairs(measurements, mask):
+  return sorted(zip(np.round(measurements['kept_share'], 5), mask))
+
+
 @pytest.mark.slow
 def test_split_across_two_workers_the_rules_agree_and_positions_line_up(
     tff_worker):
@@ -612,8 +616,7 @@ def test_split_across_two_workers_the_rules_agree_and_positions_line_up(
     for key in ('excluded_clients', 'kept_clients'):
       np.testing.assert_allclose(b_m[key], a_m[key], rtol=1e-6, err_msg=name)
     # The same (kept share, flag) pairs, whatever the order of positions.
-    pairs = lambda m, mask: sorted(zip(np.round(m['kept_share'], 5), mask))  # pylint: disable=unnecessary-lambda-assignment
-    assert pairs(b_m, b_mask) == pairs(a_m, a_mask), name
+    assert _pairs(b_m, b_mask) == _pairs(a_m, a_mask), name
   # On one machine positions are the client order: the flags as given, and
   # Multi-Krum keeps neither the NaN client (1) nor the outlier (5).
   np.testing.assert_array_equal(local[2][2][:7], flags)

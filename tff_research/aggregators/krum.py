@@ -1,5 +1,5 @@
 """Krum and Multi-Krum (Blanchard et al. 2017, "Machine Learning with
-Adversaries: Byzantine Tolerant Gradient Descent", Section 4).
+Adversaries: Byzantine Tolerant Gradient Descent").
 
 With k updates of which at most f (`byzantine_clients`) are Byzantine, the
 score of update i is the sum of its squared L2 distances (over the whole
@@ -9,7 +9,8 @@ flattened update) to its k - f - 2 nearest other updates,
 
 i -> j ranging over those neighbours. Krum returns the update of least score.
 Multi-Krum returns the mean of the m (`multi_krum_m`) updates of least
-scores (m = 1 is Krum; the paper's choice is m = k - f, the default here).
+scores (m = 1 is Krum; the paper's experiments take m = k - f, the default
+here).
 The guarantee needs 2f + 2 < k. When excluded clients leave fewer updates
 than that, the neighbour count is clamped to [1, k - 1] and the rule still
 runs: it selects, but the bound no longer holds (the registry refuses a
@@ -17,7 +18,11 @@ configured round size that breaks it).
 
 Scores are computed in float64 from direct differences (no Gram matrix, so
 near-identical updates do not cancel). Ties in score are broken by position
-(a stable sort): identical honest updates give position 0's. `kept_share`
+(a stable sort): identical honest updates give position 0's. Split across
+workers positions are permuted (`collection`), so only a tie between
+*different* updates with equal scores can select differently there; the
+rules' results are otherwise independent of the order, which is what
+`federated_aggregate`'s commutative merge asks of them. `kept_share`
 is 1 at the selected positions and 0 elsewhere; `kept_clients` = m.
 
 Type signature of the created process (unweighted, stateless; V the update

@@ -1,5 +1,5 @@
 """Coordinate-wise median (Yin et al. 2018, "Byzantine-Robust Distributed
-Learning: Towards Optimal Statistical Rates", Definition 1).
+Learning: Towards Optimal Statistical Rates").
 
 In every coordinate j the server takes the median of the k clients' values,
 

@@ -1,5 +1,5 @@
 """Norm bounding (Sun et al. 2019, "Can You Really Backdoor Federated
-Learning?", Section 4): every client update is projected onto the L2 ball of
+Learning?"): every client update is projected onto the L2 ball of
 radius M (`norm_bound`) before the mean,
 
     Delta = sum_i w_i * Delta_i * min(1, M / ||Delta_i||_2) / sum_i w_i,

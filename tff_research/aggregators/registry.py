@@ -126,10 +126,11 @@ def validate(name: str, parameters: Optional[Mapping[str, Any]] = None, *,
             ' it selects or ranks whole updates and takes no example weight;'
             ' add --noweight_by_size')
   if dp == 'server' and not spec.server_dp:
+    sound = ', '.join(s.name for s in SPECS.values() if s.server_dp)
     return (f'--robust_aggregation={name} is not valid with --dp=server:'
             ' server DP calibrates its noise to the sensitivity of a sum of'
             f' clipped updates, and {spec.server_dp_reason}; valid with'
-            f' --dp=server: {", ".join(s.name for s in SPECS.values() if s.server_dp)}')
+            f' --dp=server: {sound}')
   if spec.check is not None:
     return spec.check(values, clients_per_round)
   return None

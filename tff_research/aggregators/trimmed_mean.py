@@ -1,5 +1,5 @@
 """Coordinate-wise trimmed mean (Yin et al. 2018, "Byzantine-Robust
-Distributed Learning: Towards Optimal Statistical Rates", Definition 2).
+Distributed Learning: Towards Optimal Statistical Rates").
 
 In every coordinate j, the server sorts the k clients' values, removes the
 b = floor(beta k) largest and the b smallest, and averages the remaining

@@ -12,13 +12,13 @@ the client (in its order before preprocessing) is poisoned iff
 floor((i + 1) f) > floor(i f): exactly floor(n f) of the first n examples,
 evenly spread, with no randomness.
 
-Boosting (model replacement, Section 3.2). The attacker wants the global
+Boosting (model replacement). The attacker wants the global
 model to become its own X. With n clients per round, server learning rate
 eta and a uniform mean, sending gamma (X - G) with gamma = n / eta makes
 G + eta * mean(Delta) = X when the honest updates cancel; `boost` scales the
 update by gamma (`replacement_factor`).
 
-Success (Section 4). The fraction of triggered held-out examples whose true
+Success. The fraction of triggered held-out examples whose true
 label is not the target that the model classifies as the target
 (`backdoor_success`). `triggered_test_set` builds exactly that set with
 every label set to the target, so the pipeline's ordinary held-out accuracy

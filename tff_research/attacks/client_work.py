@@ -87,16 +87,16 @@ def update_attack(kind: str, scale: float) -> UpdateFn:
       `backdoor.replacement_factor`).
     scale: s > 0.
   """
-  if kind == 'sign_flip':
-    attacked = lambda u, attack: sign_flip.sign_flip(u, scale)  # pylint: disable=unnecessary-lambda-assignment
-  elif kind == 'gaussian':
-    attacked = lambda u, attack: gaussian.gaussian_update(  # pylint: disable=unnecessary-lambda-assignment
-        u, scale, attack['seed'])
-  elif kind == 'backdoor':
-    attacked = lambda u, attack: backdoor.boost(u, scale)  # pylint: disable=unnecessary-lambda-assignment
-  else:
+  if kind not in UPDATE_ATTACKS:
     raise ValueError(f'--attack={kind} has no update transform; valid:'
                      f' {", ".join(UPDATE_ATTACKS)}')
+
+  def attacked(u, attack):
+    if kind == 'sign_flip':
+      return sign_flip.sign_flip(u, scale)
+    if kind == 'gaussian':
+      return gaussian.gaussian_update(u, scale, attack['seed'])
+    return backdoor.boost(u, scale)
 
   def update_fn(update, attack):
     return tf.nest.map_structure(
