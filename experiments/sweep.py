@@ -7,7 +7,10 @@ The config (JSON) names the logdir, the flags every run shares ("base") and
 the grid (flag -> list of values); see tff_research/studies/sweep.py.
 Complete runs are skipped, unfinished ones resume. Writes LOGDIR/results.csv
 and LOGDIR/results.md (final held-out metrics of every run) and the HParams
-experiment of the logdir; per-run output goes to LOGDIR/sweep_logs/.
+experiment of the logdir; per-run output goes to LOGDIR/sweep_logs/. Two
+sweeps of one config share the runs (each waits for the runs the other
+runs) and take turns writing the logdir's files (LOGDIR/.sweep.lock); each
+exits 0 when every run finished.
 --seeds sets the grid's seed values; LOGDIR/results_seeds.md then has, per
 configuration (grid values without the seed), means with 95 % t intervals
 and paired comparisons against --baseline (a configuration name such as
@@ -27,9 +30,11 @@ from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
 from tff_research import runtime  # pylint: disable=g-import-not-at-top
 from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.program import run_lock  # pylint: disable=g-import-not-at-top
 from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 from tff_research.studies import sweep  # pylint: disable=g-import-not-at-top
 
+_LOGDIR_LOCK = '.sweep.lock'
 _CONFIG = absl_flags.DEFINE_string('config', None, 'Sweep config (JSON).')
 _PARALLEL = absl_flags.DEFINE_integer(
     'parallel', None, 'Runs at a time (overrides the config\'s "parallel").')
@@ -63,19 +68,22 @@ def main(argv):
     sys.exit(2)
   print(f'{len(runs)} runs under {config.logdir}, {config.parallel} at a time')
   os.makedirs(config.logdir, exist_ok=True)
-  sweep.write_hparams_config(config, runs)
+  # Another sweep of this logdir replaces the same files.
+  with run_lock.hold(config.logdir, _LOGDIR_LOCK, wait=True):
+    sweep.write_hparams_config(config, runs)
   status = sweep.run_sweep(config, runs)
-  table = sweep.results(config, runs)
-  csv_path, md_path = sweep.write_results(config, table)
-  print(f'Results: {csv_path}, {md_path}')
-  if _SEEDS.value is not None:
-    try:
-      seeds_path = sweep.write_seed_results(config, runs, table,
-                                            _BASELINE.value)
-    except ValueError as e:  # e.g. a failed run left no evaluation
-      print(f'error: {e}', file=sys.stderr)
-      sys.exit(1)
-    print(f'Over seeds: {seeds_path}')
+  with run_lock.hold(config.logdir, _LOGDIR_LOCK, wait=True):
+    table = sweep.results(config, runs)
+    csv_path, md_path = sweep.write_results(config, table)
+    print(f'Results: {csv_path}, {md_path}')
+    if _SEEDS.value is not None:
+      try:
+        seeds_path = sweep.write_seed_results(config, runs, table,
+                                              _BASELINE.value)
+      except ValueError as e:  # e.g. a failed run left no evaluation
+        print(f'error: {e}', file=sys.stderr)
+        sys.exit(1)
+      print(f'Over seeds: {seeds_path}')
   failed = [name for name, s in status.items() if s.startswith('failed')]
   if failed:
     print(f'error: {len(failed)} runs failed (see {config.logdir}/sweep_logs):'

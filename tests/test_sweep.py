@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -268,3 +269,71 @@ def test_seeds_report_pairs_configurations_by_seed(tmp_path):
       'p_value'] == pytest.approx(ref.pvalue)
   png = tmp_path / 'logs' / 'accuracy_curves.png'
   assert png.read_bytes()[:4] == b'\x89PNG'
+
+
+# A fake train.py that, like the real one, holds its run directory's lock
+# and is refused with one line when another process holds it.
+_LOCKING_TRAIN = textwrap.dedent('''
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    from tff_research.program import run_lock
+    args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
+    try:
+      lock = run_lock.acquire(os.path.join(args['logdir'],
+                                           args['experiment_name']))
+    except ValueError as e:
+      print(f'error: {{e}}', file=sys.stderr)
+      sys.exit(1)
+    print(f'trained by pid {{os.getpid()}}', flush=True)
+''')
+
+# A sweep that starts its runs once every sweep of the test is ready (the
+# imports take long and vary), and prints its pid and status as JSON.
+_CONCURRENT_DRIVER = textwrap.dedent('''
+    import json, os, sys, time
+    sys.path.insert(0, {repo!r})
+    from tff_research.studies import sweep
+    from tests import test_sweep
+    ready = {ready!r}
+    open(ready + sys.argv[1], 'w').close()
+    while not all(os.path.exists(ready + s) for s in ('a', 'b')):
+      time.sleep(0.01)
+    config = sweep.load_config({config!r})
+    runs = sweep.expand(config, test_sweep._fake_validate)
+    status = sweep.run_sweep(config, runs, train_script={fake!r},
+                             poll_seconds=0.05)
+    print(json.dumps(dict(pid=os.getpid(), status=status)))
+''')
+
+
+def test_two_sweeps_of_one_config_share_the_runs(tmp_path):
+  config_path = _config(tmp_path, base={'total_rounds': 3,
+                                        'seconds_per_round': 0.5})
+  fake = tmp_path / 'fake_train.py'
+  fake.write_text(_LOCKING_TRAIN.format(repo=REPO) + _FAKE_TRAIN)
+  logdir = tmp_path / 'logs'
+  driver = _CONCURRENT_DRIVER.format(repo=REPO, ready=str(tmp_path / 'ready-'),
+                                     config=str(config_path), fake=str(fake))
+  sweeps = [subprocess.Popen([sys.executable, '-c', driver, name], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for name in ('a', 'b')]
+  outputs = [p.communicate(timeout=600) for p in sweeps]
+  for p, (out, err) in zip(sweeps, outputs):
+    assert p.returncode == 0, err[-2000:]
+  results = [json.loads(out.splitlines()[-1]) for out, _ in outputs]
+  names = ['dropout_rate=0.0,seed=0', 'dropout_rate=0.0,seed=1',
+           'dropout_rate=0.5,seed=0', 'dropout_rate=0.5,seed=1']
+  # Every run was trained once, by one sweep, from round 0.
+  invocations = (logdir / 'invocations.txt').read_text().splitlines()
+  assert sorted(invocations) == [f'{n} 0' for n in names]
+  for name in names:
+    ran = [r for r in results if r['status'][name] == 'done']
+    assert len(ran) == 1, [r['status'][name] for r in results]
+    other = next(r for r in results if r is not ran[0])
+    assert other['status'][name] in (f'done by pid {ran[0]["pid"]}',
+                                     'skipped')
+    log = (logdir / 'sweep_logs' / f'{name}.log').read_text()
+    assert len(re.findall(r'^trained by pid \d+$', log, re.M)) == 1, log
+  # Both sweeps waited for at least one run the other ran.
+  for r in results:
+    assert any(s.startswith('done by pid ') for s in r['status'].values())

@@ -18,6 +18,12 @@ and `.lock` is ever written: a refused process leaves the directory as it
 found it. The lock file is never deleted (deleting it would let two processes
 lock two different files of the same name). Local file systems only: flock
 over NFS may not exclude processes on other machines.
+
+The same lock serves other one-holder claims under another file name
+(`filename=`): a sweep claims each of its runs (`sweep_logs/NAME.lock`), so
+two sweeps of one config never start the same run, and serializes the
+writes to its logdir's shared files (`hold(..., wait=True)` blocks until
+the holder is done instead of refusing).
 """
 
 from __future__ import annotations
@@ -49,9 +55,9 @@ class RunDirectoryInUseError(ValueError):
 class RunLock:
   """A held lock on a run directory; `release()` (idempotent) frees it."""
 
-  def __init__(self, run_dir: str, fd: int):
+  def __init__(self, run_dir: str, fd: int, filename: str = LOCK_FILENAME):
     self.run_dir = run_dir
-    self.path = os.path.join(run_dir, LOCK_FILENAME)
+    self.path = os.path.join(run_dir, filename)
     self._fd: Optional[int] = fd
 
   @property
@@ -91,12 +97,14 @@ def _read_pid(fd: int) -> Optional[int]:
     time.sleep(0.02)
 
 
-def holder_pid(run_dir: Union[str, os.PathLike[str]]) -> Optional[int]:
-  """The pid holding `run_dir`, or None if no live process holds it.
+def holder_pid(run_dir: Union[str, os.PathLike[str]],
+               filename: str = LOCK_FILENAME) -> Optional[int]:
+  """The pid holding `run_dir` (its lock `filename`), or None if no live
+  process holds it.
 
   Read-only: never creates the directory or the lock file.
   """
-  path = os.path.join(os.fspath(run_dir), LOCK_FILENAME)
+  path = os.path.join(os.fspath(run_dir), filename)
   try:
     fd = os.open(path, os.O_RDONLY)
   except FileNotFoundError:
@@ -112,18 +120,20 @@ def holder_pid(run_dir: Union[str, os.PathLike[str]]) -> Optional[int]:
     os.close(fd)
 
 
-def acquire(run_dir: Union[str, os.PathLike[str]]) -> RunLock:
-  """Locks `run_dir` for this process, or refuses at once.
+def acquire(run_dir: Union[str, os.PathLike[str]],
+            filename: str = LOCK_FILENAME, *, wait: bool = False) -> RunLock:
+  """Locks `run_dir` (its lock `filename`) for this process, or refuses at
+  once (`wait`: waits for the holder to release it).
 
   Creates `run_dir` if it does not exist (no one can hold a directory that
-  does not exist), then `run_dir/.lock`.
+  does not exist), then `run_dir/filename`.
 
   Raises:
     RunDirectoryInUseError (a ValueError): a live process holds it.
     ValueError: `run_dir` cannot be created or locked (one line).
   """
   run_dir = os.fspath(run_dir)
-  path = os.path.join(run_dir, LOCK_FILENAME)
+  path = os.path.join(run_dir, filename)
   try:
     if not os.path.isdir(run_dir):
       os.makedirs(run_dir, exist_ok=True)
@@ -131,7 +141,7 @@ def acquire(run_dir: Union[str, os.PathLike[str]]) -> RunLock:
   except OSError as e:
     raise ValueError(f'cannot lock {run_dir}: {e.strerror or e}') from None
   try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
     pid = _read_pid(fd)
     os.close(fd)
@@ -145,17 +155,19 @@ def acquire(run_dir: Union[str, os.PathLike[str]]) -> RunLock:
     os.pwrite(fd, data, 0)
   except OSError:
     pass  # The lock holds; only the message of a refused process suffers.
-  return RunLock(run_dir, fd)
+  return RunLock(run_dir, fd, filename)
 
 
 @contextlib.contextmanager
-def hold(run_dir: Union[str, os.PathLike[str]]) -> Iterator[RunLock]:
-  """`with hold(run_dir): ...` runs with `run_dir` locked, always released.
+def hold(run_dir: Union[str, os.PathLike[str]], filename: str = LOCK_FILENAME,
+         *, wait: bool = False) -> Iterator[RunLock]:
+  """`with hold(run_dir): ...` runs with `run_dir` locked, always released
+  (`filename` and `wait` as in `acquire`).
 
   Raises:
     RunDirectoryInUseError (a ValueError): another live process holds it.
   """
-  lock = acquire(run_dir)
+  lock = acquire(run_dir, filename, wait=wait)
   try:
     yield lock
   finally:

@@ -23,6 +23,14 @@ a sweep and running it again redoes nothing that was checkpointed. At the end
 the final held-out metrics of every run go to `LOGDIR/results.csv` and
 `LOGDIR/results.md`.
 
+Several sweeps of one config share the work: a sweep claims a run before
+starting it (an OS lock, `LOGDIR/sweep_logs/NAME.lock`, held while its
+train.py runs it, released by the kernel if the sweep dies), so no run is
+started twice and each run's log has one writer. A run another sweep claimed,
+or whose directory another train.py holds, is waited for: done if it is
+complete when its holder lets go, started here otherwise. A sweep succeeds
+when every run finished, whoever ran it.
+
 With seeds (`--seeds=N` or `--seeds=0,1,2`, `with_seeds`), the grid's `seed`
 dimension is set to those seeds (runs `...,seed=S`, the sweep's existing
 naming, so runs of an earlier sweep over the same seeds are reused), and
@@ -50,7 +58,10 @@ from typing import Any, Optional
 
 from tff_research import runtime
 from tff_research.program import run_directory
+from tff_research.program import run_lock
 
+# Claims of a run refused by a holder with no readable pid, before waiting.
+_CLAIM_ATTEMPTS = 3
 _CONFIG_KEYS = frozenset({'logdir', 'parallel', 'base', 'grid'})
 # Set by the sweep for each run; not configurable.
 _RESERVED = frozenset({'logdir', 'experiment_name'})
@@ -226,13 +237,41 @@ def _die_with_parent():
   runtime.die_with_parent(signal.SIGTERM)
 
 
+def _who(pid: Optional[int]) -> str:
+  return 'another process' if pid is None else f'pid {pid}'
+
+
+def _claim(log_dir: str, run_dir: str, name: str
+           ) -> tuple[Optional[run_lock.RunLock], Optional[int]]:
+  """(this sweep's claim on run `name`, None), or (None, the holder's pid)
+  when another sweep claimed it or another process holds its directory."""
+  for _ in range(_CLAIM_ATTEMPTS):
+    try:
+      claim = run_lock.acquire(log_dir, f'{name}.lock')
+      break
+    except run_lock.RunDirectoryInUseError as e:
+      # No pid: the holder was releasing it (its pid is cleared first).
+      if e.holder_pid is not None:
+        return None, e.holder_pid
+  else:
+    return None, None
+  holder = run_lock.holder_pid(run_dir)
+  if holder is not None:
+    claim.release()
+    return None, holder
+  return claim, None
+
+
 def run_sweep(config: SweepConfig, runs: Sequence[Run], *,
               python: str = sys.executable, train_script: str = TRAIN_SCRIPT,
               poll_seconds: float = 0.5, log=print) -> dict[str, str]:
   """Runs every incomplete run, `config.parallel` at a time.
 
-  Returns run name -> 'skipped' (already complete), 'done' or
-  'failed (exit N)'. Each run's output goes to LOGDIR/sweep_logs/NAME.log.
+  Returns run name -> 'skipped' (already complete), 'done', 'done by pid P'
+  (another process ran it while this sweep waited; 'done by another
+  process' if its pid was not readable) or 'failed (exit N)'.
+  Each run's output goes to LOGDIR/sweep_logs/NAME.log, written only by the
+  sweep that claimed the run (module docstring).
   """
   log_dir = os.path.join(config.logdir, 'sweep_logs')
   os.makedirs(log_dir, exist_ok=True)
@@ -244,11 +283,42 @@ def run_sweep(config: SweepConfig, runs: Sequence[Run], *,
       log(f'skip   {run.name} (complete: {run.total_rounds} rounds)')
     else:
       pending.append(run)
-  running: dict[str, tuple[subprocess.Popen, Any]] = {}
+  running: dict[str, tuple[subprocess.Popen, Any, run_lock.RunLock, Run]] = {}
+  # Run name -> (run, pid of the process this sweep waits for).
+  waiting: dict[str, tuple[Run, Optional[int]]] = {}
+
+  def run_dir(run):
+    return os.path.join(config.logdir, run.name)
+
+  def wait_for(run, holder):
+    waiting[run.name] = (run, holder)
+    log(f'wait   {run.name} (running in {_who(holder)})')
+
   try:
-    while pending or running:
+    while pending or running or waiting:
+      for name in list(waiting):
+        run, holder = waiting[name]
+        # Held by a sweep's claim, or by a train.py started by hand.
+        if (run_lock.holder_pid(log_dir, f'{name}.lock') is not None or
+            run_lock.holder_pid(run_dir(run)) is not None):
+          continue
+        del waiting[name]
+        if is_complete(config.logdir, run):
+          status[name] = f'done by {_who(holder)}'
+          log(f'done   {name} (by {_who(holder)})')
+        else:
+          pending.append(run)
       while pending and len(running) < config.parallel:
         run = pending.pop(0)
+        claim, holder = _claim(log_dir, run_dir(run), run.name)
+        if claim is None:
+          wait_for(run, holder)
+          continue
+        if is_complete(config.logdir, run):  # Another sweep finished it.
+          claim.release()
+          status[run.name] = 'skipped'
+          log(f'skip   {run.name} (complete: {run.total_rounds} rounds)')
+          continue
         done = checkpointed_round(config.logdir, run.name)
         log(f'{"resume" if done else "start "} {run.name}'
             + (f' (after round {done})' if done else ''))
@@ -260,26 +330,32 @@ def run_sweep(config: SweepConfig, runs: Sequence[Run], *,
             subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
                              stdin=subprocess.DEVNULL,
                              preexec_fn=_die_with_parent),
-            out)
+            out, claim, run)
       time.sleep(poll_seconds)
       for name in list(running):
-        proc, out = running[name]
+        proc, out, claim, run = running[name]
         code = proc.poll()
         if code is None:
           continue
         out.close()
+        claim.release()
         del running[name]
+        holder = run_lock.holder_pid(run_dir(run)) if code else None
+        if holder is not None:  # A train.py started by hand took it first.
+          wait_for(run, holder)
+          continue
         status[name] = 'done' if code == 0 else f'failed (exit {code})'
         log(f'{status[name]:6} {name}')
   finally:
-    for proc, out in running.values():
+    for proc, _, _, _ in running.values():
       proc.terminate()
-    for proc, out in running.values():
+    for proc, out, claim, _ in running.values():
       try:
         proc.wait(timeout=30)
       except subprocess.TimeoutExpired:
         proc.kill()
       out.close()
+      claim.release()
   return status
 
 
