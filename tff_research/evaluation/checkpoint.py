@@ -3,6 +3,12 @@
 The run's `hparams.json` says how to rebuild its data, model, algorithm state
 structure and held-out split, so the evaluation is of exactly the clients the
 run held out. Only the data location and the evaluation scope may change.
+
+An hparams.json that does not describe the run that wrote the checkpoints is
+refused in one line naming the difference: the flags whose values differ
+from those a checkpoint records (`config.json`), or, for checkpoints that
+record none, the recorded model and algorithm and the arrays the checkpoint
+holds instead.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from typing import Any, Optional
 
 
 from tff_research.evaluation import per_client
+from tff_research.program import checkpoints
 from tff_research.program import run_directory
 from tff_research.program import training
 
@@ -34,6 +41,22 @@ def run_dir_of(checkpoint_dir: str) -> str:
   return run_dir
 
 
+def _load(manager, template, round_num: Optional[int], checkpoint_dir: str):
+  """The program state of `round_num` (None: the newest that loads)."""
+  if round_num is None:
+    restored, _ = asyncio.run(manager.load_latest(template))
+    if restored is None:
+      raise ValueError(f'no checkpoint in {checkpoint_dir}')
+    return restored
+  versions = asyncio.run(manager.get_versions()) or []
+  if round_num not in versions:
+    raise ValueError(
+        f'--round={round_num} has no checkpoint in {checkpoint_dir};'
+        f' available: {versions}'
+    )
+  return asyncio.run(manager.load(round_num, template))
+
+
 def evaluate_checkpoint(
     checkpoint_dir: str,
     *,
@@ -49,7 +72,10 @@ def evaluate_checkpoint(
   `eval_on` and `per_client` (client id -> accuracy, loss, num_examples).
   """
   run_dir = run_dir_of(checkpoint_dir)
-  recorded = run_directory.read_hparams(os.path.join(run_dir, 'hparams.json'))
+  directory = run_directory.RunDirectory(run_dir)
+  recorded = run_directory.read_hparams(directory.hparams_path)
+  directory.check_checkpoints(
+      recorded, 'restore those values in hparams.json to evaluate it')
   if eval_on == 'heldout_clients' and recorded.get('eval_on') != eval_on:
     raise ValueError(
         '--eval_on=heldout_clients needs a run trained with'
@@ -60,18 +86,18 @@ def evaluate_checkpoint(
                              max_eval_clients=max_eval_clients)
   manager = training.state_manager(checkpoint_dir)
   template = run.state_template()
-  if round_num is None:
-    restored, _ = asyncio.run(manager.load_latest(template))
-    if restored is None:
-      raise ValueError(f'no checkpoint in {checkpoint_dir}')
-  else:
-    versions = asyncio.run(manager.get_versions()) or []
-    if round_num not in versions:
-      raise ValueError(
-          f'--round={round_num} has no checkpoint in {checkpoint_dir};'
-          f' available: {versions}'
-      )
-    restored = asyncio.run(manager.load(round_num, template))
+  records = (f'{directory.hparams_path} records --model='
+             f'{recorded.get("model")} and --algorithm='
+             f'{recorded.get("algorithm")}')
+  try:
+    restored = _load(manager, template, round_num, checkpoint_dir)
+  except checkpoints.CheckpointMismatchError as e:
+    raise ValueError(f'{records}, but {e}') from None
+  except checkpoints.MismatchedCheckpointError as e:
+    raise ValueError(
+        f'{records}, but checkpoint {e.path} holds another model or algorithm'
+        f' ({e.reason}); it is intact: evaluate it with the hparams.json of'
+        ' the run that wrote it') from None
   # Each held-out client is evaluated with the model the algorithm assigns it
   # (one global model, or its cluster's), exactly as during training.
   result = per_client.Evaluator(run.model_fn).evaluate_groups(

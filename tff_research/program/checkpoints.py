@@ -34,6 +34,17 @@ checkpointed by the plain manager resume unchanged) and these guarantees:
   a guard that notices a non-finite model one round late (the start-of-round
   loss of round r + 1 reveals round r) may find round r already
   checkpointed, and a re-run must not resume from it.
+* **The run's config with each version.** After `bind_config(hparams)`, every
+  version saved holds `config.json` (`{"format": 1, "hparams": {...}}`),
+  covered by the manifest's SHA-256 like every other file, so the values a
+  version was trained with can be read back (`recorded_config`) and compared
+  with the run that resumes or evaluates it. Versions saved without it
+  (older runs) record nothing to compare.
+* **Another model's checkpoints.** When every version fails to load because
+  its arrays do not fit the state this run builds (another model or
+  algorithm, not damage), `load_latest` raises `CheckpointMismatchError`
+  naming the arrays found and the arrays expected, instead of advising to
+  start over: the versions are intact.
 
 Only local file systems are supported (the renames and fsyncs use `os`).
 """
@@ -41,7 +52,7 @@ Only local file systems are supported (the renames and fsyncs use `os`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 import hashlib
 import json
 import os
@@ -61,6 +72,7 @@ from tensorflow_federated.python.program import value_reference
 
 DEFAULT_PREFIX = 'round_'
 MANIFEST = 'integrity.json'
+CONFIG = 'config.json'
 _FINGERPRINT = 'fingerprint.pb'
 TEMP_PREFIX = '.tmp-'
 ASIDE_PREFIX = '.unreadable-'
@@ -83,12 +95,24 @@ class UnreadableCheckpointError(CheckpointError):
     self.reason = reason
 
 
+class MismatchedCheckpointError(UnreadableCheckpointError):
+  """One version is intact but holds another state structure."""
+
+
 class NoReadableCheckpointError(CheckpointError):
   """Versions exist but none of them loads."""
 
 
+class CheckpointMismatchError(NoReadableCheckpointError):
+  """Versions exist and are intact, but hold another state structure."""
+
+
 class _Damage(ValueError):
   """A problem found by this module's own checks (one-line message)."""
+
+
+class _Mismatch(_Damage):
+  """The version is intact but its arrays do not fit the expected state."""
 
 
 def describe_error(e: BaseException) -> str:
@@ -155,6 +179,49 @@ def _check_manifest(path: str) -> None:
       raise _Damage(f'{rel} is corrupted: its SHA-256 differs from {MANIFEST}')
 
 
+def list_versions(root_dir: str, prefix: str = DEFAULT_PREFIX) -> list[int]:
+  """Sorted versions N of the directories `root_dir/{prefix}N`; [] if none.
+
+  Read-only. Temporary entries of an interrupted save and versions moved
+  aside are not versions.
+  """
+  try:
+    entries = list(os.scandir(root_dir))
+  except (FileNotFoundError, NotADirectoryError):
+    return []
+  return sorted(int(e.name[len(prefix):]) for e in entries
+                if e.name.startswith(prefix) and e.name[len(prefix):].isdigit()
+                and e.is_dir())
+
+
+def recorded_config(path: str) -> Optional[dict[str, Any]]:
+  """The hparams recorded with the version at `path` (`bind_config`).
+
+  None if it records none. Only `config.json` is checked against the
+  manifest (its size and SHA-256), so this is cheap.
+
+  Raises:
+    UnreadableCheckpointError: `config.json` differs from the manifest, or
+      the manifest or `config.json` is not valid JSON.
+  """
+  config_path = os.path.join(path, CONFIG)
+  if not os.path.exists(config_path):
+    return None
+  try:
+    with open(os.path.join(path, MANIFEST), encoding='utf-8') as f:
+      entry = json.load(f)['files'].get(CONFIG)
+    if entry is None:
+      raise _Damage(f'{CONFIG} is not in {MANIFEST}')
+    if (os.path.getsize(config_path) != int(entry['bytes'])
+        or _sha256(config_path) != entry['sha256']):
+      raise _Damage(f'{CONFIG} differs from its SHA-256 in {MANIFEST}')
+    with open(config_path, encoding='utf-8') as f:
+      return dict(json.load(f)['hparams'])
+  except Exception as e:  # pylint: disable=broad-except
+    reason = str(e) if isinstance(e, _Damage) else describe_error(e)
+    raise UnreadableCheckpointError(path, reason) from None
+
+
 def _fsync_tree(root: str) -> None:
   for directory, _, names in os.walk(root):
     for name in names:
@@ -201,6 +268,25 @@ def _check_leaves(structure: Any, state: Any) -> None:
           f' {want.dtype}{list(want.shape)}')
 
 
+def _array_specs(structure: Any) -> list[str]:
+  """`dtype[shape]` of each non-scalar array leaf of `structure`, in order."""
+  specs = []
+  for leaf in structure_utils.flatten(structure):
+    if isinstance(leaf, (tf.Tensor, tf.Variable)):
+      leaf = leaf.numpy()
+    if isinstance(leaf, (np.ndarray, np.generic)) and np.ndim(leaf):
+      specs.append(f'{leaf.dtype}[{",".join(map(str, np.shape(leaf)))}]')
+  return specs
+
+
+def describe_arrays(structure: Any, shown: int = 4) -> str:
+  """`N arrays (float32[784,10], float32[10], ... and K more)`, the first
+  `shown` of the non-scalar arrays of `structure`."""
+  specs = _array_specs(structure)
+  more = f' and {len(specs) - shown} more' if len(specs) > shown else ''
+  return f'{len(specs)} arrays ({", ".join(specs[:shown])}{more})'
+
+
 def _print_warning(message: str) -> None:
   print(message, file=sys.stderr, flush=True)
 
@@ -236,6 +322,14 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
         os.fspath(root_dir), prefix=prefix, keep_total=keep_total,
         keep_first=keep_first, keep_every_k=keep_every_k)
     self._warn_fn = warn or _print_warning
+    self._config: Optional[dict[str, Any]] = None
+
+  def bind_config(
+      self, hparams: Mapping[str, Any]) -> 'SafeFileProgramStateManager':
+    """Records `hparams` (JSON values) as `config.json` in every version
+    saved from now on; returns this manager."""
+    self._config = json.loads(json.dumps(dict(hparams)))
+    return self
 
   @property
   def root_dir(self) -> str:
@@ -251,24 +345,16 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
 
   # --- reading --------------------------------------------------------------
 
-  async def get_versions(self) -> Optional[list[int]]:
-    """Sorted versions saved under `root_dir` (directories only), or None.
+  def saved_versions(self) -> list[int]:
+    """Sorted versions saved under `root_dir` (directories only).
 
-    Temporary entries of an interrupted save and versions moved aside are not
-    versions.
+    Synchronous, so a signal handler can ask it inside a running event loop.
     """
-    try:
-      entries = list(os.scandir(self._root_dir))
-    except FileNotFoundError:
-      return None
-    versions = []
-    for entry in entries:
-      if not entry.name.startswith(self._prefix) or not entry.is_dir():
-        continue
-      version = self._get_version_for_path(entry.name)
-      if version is not None:
-        versions.append(version)
-    return sorted(versions) or None
+    return list_versions(self._root_dir, self._prefix)
+
+  async def get_versions(self) -> Optional[list[int]]:
+    """`saved_versions()`, or None if there are none (TFF's contract)."""
+    return self.saved_versions() or None
 
   async def _read(self, path: str, structure: Any) -> Any:
     """The program state at `path`, as TFF's manager loads it, checked."""
@@ -292,9 +378,15 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
         value = type(structure_value).from_bytes(value)
       return value
 
-    state = structure_utils.map_structure(
-        _deserialize_as, structure, normalized)
-    _check_leaves(structure, state)
+    try:
+      state = structure_utils.map_structure(
+          _deserialize_as, structure, normalized)
+      _check_leaves(structure, state)
+    except (ValueError, TypeError) as e:
+      reason = str(e) if isinstance(e, _Damage) else describe_error(e)
+      raise _Mismatch(
+          f'{reason}; it holds {describe_arrays(normalized)}; the state'
+          f' expected has {describe_arrays(structure)}') from None
     return state
 
   async def load(self, version: int, structure: Any) -> Any:
@@ -312,7 +404,9 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
       state = await self._read(path, structure)
     except Exception as e:  # pylint: disable=broad-except
       reason = str(e) if isinstance(e, _Damage) else describe_error(e)
-      raise UnreadableCheckpointError(path, reason) from None
+      kind = (MismatchedCheckpointError if isinstance(e, _Mismatch)
+              else UnreadableCheckpointError)
+      raise kind(path, reason) from None
     logging.info('Program state loaded: %s', path)
     return state
 
@@ -323,27 +417,37 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
     skipped.
 
     Raises:
+      CheckpointMismatchError (a NoReadableCheckpointError): every version is
+        intact but holds another structure (another model or algorithm).
       NoReadableCheckpointError (a ValueError): versions exist, none loads.
     """
-    versions = await self.get_versions()
+    versions = self.saved_versions()
     if not versions:
       return None, 0
-    failures: list[tuple[int, str]] = []
+    failures: list[tuple[int, str, bool]] = []
     for version in sorted(versions, reverse=True):
       try:
         state = await self.load(version, structure)
       except ProgramStateNotFoundError:
-        failures.append((version, 'removed while reading'))
+        failures.append((version, 'removed while reading', False))
         continue
       except UnreadableCheckpointError as e:
-        failures.append((version, e.reason))
+        failures.append(
+            (version, e.reason, isinstance(e, MismatchedCheckpointError)))
         continue
-      for bad, reason in failures:
+      for bad, reason, _ in failures:
         self._warn(
             f'warning: checkpoint {self._get_path_for_version(bad)} is'
             f' unreadable ({reason}); using {self._prefix}{version}')
       return state, version
-    details = '; '.join(f'{self._prefix}{v}: {r}' for v, r in failures)
+    if all(mismatch for _, _, mismatch in failures):
+      newest, reason, _ = failures[0]
+      raise CheckpointMismatchError(
+          f'the checkpoints in {self._root_dir} hold another model or'
+          f' algorithm than this run builds ({self._prefix}{newest}:'
+          f' {reason}); they are intact: run with the flags (and'
+          ' hparams.json) of the run that wrote them')
+    details = '; '.join(f'{self._prefix}{v}: {r}' for v, r, _ in failures)
     raise NoReadableCheckpointError(
         f'no readable checkpoint in {self._root_dir} ({details}); move the'
         ' directory away to start the run over')
@@ -410,6 +514,10 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
     temp = self._temp_path(TEMP_PREFIX, version)
     try:
       await file_utils.write_saved_model(serialized, temp)
+      if self._config is not None:
+        with open(os.path.join(temp, CONFIG), 'w', encoding='utf-8') as f:
+          json.dump({'format': 1, 'hparams': self._config}, f, indent=1,
+                    sort_keys=True)
       _write_manifest(temp)
       try:
         await self._read(temp, program_state)

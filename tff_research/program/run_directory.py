@@ -8,7 +8,11 @@ One run owns one directory `LOGDIR/NAME/`:
     checkpoints/      program state {'round': r, 'state': algorithm state}
 
 This module is the one place that validates a run name, reads a run's
-`hparams.json` and reads its `metrics.csv`.
+`hparams.json` and reads its `metrics.csv`, and decides whether a run
+directory can be resumed with a config: by the flags recorded in
+`hparams.json`, and by the values each checkpoint was trained with
+(`checkpoints/round_N/config.json`, integrity-checked), so an edited
+hparams.json cannot resume a run under values it was not trained with.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
+from tff_research.program import checkpoints
 from tff_research.program import config as config_lib
 
 CHECKPOINT_PREFIX = 'round_'
@@ -73,6 +78,14 @@ def read_metrics(path: str) -> list[dict[str, Any]]:
   return sorted(out, key=lambda r: r['round'])
 
 
+def differences(old: Mapping[str, Any], new: Mapping[str, Any]
+                ) -> list[tuple[str, Any, Any]]:
+  """(flag, old value, new value) of each flag whose values differ, sorted;
+  a flag missing on one side counts as None."""
+  return [(k, old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k) != new.get(k)]
+
+
 class RunDirectory:
   """The paths of a run and the rules for resuming it."""
 
@@ -99,27 +112,81 @@ class RunDirectory:
       raise RunDirError(
           f'{self.hparams_path} does not describe a valid run ({e})') from None
 
+  @classmethod
+  def identity(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+    """The values of `hparams` that make a run this run: every flag but the
+    ones a resume may change and the run's name.
+
+    Normalized through the config when they describe one, so values recorded
+    by older versions (other defaults, flags that did not exist) compare by
+    what they mean.
+    """
+    try:
+      values = config_lib.to_hparams(config_lib.from_hparams(hparams))
+    except (ValueError, KeyError, TypeError):
+      values = dict(hparams)
+    return {k: v for k, v in values.items()
+            if k not in cls.RESUMABLE_OVERRIDES and k != 'experiment_name'}
+
+  def checkpoint_mismatch(self, hparams: Mapping[str, Any]
+                          ) -> Optional[tuple[str, list[tuple[str, Any, Any]]]]:
+    """(checkpoint path, differences (flag, trained value, value in
+    `hparams`)) of the newest checkpoint whose recorded config differs from
+    `hparams`, or None if every checkpoint that records one agrees.
+
+    A checkpoint whose config.json fails its integrity check is skipped:
+    loading it reports it, and resuming falls back past it.
+    """
+    expected = self.identity(hparams)
+    versions = checkpoints.list_versions(self.checkpoint_dir, CHECKPOINT_PREFIX)
+    for version in sorted(versions, reverse=True):
+      path = os.path.join(self.checkpoint_dir, f'{CHECKPOINT_PREFIX}{version}')
+      try:
+        trained = checkpoints.recorded_config(path)
+      except checkpoints.CheckpointError:
+        continue
+      if trained is not None:
+        found = differences(self.identity(trained), expected)
+        if found:
+          return path, found
+    return None
+
+  def check_checkpoints(self, hparams: Mapping[str, Any], advice: str
+                        ) -> None:
+    """RunDirError (one line, ending in `advice`) naming each flag whose
+    value in `hparams` (this run's hparams.json) differs from the value a
+    checkpoint here was trained with (`checkpoint_mismatch`)."""
+    mismatch = self.checkpoint_mismatch(hparams)
+    if mismatch is not None:
+      path, found = mismatch
+      flags = ', '.join(f'--{k}={old!r} (hparams.json: {new!r})'
+                        for k, old, new in found)
+      raise RunDirError(
+          f'{self.hparams_path} does not match the checkpoint {path}, which'
+          f' was trained with {flags}; {advice}')
+
   def check_compatible(self, config: config_lib.ExperimentConfig) -> None:
-    """RunDirError if a run here used other hyperparameters than `config`."""
+    """RunDirError if a run here used other hyperparameters than `config`:
+    other values in hparams.json, or checkpoints trained with other values
+    than hparams.json records (an edited hparams.json)."""
     if not os.path.exists(self.hparams_path):
       if os.path.isdir(self.path) and set(os.listdir(self.path)) - {'.lock'}:
         raise RunDirError(
             f'{self.path} exists and is not a tff-research run (no'
             ' hparams.json); choose another --experiment_name or --logdir')
       return
-    # Both sides through the config, so runs recorded by older versions
-    # (other defaults, flags that did not exist) compare by what they mean.
     recorded = config_lib.to_hparams(self.recorded_config())
-    new = config_lib.to_hparams(config)
-    for key in sorted(set(recorded) | set(new)):
-      if key in self.RESUMABLE_OVERRIDES or key == 'experiment_name':
-        continue
-      old, value = recorded.get(key), new.get(key)
-      if old != value:
-        raise RunDirError(
-            f'--{key}={value!r} differs from {old!r} recorded in'
-            f' {self.hparams_path}; resume with the same value or use a new'
-            ' --experiment_name')
+    self.check_checkpoints(
+        recorded, 'restore those values in hparams.json to resume, or use a'
+        ' new --experiment_name')
+    found = differences(self.identity(recorded),
+                        self.identity(config_lib.to_hparams(config)))
+    if found:
+      key, old, value = found[0]
+      raise RunDirError(
+          f'--{key}={value!r} differs from {old!r} recorded in'
+          f' {self.hparams_path}; resume with the same value or use a new'
+          ' --experiment_name')
 
   def write_hparams(self, config: config_lib.ExperimentConfig) -> None:
     os.makedirs(self.path, exist_ok=True)

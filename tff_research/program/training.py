@@ -175,7 +175,8 @@ def _train(config, run, sampler, directory, log):
       sampler=sampler,
       training_data=client_data_lib.TrainingData(
           run.data.train, config.training, config.seed),
-      state_manager=state_manager(directory.checkpoint_dir),
+      state_manager=state_manager(directory.checkpoint_dir).bind_config(
+          config_lib.to_hparams(config)),
       release=release_lib.MetricsRelease(directory.metrics_path, writer,
                                          config.run_dir),
       evaluation=held_out_evaluation.HeldOutEvaluation(
