@@ -16,7 +16,9 @@ that this module owns the worker process:
 * `stop()` runs at normal exit (atexit), on an uncaught exception (atexit runs
   after the traceback), and on SIGINT/SIGTERM (handlers installed by
   `install_signal_handlers`, which stop the worker and then re-raise the
-  default behaviour).
+  default behaviour). On SIGTERM the handler first prints the one line that
+  whoever is running registered with `on_termination` (the round loop:
+  where it stopped and where a re-run resumes).
 
 Worker health
 -------------
@@ -72,7 +74,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Optional
 
 from absl import logging
@@ -115,6 +117,8 @@ _atexit_registered = False
 _excepthook_installed = False
 # The signal whose handler stopped the worker (None: not stopped by one).
 _stopped_by_signal: Optional[int] = None
+# The SIGTERM handler's line (None: no line); see on_termination.
+_termination_line: Optional[Callable[[], str]] = None
 # What the last start() installed as TFF's default context: 'local', 'remote'
 # or None (never started: TFF's own import-time context).
 _started: Optional[str] = None
@@ -630,11 +634,20 @@ def _stop_local_worker(timeout: float = 10.0) -> None:
     process.wait()
 
 
+def on_termination(line: Optional[Callable[[], str]]) -> None:
+  """Makes the SIGTERM handler print `line()` on stderr before the process
+  ends (None: print nothing). `line` runs inside the signal handler: it must
+  not start an event loop or take a lock the interrupted code may hold."""
+  global _termination_line
+  _termination_line = line
+
+
 def install_signal_handlers() -> None:
   """On SIGINT/SIGTERM: stop the worker, then behave as the default would.
 
   SIGINT still raises KeyboardInterrupt (so `finally` blocks and checkpoints
-  written so far stay consistent); SIGTERM exits with status 128 + 15. If
+  written so far stay consistent); SIGTERM prints the line registered with
+  `on_termination`, if any, and exits by the signal (status 128 + 15). If
   the KeyboardInterrupt is lost (raised where Python only prints it, in a
   finalizer or GC callback) and the run's next TFF call meets the stopped
   worker, that `WorkerError` ends the process by SIGINT, not with a line
@@ -644,6 +657,12 @@ def install_signal_handlers() -> None:
   def on_sigterm(signum, frame):
     del frame
     stop()
+    line = _termination_line
+    if line is not None:
+      try:
+        print(line(), file=sys.stderr, flush=True)
+      except Exception:  # pylint: disable=broad-except
+        pass  # Ending the process matters more than its last line.
     _die_by(signum)
 
   def on_sigint(signum, frame):

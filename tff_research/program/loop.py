@@ -7,6 +7,13 @@ release, the held-out evaluation and the round hooks are built elsewhere
 release, checkpoint when due. Resuming restores the latest checkpoint; every
 random choice is a pure function of (seed, round), so a resumed run is the
 run that would have happened without the interruption.
+
+What the user sees when a run ends early, in one line each:
+
+* SIGTERM: `stopped at round r; re-running the same command resumes after
+  round c` (`runtime.on_termination`), c the newest checkpoint on disk.
+* The summaries of every round up to a checkpoint are flushed before that
+  checkpoint is saved, so a resumed run's TensorBoard history has no gap.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from typing import Any, Optional
 import tensorflow_federated as tff
 import tqdm
 
+from tff_research import runtime
 from tff_research.program import hooks as hooks_lib
 
 
@@ -26,7 +34,11 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
                evaluation, hooks, total_rounds: int, rounds_per_checkpoint: int,
                name: str = '', progress: bool = True,
                log=print) -> list[dict[str, Any]]:
-  """Trains to `total_rounds`; returns the metric rows of the rounds run."""
+  """Trains to `total_rounds`; returns the metric rows of the rounds run.
+
+  Raises:
+    ValueError: the run stopped (divergence: `hooks.StopRun`'s line).
+  """
   initial = algorithm.initialize()
   restored, version = asyncio.run(
       state_manager.load_latest({'round': 0, 'state': initial}))
@@ -43,16 +55,58 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
   if final <= start:
     log(f'{name}: nothing to do; {stop_reason}')
     return []
+  position = _Position(state_manager, start)
+  runtime.on_termination(position.stopped_line)
+  try:
+    rows = _run(position, state, algorithm, sampler, training_data,
+                state_manager, release, evaluation, hooks, final,
+                rounds_per_checkpoint, name, progress)
+  finally:
+    runtime.on_termination(None)
+  if stop_reason:
+    log(stop_reason)
+  return rows
+
+
+class _Position:
+  """The round in progress and the round a re-run resumes after."""
+
+  def __init__(self, state_manager, start: int):
+    self._state_manager = state_manager
+    self.round = start + 1
+    self.saved = start
+
+  def resumes_after(self) -> int:
+    # The directory itself: a save that completed an instant ago counts.
+    versions = getattr(self._state_manager, 'saved_versions', None)
+    return max(versions(), default=0) if versions else self.saved
+
+  def stopped_line(self) -> str:
+    after = self.resumes_after()
+    resumes = (f'resumes after round {after}' if after else
+               'starts it over (no round was checkpointed)')
+    return f'stopped at round {self.round}; re-running the same command {resumes}'
+
+
+def _run(position, state, algorithm, sampler, training_data, state_manager,
+         release, evaluation, hooks, final, rounds_per_checkpoint, name,
+         show_bar):
+  """The rounds after `position.saved` up to `final`; their metric rows."""
+  start = position.saved
+  rows = []
+  if hasattr(release, 'start'):
+    release.start(start)
   for hook in hooks:
     if hasattr(hook, 'start'):
       hook.start(start, state)
-  rows = []
   bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name),
-                  unit='round', disable=not progress, initial=start, total=final)
+                  unit='round', disable=not show_bar, initial=start,
+                  total=final)
   # Start of the current round's wall-clock span: the previous round's
   # release, so its checkpoint and flush count against this one.
   mark = time.monotonic()
   for round_num in bar:
+    position.round = round_num
     try:
       state, row = _round(round_num, state, algorithm, sampler,
                           training_data, evaluation, hooks, release, final,
@@ -64,13 +118,13 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
       release.flush()
       raise ValueError(str(stop)) from None
     if round_num % rounds_per_checkpoint == 0 or round_num == final:
+      release.flush()
       asyncio.run(state_manager.save({'round': round_num, 'state': state},
                                      round_num))
+      position.saved = round_num
     bar.set_postfix(_postfix(row))
     rows.append(dict(round=round_num, **row))
   release.flush()
-  if stop_reason:
-    log(stop_reason)
   return rows
 
 

@@ -6,6 +6,20 @@ to the project's names; every other group (an algorithm's `dp`,
 `clusters`, a hook's `communication`, ...) is logged as is: scalars as
 `group_name` CSV columns and `group/name` TensorBoard scalars, arrays as
 TensorBoard histograms only, uint8 [H, W, 1|3|4] arrays as images.
+
+One history per run, however often it is resumed:
+
+* `MetricsRelease.start(r)` is called once the loop knows it will run rounds
+  after round `r` (its checkpoint). Nothing is written before it, so a re-run
+  with nothing to do creates no file. It cuts the TensorBoard history back to
+  round `r` (`truncate_events`), as TFF's CSV release manager replaces the
+  rows of `metrics.csv` newer than `r`. TensorBoard merges every event file
+  of a run directory into one series per tag (files in name order) and
+  would otherwise show the rounds a resumed run repeats twice; the Python
+  loader drops them only after a `SessionLog.START` event, which TF 2's
+  summary writers never write, and the Rust data server not at all.
+* Every summary of an invocation (scalars, histograms, images, the
+  dashboard's) goes to one writer, so one event file per invocation.
 """
 
 from __future__ import annotations
@@ -13,11 +27,16 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import Mapping
-from typing import Any
+import glob
+import os
+from typing import Any, Optional
+import uuid
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.compat.proto import event_pb2
 
 # TFF's metric names -> the names this project logs.
 _TRAIN_RENAMES = {
@@ -29,6 +48,7 @@ _COLUMNS = {('train', 'round_seconds'): 'round_seconds',
             ('train', 'wall_seconds'): 'wall_seconds'}
 # (group, name) -> its TensorBoard name, where not `name`.
 _TAGS = {('train', 'clients'): 'num_clients'}
+EVENT_FILE_PATTERN = 'events.out.tfevents.*'
 
 
 def is_image(array: np.ndarray) -> bool:
@@ -59,25 +79,110 @@ def to_row_and_summaries(
   return row, tb
 
 
-class MetricsRelease:
-  """Releases each round to metrics.csv and TensorBoard.
+def truncate_events(summary_dir: str, last_round: int) -> list[str]:
+  """Cuts the event files of `summary_dir` (not its subdirectories) back to
+  round `last_round`; returns the files changed or removed.
 
-  The CSV release manager drops rows newer than a resumed round as the first
-  new row is released, so `metrics.csv` never holds two histories.
+  Events of steps after `last_round` are dropped; with `last_round` 0 (no
+  checkpoint: the run starts over and writes its step-0 events again) every
+  event file is removed, and so is a file left with nothing but its header.
+  A file is rewritten under a temporary name that TensorBoard does not read
+  and renamed over the original, so a failure leaves it whole. A record cut
+  short by a crash ends the file's readable part and is dropped too.
+  """
+  changed = []
+  for path in sorted(glob.glob(os.path.join(glob.escape(summary_dir),
+                                            EVENT_FILE_PATTERN))):
+    records = list(event_file_loader.RawEventFileLoader(path).Load())
+    kept = []
+    for record in records:
+      event = event_pb2.Event.FromString(record)
+      if last_round and event.step <= last_round:
+        kept.append((record, event.HasField('file_version')))
+    if all(header for _, header in kept):
+      os.remove(path)
+      changed.append(path)
+      continue
+    if len(kept) == len(records) and _records_size(records) == (
+        os.path.getsize(path)):
+      continue
+    temp = os.path.join(summary_dir, f'.truncating-{uuid.uuid4().hex}')
+    try:
+      with tf.io.TFRecordWriter(temp) as writer:
+        for record, _ in kept:
+          writer.write(record)
+      os.replace(temp, path)
+    finally:
+      if os.path.exists(temp):
+        os.remove(temp)
+    changed.append(path)
+  return changed
+
+
+def _records_size(records: list[bytes]) -> int:
+  """Bytes of `records` in TFRecord framing (length, 2 CRCs, data)."""
+  return sum(len(r) + 16 for r in records)
+
+
+class SummaryWriter:
+  """A `tf.summary` writer of `logdir` whose event file is created when it
+  is first used (`as_default`), not when it is constructed."""
+
+  def __init__(self, logdir: str):
+    self._logdir = logdir
+    self._writer: Optional[tf.summary.SummaryWriter] = None
+
+  def _open(self) -> tf.summary.SummaryWriter:
+    if self._writer is None:
+      self._writer = tf.summary.create_file_writer(self._logdir)
+    return self._writer
+
+  def as_default(self, step: Optional[int] = None):
+    return self._open().as_default(step)
+
+  def flush(self) -> None:
+    if self._writer is not None:
+      self._writer.flush()
+
+
+class _TensorBoardRelease(tff.program.TensorBoardReleaseManager):
+  """TFF's TensorBoard release manager writing through a given writer.
+
+  TFF's constructor opens an event file of its own; this one shares the
+  run's writer (`_summary_writer` is where TFF's `release` writes).
   """
 
-  def __init__(self, metrics_path: str, writer, summary_dir: str):
+  def __init__(self, writer: SummaryWriter):  # pylint: disable=super-init-not-called
+    self._summary_writer = writer
+
+
+class MetricsRelease:
+  """Releases each round to metrics.csv and TensorBoard (module docstring).
+
+  `writer` is the run's summary writer, for every other summary of the run.
+  """
+
+  def __init__(self, metrics_path: str, summary_dir: str):
+    self._metrics_path = metrics_path
+    self._summary_dir = summary_dir
+    self.writer = SummaryWriter(summary_dir)
+    self._csv: Optional[tff.program.CSVFileReleaseManager] = None
+    self._tb = _TensorBoardRelease(self.writer)
+
+  def start(self, start_round: int) -> None:
+    """Prepares the run's files for the rounds after `start_round`."""
+    truncate_events(self._summary_dir, start_round)
     self._csv = tff.program.CSVFileReleaseManager(
-        metrics_path, key_fieldname='round')
-    self._tb = tff.program.TensorBoardReleaseManager(summary_dir)
-    self._writer = writer
+        self._metrics_path, key_fieldname='round')
 
   def release(self, round_num: int, groups: Mapping[str, Any]) -> dict:
     """Writes the round; returns its CSV row."""
+    if self._csv is None:
+      raise RuntimeError('MetricsRelease.start() must be called first')
     row, tb = to_row_and_summaries(groups)
     asyncio.run(self._csv.release(row, key=round_num))
     asyncio.run(self._tb.release(tb, key=round_num))
-    with self._writer.as_default():
+    with self.writer.as_default():
       for group, values in groups.items():
         for name, value in (values.items() if isinstance(values, Mapping)
                             else ()):
@@ -88,4 +193,4 @@ class MetricsRelease:
     return row
 
   def flush(self) -> None:
-    self._writer.flush()
+    self.writer.flush()

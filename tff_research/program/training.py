@@ -160,11 +160,11 @@ def train(
 
 
 def _train(config, run, sampler, directory, log):
-  writer = tf.summary.create_file_writer(config.run_dir)
+  release = release_lib.MetricsRelease(directory.metrics_path, config.run_dir)
   hooks = [
       dashboard.DashboardHook(
           data=run.data, sampler=sampler, run_directory=directory,
-          writer=writer, hparams=config_lib.to_hparams(config)),
+          writer=release.writer, hparams=config_lib.to_hparams(config)),
       hooks_lib.CommunicationHook(run.algorithm, directory),
       hooks_lib.DivergenceGuard(run.algorithm, {
           k: v for k, v in config.algorithm.values.items()
@@ -177,8 +177,7 @@ def _train(config, run, sampler, directory, log):
           run.data.train, config.training, config.seed),
       state_manager=state_manager(directory.checkpoint_dir).bind_config(
           config_lib.to_hparams(config)),
-      release=release_lib.MetricsRelease(directory.metrics_path, writer,
-                                         config.run_dir),
+      release=release,
       evaluation=held_out_evaluation.HeldOutEvaluation(
           run.algorithm, run.model_fn, run.split,
           config.evaluation.eval_every, run.data.num_classes),
