@@ -156,3 +156,18 @@ def run_experiment(base_flags, tmp_path, name, **overrides):
   """Runs experiments/train.py's library path with `base_flags` + overrides."""
   from tff_research.program import training  # pylint: disable=g-import-not-at-top
   return training.train(config_for(base_flags, tmp_path, name, **overrides))
+
+
+def with_table_rows(algorithm, state):
+  """`state` with each per-client table index (SCAFFOLD's c_i, clustered
+  FL's sketches) replaced by the rows it points to, [N, ...] per leaf: what
+  two runs must agree on (slot numbers are an allocation detail)."""
+  import collections  # pylint: disable=g-import-not-at-top,reimported
+  if not isinstance(state, dict):
+    return state  # TFF's own state: no per-client table.
+  state = collections.OrderedDict(state)
+  for key, table in (('client_controls', getattr(algorithm, 'controls', None)),
+                     ('sketches', getattr(algorithm, 'sketches', None))):
+    if table is not None and key in state:
+      state[key] = table.read(state[key], range(table.num_clients))
+  return state

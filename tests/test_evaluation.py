@@ -4,6 +4,8 @@ import numpy as np
 import tensorflow_federated as tff
 
 from tff_research import evaluation
+from tff_research.data import emnist
+from tff_research.data import store_client_data
 from tff_research.data import preprocessing
 from tff_research.evaluation import per_client
 from tests import fl_testing
@@ -107,35 +109,51 @@ def test_pooled_sequence_is_the_clients_batches_without_the_source(tmp_path):
   assert len(_batches(pooled)) == 4  # 2 test examples per writer.
 
 
-def test_pool_falls_back_where_it_cannot_hold_the_batches():
-  clients = fl_testing.make_clients([5, 7], seed=3)
+def test_pool_chunks_cut_at_clients_under_the_byte_limit():
+  clients = fl_testing.make_clients([5, 7, 2], seed=3)
   datasets = [fl_testing.to_dataset(x, y, batch_size=3) for x, y in clients]
-  # 12 examples x (784 floats + 1 label) x 4 bytes = 37,680 bytes.
-  assert per_client.PooledBatches.read(datasets, limit_bytes=37_680)
-  assert per_client.PooledBatches.read(datasets, limit_bytes=37_679) is None
+  pool = per_client.PooledBatches.read(datasets)
+  # An example is 784 floats and a label: 3,140 bytes; the clients hold
+  # 15,700, 21,980 and 6,280.
+  assert pool.chunks([0, 1, 2], 43_960) == [[0, 1, 2]]
+  assert pool.chunks([0, 1, 2], 43_959) == [[0, 1], [2]]
+  assert pool.chunks([0, 1, 2], 37_679) == [[0], [1, 2]]
+  assert pool.chunks([2, 1, 0], 1) == [[2], [1], [0]]  # Alone when larger.
+  assert pool.chunks([], 1) == []
   unbatched = [ds.unbatch() for ds in datasets]  # No batch dimension.
   assert per_client.PooledBatches.read(unbatched) is None
   assert per_client.PooledBatches.read([datasets[0], unbatched[1]]) is None
   assert per_client.PooledBatches.read([]) is None
 
 
-def test_pooled_evaluation_equals_reading_the_source_every_time(
+def test_evaluation_in_chunks_and_from_the_store_equals_one_call(
     tff_worker, tmp_path):
+  """Past the serialization limit (lowered here to one client a call), the
+  chunks add up to exactly the one-call result; the array store read by
+  the worker gives the same numbers as TFF's SQLite datasets."""
   rng = np.random.default_rng(6)
   weights = [tff.learning.models.ModelWeights(
       [rng.normal(size=(fl_testing.INPUT_DIM, 10)).astype(np.float32) * 0.05,
        rng.normal(size=10).astype(np.float32)], []) for _ in range(2)]
   model_fn = fl_testing.linear_model_fn()
   datasets = _sql_eval_datasets(tmp_path, batch_size=1)
-  pooled = evaluation.Evaluator(model_fn, num_classes=10)
-  source = evaluation.Evaluator(model_fn, num_classes=10, pool_limit_bytes=0)
+  _, test = emnist.load_emnist(True, str(tmp_path))
+  assert isinstance(test, store_client_data.StoreClientData)
+  recipes = per_client.RecipeSource(
+      [test.recipe(c) for c in test.client_ids], batch_size=1)
+  one_call = evaluation.Evaluator(model_fn, num_classes=10)
+  chunked = evaluation.Evaluator(model_fn, num_classes=10, chunk_bytes=1)
   for groups in ([(weights[0], [0, 1])], [(weights[0], [1]),
                                            (weights[1], [0])]):
-    for _ in range(2):  # The second call reuses the pool.
-      a = pooled.evaluate_groups(groups, datasets)
-      b = source.evaluate_groups(groups, datasets)
+    for _ in range(2):  # The second call reuses the sequences.
+      a = one_call.evaluate_groups(groups, datasets)
+      b = chunked.evaluate_groups(groups, datasets)
+      c = one_call.evaluate_groups(groups, recipes)
       for key in ('per_client_loss', 'per_client_accuracy',
-                  'per_client_num_examples', 'confusion_matrix'):
+                  'per_client_num_examples', 'confusion_matrix', 'loss'):
         np.testing.assert_array_equal(a[key], b[key])
+        np.testing.assert_array_equal(a[key], c[key])
       assert a['num_examples'] == 4 and a['confusion_matrix'].sum() == 4
-  assert source._pool[1] is None and pooled._pool[1] is not None
+  # Two writers: one call each when chunked.
+  source = chunked._datasets_source  # pylint: disable=protected-access
+  assert [len(s) for s in [source.sequences([0, 1])]] == [2]

@@ -15,6 +15,7 @@ from tff_research.evaluation import checkpoint as checkpoint_evaluation
 from tff_research.algorithms import scaffold
 from tff_research.program import flags
 from tff_research.program import run_directory
+from tff_research.program import training
 from tests import fl_testing
 
 LR = 0.05
@@ -101,7 +102,7 @@ def test_three_rounds_match_numpy_reference(
   # invariant under partial participation).
   for v, c in enumerate(state['server']['control_variate']):
     np.testing.assert_allclose(
-        c, np.mean(state['client_controls'][v], axis=0), atol=1e-6)
+        c, np.mean(alg.client_controls(state)[v], axis=0), atol=1e-6)
   np.testing.assert_array_equal(state['participation'], [2, 2, 2])
   # The corrections matter here: plain FedAvg on the same schedule ends
   # elsewhere, so the comparison above cannot pass by accident.
@@ -194,13 +195,13 @@ def test_control_variate_is_mean_of_client_controls_for_keras_mlp(tff_worker):
     state, metrics = alg.next(
         state, r, [ids[i] for i in members],
         [fl_testing.to_dataset(*clients[i], BATCH) for i in members])
-  assert len(state['client_controls']) == 6  # 3 Dense layers x (kernel, bias)
+  assert len(alg.client_controls(state)) == 6  # 3 Dense layers x (kernel, bias)
   for v, c in enumerate(state['server']['control_variate']):
     np.testing.assert_allclose(
-        c, np.mean(state['client_controls'][v], axis=0), atol=1e-6)
+        c, np.mean(alg.client_controls(state)[v], axis=0), atol=1e-6)
     assert np.abs(c).max() > 0
     # Client 'z' never took part: still zero.
-    assert not np.any(state['client_controls'][v][3])
+    assert not np.any(alg.client_controls(state)[v][3])
   assert metrics['scaffold']['new_clients'] == 1  # 'y' joins in round 2.
   assert metrics['scaffold']['clients_seen'] == 3
   np.testing.assert_array_equal(state['participation'], [1, 2, 1, 0])
@@ -266,12 +267,15 @@ def _train(tmp_path, name, **overrides):
   return fl_testing.run_experiment(SMALL_RUN, tmp_path, name, **overrides)
 
 
-def _final_checkpoint(run_dir, template_alg):
+def _final_checkpoint(run_dir):
+  """(the latest checkpoint, its version, every c_i read from the run's
+  table as [N, *shape] arrays)."""
+  alg = training.rebuild_run(str(run_dir)).algorithm
   manager = tff.program.FileProgramStateManager(
       str(run_dir / 'checkpoints'), prefix=run_directory.CHECKPOINT_PREFIX)
   state, version = asyncio.run(manager.load_latest(
-      {'round': 0, 'state': template_alg.initialize()}))
-  return state, version
+      {'round': 0, 'state': alg.initialize()}))
+  return state, version, alg.client_controls(state['state'])
 
 
 _read_csv = fl_testing.read_csv
@@ -284,25 +288,27 @@ def test_resume_from_checkpoint_gives_identical_state(tff_worker, tmp_path):
   resumed_rows = _train(tmp_path, 'resumed', total_rounds=4)
   assert [r['round'] for r in resumed_rows] == [3, 4]
 
-  template = scaffold.build_scaffold(
-      fl_testing.linear_model_fn(), client_ids=[str(i) for i in range(6)],
-      client_learning_rate=0.01)
-  straight, v1 = _final_checkpoint(tmp_path / 'straight', template)
-  resumed, v2 = _final_checkpoint(tmp_path / 'resumed', template)
+  straight, v1, controls_s = _final_checkpoint(tmp_path / 'straight')
+  resumed, v2, controls_r = _final_checkpoint(tmp_path / 'resumed')
   assert v1 == v2 == 4
-  flat_s = _flatten(straight)
-  flat_r = _flatten(resumed)
-  assert len(flat_s) == len(flat_r)
-  for a, b in zip(flat_s, flat_r):
+  # Every leaf but the table's index (slot numbers, an allocation detail),
+  # and every c_i row read through it.
+  for key in ('server', 'participation'):
+    flat_s = _flatten(straight['state'][key])
+    flat_r = _flatten(resumed['state'][key])
+    assert len(flat_s) == len(flat_r)
+    for a, b in zip(flat_s, flat_r):
+      np.testing.assert_array_equal(a, b)
+  for a, b in zip(controls_s, controls_r):
     np.testing.assert_array_equal(a, b)
   state = straight['state']
-  # The checkpoint holds c and every c_i: 12 participations over 4 rounds,
-  # and c is their mean.
+  # The checkpoint holds c and, through the table, every c_i: 12
+  # participations over 4 rounds, and c is their mean.
   assert int(np.sum(state['participation'])) == 12
-  assert np.abs(state['client_controls'][0]).max() > 0
+  assert np.abs(controls_s[0]).max() > 0
   np.testing.assert_allclose(
       state['server']['control_variate'][0],
-      np.mean(state['client_controls'][0], axis=0), atol=1e-6)
+      np.mean(controls_s[0], axis=0), atol=1e-6)
 
   rows = {r['round']: r for r in _read_csv(tmp_path / 'straight' /
                                            'metrics.csv')}

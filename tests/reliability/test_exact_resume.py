@@ -60,9 +60,13 @@ def _params():
 
 
 def _final_state(run_dir):
+  """The latest checkpoint, per-client tables read into rows, and its
+  version."""
   run = training.rebuild_run(str(run_dir))
   manager = training.state_manager(run.directory.checkpoint_dir)
   restored, version = asyncio.run(manager.load_latest(run.state_template()))
+  restored['state'] = fl_testing.with_table_rows(run.algorithm,
+                                                 restored['state'])
   return restored, version
 
 

@@ -94,10 +94,13 @@ indexed by position in the training client list):
     models, num_clusters, assignments[N], resolved[N] (number of clusters the
     client's assignment accounts for), split_parent[K], split_base (K models),
     split_ref_stayed / split_ref_moved ([K, P] projected updates; slot k
-    describes the split that created cluster k), sketches[N, P] (each
-    client's most recent projected update), sketch_round[N] (its round, 0 =
-    none), sketch_weight[N]. P = projection_dim (or the model size if not
-    larger): 100 clients x 4096 floats = 1.6 MB.
+    describes the split that created cluster k), sketches[N] (the index of
+    each client's most recent projected update in a
+    `client_state.ClientStateTable` of P floats a row, on disk beside the
+    checkpoints: a round reads and writes only its clients' rows),
+    sketch_round[N] (its round, 0 = none), sketch_weight[N]. P =
+    projection_dim (or the model size if not larger): 3,400 clients x 4096
+    floats = 56 MB in the table, 27 kB of index in the state.
 """
 
 from __future__ import annotations
@@ -118,6 +121,7 @@ from tensorflow_federated.python.learning.templates import model_delta_client_wo
 from tff_research import clustering
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
+from tff_research.algorithms import client_state
 from tff_research.algorithms import robust_aggregation
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -402,6 +406,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       projection_dim: int = DEFAULT_PROJECTION_DIM,
       projection_seed: int = 0,
       ground_truth: Sequence[int] | None = None,
+      tables: client_state.Tables = client_state.IN_MEMORY,
   ):
     """Builds the computations (once). Arguments: `build_clustered_fed_avg`."""
     if metric not in METRICS:
@@ -485,6 +490,8 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
         len(self._client_ids),
     )
     self.sketch_dim = self.computations.sketch_dim
+    self.sketches = tables.table('cluster_sketches', len(self._client_ids),
+                                 [(self.sketch_dim,)], [np.float32])
     # The decisions of the last clustering step (for callers and tests).
     self.last_decisions: dict[int, clustering.SplitDecision] = {}
 
@@ -520,7 +527,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
         split_ref_moved=np.zeros((k, p), np.float32),
         # Each client's most recent projected update, its round (0 = none)
         # and weight: what a clustering step compares.
-        sketches=np.zeros((n, p), np.float32),
+        sketches=self.sketches.empty_index(),
         sketch_round=np.zeros(n, np.int32),
         sketch_weight=np.zeros(n, np.float32),
     )
@@ -603,17 +610,21 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
 
   # --- one round ---------------------------------------------------------
 
-  @staticmethod
-  def _store_sketches(state, pos, round_num, sketches, weights):
+  def _store_sketches(self, state, pos, round_num, sketches, weights):
     """Keeps each client's newest projected update (finite ones only)."""
-    stored = np.array(state['sketches'], np.float32)
     rounds = np.array(state['sketch_round'], np.int32)
     stored_w = np.array(state['sketch_weight'], np.float32)
+    kept, rows = [], []
     for p, sk, w in zip(pos, sketches, weights):
       sk = np.asarray(sk, np.float32)
       if w > 0 and np.all(np.isfinite(sk)):
-        stored[p], rounds[p], stored_w[p] = sk, round_num, w
-    state['sketches'], state['sketch_round'] = stored, rounds
+        kept.append(p)
+        rows.append(sk)
+        rounds[p], stored_w[p] = round_num, w
+    state['sketches'] = self.sketches.write(
+        round_num, state['sketches'], kept,
+        [np.stack(rows) if rows else np.zeros((0, self.sketch_dim), np.float32)])
+    state['sketch_round'] = rounds
     state['sketch_weight'] = stored_w
 
   def next(self, state, round_num, client_ids, client_datasets):
@@ -718,7 +729,8 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     metrics.
     """
     members = self._window_members(state, round_num)
-    vectors = np.asarray(state['sketches'], np.float64)[members]
+    (vectors,) = self.sketches.read(state['sketches'], members)
+    vectors = vectors.astype(np.float64)
     weights = np.asarray(state['sketch_weight'], np.float64)[members]
     rounds = np.asarray(state['sketch_round'])[members]
     if not self.weighted:
@@ -918,6 +930,7 @@ def build_clustered_fed_avg(
     projection_seed: int = 0,
     min_split_size: int = MIN_SPLIT_SIZE,
     ground_truth: Sequence[int] | None = None,
+    tables: client_state.Tables = client_state.IN_MEMORY,
 ) -> ClusteredFedAvg:
   """Clustered FedAvg (see the module docstring).
 
@@ -956,6 +969,8 @@ def build_clustered_fed_avg(
     min_split_size: fewest compared clients on each side of a split (>= 1).
     ground_truth: optional true group of each client (diagnostics only:
       logs `purity` every round and `purity_compared` at steps).
+    tables: where the clients' projected updates live (memory by default;
+      a run's directory in a run).
   """
   return ClusteredFedAvg(
       model_fn,
@@ -976,5 +991,6 @@ def build_clustered_fed_avg(
       projection_dim=projection_dim,
       projection_seed=projection_seed,
       min_split_size=min_split_size,
+      tables=tables,
       ground_truth=ground_truth,
   )

@@ -24,6 +24,7 @@ from typing import Any, Optional
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
+from tff_research.algorithms import client_state
 from tff_research import clustering as clustering_lib
 from tff_research.algorithms import clustered
 from tff_research.algorithms import fed_avg
@@ -128,12 +129,13 @@ CLUSTERING_HYPERPARAMETERS = (
 )
 
 
-def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids):
+def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids, tables):
   # Clustered FL keeps each client's cluster: state indexed by client_ids.
   h = config.values
   return clustered.build_clustered_fed_avg(
       model_fn,
       client_ids,
+      tables=tables,
       client_optimizer=hp.build_client_optimizer(h),
       metric=h['clustering'],
       num_clusters=h['num_clusters'],
@@ -365,6 +367,7 @@ def build_algorithm(
     config: AlgorithmConfig,
     model_fn: ModelFn,
     client_ids: Sequence[str] = (),
+    tables: client_state.Tables = client_state.IN_MEMORY,
 ) -> base.FederatedAlgorithm:
   """The algorithm `config` describes, with its axes (clustering, DP).
 
@@ -373,17 +376,22 @@ def build_algorithm(
     model_fn: builds a fresh `tff.learning.models.VariableModel`.
     client_ids: every training client, in a fixed order (per-client state is
       indexed by position in it).
+    tables: where per-client rows live (a run's directory; memory by
+      default).
   """
   # Imported here: privacy wraps algorithms, so it depends on this package.
   from tff_research.privacy import dp_config  # pylint: disable=g-import-not-at-top
   client_ids = tuple(client_ids)
   if config.clustered:
-    return _build_clustered(config, model_fn, client_ids)
+    return _build_clustered(config, model_fn, client_ids, tables)
   if config.dp is not None:
     # The DP aggregator's denominator and the accountant need N.
     config = dataclasses.replace(
         config, dp=dataclasses.replace(config.dp, num_clients=len(client_ids)))
-  algorithm = config.spec.build(config, model_fn, client_ids)
+  if config.spec.per_client_state:
+    algorithm = config.spec.build(config, model_fn, client_ids, tables)
+  else:
+    algorithm = config.spec.build(config, model_fn, client_ids)
   if config.dp is not None:
     algorithm = private.PrivateAlgorithm(algorithm, config.dp, client_ids)
   return algorithm

@@ -92,7 +92,8 @@ class AlgorithmSpec:
     fixed_training: training settings the algorithm admits only one value
       of (FedSGD: `client_epochs=1`), name -> (value, why).
     per_client_state: keeps state per client (SCAFFOLD's control variates):
-      needs the training client ids, and the state grows with them.
+      needs the training client ids, and `build` takes a fourth argument,
+      the `client_state.Tables` its rows live in.
     dp_capable: DP can replace its model aggregator (`--dp`).
     clusterable: clustered FL can run it per cluster (`--clustering`).
     distributed: its rounds are mergeable (may run on remote workers).

@@ -161,9 +161,15 @@ def check_emnist_sqlite(db_path: str, only_digits: bool | None = None) -> None:
           'SELECT COUNT(*) FROM client_metadata WHERE split_name = ?;', (split,)).fetchone()
       if not clients:
         raise bad(f'no clients of split {split!r} in table client_metadata')
-      row = con.execute(
-          'SELECT serialized_example_proto FROM examples WHERE split_name = ? LIMIT 1;',
+      # By a listed client: `WHERE split_name = ? LIMIT 1` alone scans the
+      # table up to the split's first row (gigabytes for a test split
+      # written after every training row).
+      (client,) = con.execute(
+          'SELECT client_id FROM client_metadata WHERE split_name = ? LIMIT 1;',
           (split,)).fetchone()
+      row = con.execute(
+          'SELECT serialized_example_proto FROM examples WHERE client_id = ?'
+          ' AND split_name = ? LIMIT 1;', (client, split)).fetchone()
       if row is None:
         raise bad(f'no examples of split {split!r} in table examples')
       _check_example(row[0], db_path, split)
@@ -204,13 +210,24 @@ def _not_found(db_path: str, cache_dir: str, why: str) -> DataNotFoundError:
       f'--cache_dir={cache_dir}')
 
 
-def load_emnist(only_digits: bool, data_dir: str | None):
-  """Loads federated EMNIST via ``tff.simulation.datasets.emnist.load_data``.
+def load_emnist(only_digits: bool, data_dir: str | None, *,
+                reader: str = 'store', log=print):
+  """Loads federated EMNIST: TFF's cache, read through its array store.
+
+  The file is TFF's (``tff.simulation.datasets.emnist.load_data`` reads and
+  downloads it). With ``reader='store'`` the clients are read from the
+  cache's client array store (`array_store`, built once beside the file if
+  absent or stale; logged): the same examples in the same order, read by the
+  TFF worker without parsing protocol buffers. ``reader='sqlite'`` returns
+  TFF's own ``SqlClientData`` (the reference the store is tested against;
+  also the fallback when the store cannot be written).
 
   Args:
     only_digits: the 10-class digits-only splits (else all 62 classes).
     data_dir: directory holding (or to receive) ``emnist_all.sqlite``;
       ``None`` = TFF's default ``~/.tff``.
+    reader: ``'store'`` or ``'sqlite'``.
+    log: where a store build is reported.
 
   Returns:
     ``(train, test)`` ``tff.simulation.datasets.ClientData`` with elements
@@ -221,11 +238,23 @@ def load_emnist(only_digits: bool, data_dir: str | None):
       downloaded; InvalidCacheError (a DataNotFoundError) if it is not a
       valid EMNIST cache (see `check_emnist_sqlite`).
   """
+  if reader not in ('store', 'sqlite'):
+    raise ValueError(f"reader={reader!r} is not valid: 'store' or 'sqlite'")
   db_path = cache_path(data_dir)
   cache_dir = os.path.dirname(db_path)
   existed = os.path.exists(db_path)
   if existed:
+    if reader == 'store':
+      # A store built from this very file (its size and mtime) stands for
+      # it: start-up reads the store's index, not the SQLite file.
+      fresh = _store_splits(db_path, only_digits, log, build=False)
+      if fresh is not None:
+        return fresh
     check_emnist_sqlite(db_path, only_digits)
+    if reader == 'store':
+      store = _store_splits(db_path, only_digits, log)
+      if store is not None:
+        return store
   elif not _network_available():
     raise _not_found(db_path, cache_dir, 'no network to download it')
 
@@ -258,4 +287,32 @@ def load_emnist(only_digits: bool, data_dir: str | None):
     raise DataNotFoundError(
         f'{db_path} has no clients in the {split}_train/{split}_test splits; '
         'rebuild it with uv run python -m tff_research.data.build_emnist_cache')
+  if reader == 'store':
+    store = _store_splits(db_path, only_digits, log)
+    if store is not None:
+      return store
   return train, test
+
+
+def _store_splits(db_path: str, only_digits: bool, log, build: bool = True):
+  """(train, test) `StoreClientData` of the file's array store, or None if
+  there is no up-to-date store and `build` is False or it cannot be built."""
+  # pylint: disable=g-import-not-at-top
+  from tff_research.data import array_store
+  from tff_research.data import store_client_data
+  # pylint: enable=g-import-not-at-top
+  store = (array_store.ensure_store(db_path, log) if build
+           else array_store.open_store(db_path))
+  if store is None:
+    return None
+  prefix = 'digits_only' if only_digits else 'all'
+  try:
+    splits = [store.split(f'{prefix}_{s}') for s in ('train', 'test')]
+  except array_store.StoreError as e:
+    raise InvalidCacheError(f'{e}; {_rebuild(db_path)}') from None
+  empty = [s.name for s in splits if not s.client_ids]
+  if empty:
+    raise DataNotFoundError(
+        f'{db_path} has no clients in split {empty[0]}; rebuild it with uv run'
+        ' python -m tff_research.data.build_emnist_cache')
+  return tuple(store_client_data.StoreClientData.from_split(s) for s in splits)

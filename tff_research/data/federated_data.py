@@ -50,6 +50,7 @@ from tff_research.data import digits as digits_lib
 from tff_research.data import emnist as emnist_lib
 from tff_research.data import label_permutation as label_permutation_lib
 from tff_research.data import partition as partition_lib
+from tff_research.data import store_client_data
 
 DATASETS = ('digits', 'emnist', 'emnist_digits')
 
@@ -248,7 +249,7 @@ def _split_examples(data_dir: str | None, split: str) -> int | None:
   return None if n is None else int(n)
 
 
-def load_federated_data(config: DataConfig) -> FederatedData:
+def load_federated_data(config: DataConfig, log=print) -> FederatedData:
   """Loads the federated dataset described by ``config``.
 
   Raises:
@@ -259,7 +260,7 @@ def load_federated_data(config: DataConfig) -> FederatedData:
   if config.permute_labels_fraction:
     return label_permutation_lib.permute_labels(
         load_federated_data(
-            dataclasses.replace(config, permute_labels_fraction=0.0)),
+            dataclasses.replace(config, permute_labels_fraction=0.0), log),
         config.permute_labels_fraction, config.label_permutation_shift,
         config.seed)
   if config.dataset == 'digits':
@@ -268,7 +269,8 @@ def load_federated_data(config: DataConfig) -> FederatedData:
 
   only_digits = config.dataset == 'emnist_digits'
   num_classes = 10 if only_digits else 62
-  train, test = emnist_lib.load_emnist(only_digits=only_digits, data_dir=config.data_dir)
+  train, test = emnist_lib.load_emnist(only_digits=only_digits,
+                                       data_dir=config.data_dir, log=log)
   if _repartitions(config):
     tr_px, tr_lb = _pool(train)
     te_px, te_lb = _pool(test)
@@ -277,8 +279,11 @@ def load_federated_data(config: DataConfig) -> FederatedData:
     return _partition_pooled(pixels, labels, num_classes, config,
                              f'{config.dataset} re-partitioned (pooled train+test)')
   prefix = 'digits_only' if only_digits else 'all'
-  n_train = _split_examples(config.data_dir, f'{prefix}_train')
-  n_test = _split_examples(config.data_dir, f'{prefix}_test')
+  if isinstance(train, store_client_data.StoreClientData):
+    n_train, n_test = train.total_examples, test.total_examples
+  else:
+    n_train = _split_examples(config.data_dir, f'{prefix}_train')
+    n_test = _split_examples(config.data_dir, f'{prefix}_test')
   counts = (f', {n_train} train / {n_test} test' if n_train is not None and n_test is not None
             else '')
   description = (f'{config.dataset}: {len(train.client_ids)} clients (natural writers)'

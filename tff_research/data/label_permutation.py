@@ -20,6 +20,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.data import sampling
+from tff_research.data import store_client_data
 
 
 def permuted_clients(
@@ -99,7 +100,13 @@ def permute_labels(data, fraction: float, shift: int, seed: int):
   permuted = permuted_clients(data.client_ids, fraction, seed)
   if not permuted:
     return data
-  wrap = lambda cd: PermutedClientData(cd, permuted, shift, data.num_classes)
+
+  def wrap(client_data):
+    if isinstance(client_data, store_client_data.StoreClientData):
+      # The shift goes into each client's recipe, read by the worker.
+      return client_data.with_label_shift(permuted, shift, data.num_classes)
+    return PermutedClientData(client_data, permuted, shift, data.num_classes)
+
   return dataclasses.replace(
       data,
       train=wrap(data.train),

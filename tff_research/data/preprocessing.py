@@ -36,7 +36,8 @@ def element_spec() -> collections.OrderedDict:
   )
 
 
-def _to_xy(batch):
+def to_xy(batch):
+  """A batch of EMNIST elements as the model's (x [b, 784], y [b, 1])."""
   return collections.OrderedDict(
       x=tf.reshape(tf.cast(batch['pixels'], tf.float32), [-1, NUM_PIXELS]),
       y=tf.reshape(tf.cast(batch['label'], tf.int32), [-1, 1]),
@@ -91,7 +92,7 @@ def build_preprocess_fn(*, epochs: int, batch_size: int, shuffle_buffer: int,
   def fn(dataset, seed):
     ds = dataset.repeat(epochs).shuffle(
         shuffle_buffer, seed=seed, reshuffle_each_iteration=False)
-    ds = ds.batch(batch_size).map(_to_xy)
+    ds = ds.batch(batch_size).map(to_xy)
     return ds.prefetch(prefetch) if prefetch else ds
 
   return fn
@@ -100,4 +101,4 @@ def build_preprocess_fn(*, epochs: int, batch_size: int, shuffle_buffer: int,
 def preprocess_for_eval(dataset: tf.data.Dataset, batch_size: int) -> tf.data.Dataset:
   """Evaluation pipeline: batch and flatten, no repeat or shuffle."""
   _check_pos_int('batch_size', batch_size)
-  return dataset.batch(batch_size).map(_to_xy)
+  return dataset.batch(batch_size).map(to_xy)

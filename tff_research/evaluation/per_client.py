@@ -13,16 +13,17 @@ dashboard shows, so an evaluation round reads every held-out example once.
 
 from __future__ import annotations
 
+import abc
 import collections
 from collections.abc import Sequence
 from typing import Callable, Optional
-
-from absl import logging
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import computation_types
+
+from tff_research.data import store_client_data
 
 
 _NUM_METRICS = 3  # loss, accuracy, number of examples
@@ -124,11 +125,11 @@ def indexed(datasets: Sequence[tf.data.Dataset],
   return tagged[0]
 
 
-# Above this many bytes of evaluation batches the clients' datasets are read
-# from their source at every evaluation: a pooled sequence carries its
-# examples in the serialized argument of every call, which gRPC and protobuf
-# cap at 2 GiB.
-POOL_LIMIT_BYTES = 512 * 2**20
+# The pooled examples a sequence built from memory may carry: its arrays are
+# constants of the dataset graph TFF serializes into the call, and TFF
+# refuses a dataset over 100 MB (`Serialized size of Dataset ... exceeds
+# maximum allowed`), so a larger evaluation goes in several calls.
+CHUNK_BYTES = 48 * 2**20
 
 
 class PooledBatches:
@@ -136,11 +137,11 @@ class PooledBatches:
 
   Why: a run evaluates the same held-out datasets every evaluation round,
   and iterating hundreds of small per-client pipelines cost more than the
-  forward pass itself. Measured on the 201 FEMNIST writers' 3,209 test
-  examples (CNN, one call per evaluation): 3.98 s reading TFF's SQLite
-  EMNIST per client, 2.2-2.4 s from per-client in-memory datasets, 0.74-
-  0.77 s from this pool, against a 0.38-0.46 s plain-TF forward pass
-  (`benchmarks/run.py`, eval / forward).
+  forward pass itself (201 FEMNIST writers' 3,209 test examples, CNN: 2.2-
+  2.4 s from per-client in-memory datasets, 0.74-0.77 s from this pool,
+  against a 0.38-0.46 s plain-TF forward pass). This is the path of data
+  held in memory (`ArrayClientData`, a researcher's own `ClientData`); data
+  in an array store is read by the worker instead (`RecipeSource`).
   `sequence(indices)` is one dataset over the pooled arrays whose elements
   are exactly the clients' original batches, in order, each tagged with
   its client's row (what `indexed` builds from per-client datasets).
@@ -152,16 +153,19 @@ class PooledBatches:
     self._leaves = leaves
     self._bounds = batch_bounds      # batch b = rows bounds[b]:bounds[b + 1]
     self._client_batches = client_batches  # client i -> its batch ids
+    row_bytes = sum(a.itemsize * int(np.prod(a.shape[1:])) for a in leaves)
+    self._client_bytes = np.array(
+        [row_bytes * int(np.sum(batch_bounds[b + 1] - batch_bounds[b]))
+         for b in client_batches], np.int64)
 
   def __len__(self) -> int:
     return len(self._client_batches)
 
   @classmethod
-  def read(cls, datasets: Sequence[tf.data.Dataset],
-           limit_bytes: int = POOL_LIMIT_BYTES) -> Optional['PooledBatches']:
+  def read(cls, datasets: Sequence[tf.data.Dataset]) -> Optional['PooledBatches']:
     """The pool of `datasets`' batches, or None where it cannot be one:
     element structures that differ or are not tensors with a leading batch
-    dimension, or more than `limit_bytes` of data (logged)."""
+    dimension."""
     if not datasets:
       return None
     spec = datasets[0].element_spec
@@ -171,7 +175,7 @@ class PooledBatches:
                    d.element_spec != spec for d in datasets):
       return None
     columns = [[] for _ in specs]
-    sizes, client_batches, total = [], [], 0
+    sizes, client_batches = [], []
     for ds in datasets:
       first = len(sizes)
       for batch in ds.as_numpy_iterator():
@@ -182,17 +186,25 @@ class PooledBatches:
         for column, a in zip(columns, arrays):
           column.append(a)
         sizes.append(n)
-        total += sum(a.nbytes for a in arrays)
-        if total > limit_bytes:
-          logging.info('Evaluation data exceeds %d bytes: read from its'
-                       ' source at every evaluation', limit_bytes)
-          return None
       client_batches.append(np.arange(first, len(sizes)))
     leaves = [np.concatenate(c) if c else
               np.zeros((0, *s.shape[1:]), s.dtype.as_numpy_dtype)
               for c, s in zip(columns, specs)]
     bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
     return cls(spec, leaves, bounds, client_batches)
+
+  def chunks(self, indices: Sequence[int],
+             limit_bytes: int = CHUNK_BYTES) -> list[list[int]]:
+    """`indices` cut, in order, into runs of clients whose examples add up
+    to at most `limit_bytes` (a client larger than that alone)."""
+    runs, run, size = [], [], 0
+    for i in indices:
+      if run and size + self._client_bytes[i] > limit_bytes:
+        runs.append(run)
+        run, size = [], 0
+      run.append(i)
+      size += int(self._client_bytes[i])
+    return runs + [run] if run else runs
 
   def sequence(self, indices: Sequence[int]) -> tf.data.Dataset:
     """The batches of clients `indices`, in that order, tagged with their
@@ -219,37 +231,103 @@ class PooledBatches:
         (ends - sizes, ends, tags)).map(batch)
 
 
-class Evaluator:
-  """Evaluates model weights on a list of client datasets.
+class EvalSource(abc.ABC):
+  """The held-out clients' data, as the per-client evaluation reads it.
 
-  Computations are built once and reused every evaluation round, and the
-  datasets are read once (`PooledBatches`) when they fit in
-  `pool_limit_bytes`.
+  `sequences(indices)` covers clients `indices` (positions in the
+  evaluated list) with one or more tagged batch sequences (see
+  `build_per_client_eval`), each small enough to be a computation's
+  argument, whatever the number of clients.
+  """
+
+  @property
+  @abc.abstractmethod
+  def num_clients(self) -> int:
+    """The number of evaluated clients (rows of the result)."""
+
+  @abc.abstractmethod
+  def sequences(self, indices: Sequence[int]) -> list[tf.data.Dataset]:
+    """Tagged batch sequences of clients `indices`, in order."""
+
+
+class RecipeSource(EvalSource):
+  """Clients in an array store: one sequence whose graph holds the clients'
+  recipes (file names, selected rows), read by the worker that runs the
+  evaluation (`store_client_data.eval_sequence`)."""
+
+  def __init__(self, recipes: Sequence[store_client_data.Recipe],
+               batch_size: int):
+    self._recipes = list(recipes)
+    self._batch_size = batch_size
+
+  @property
+  def num_clients(self) -> int:
+    return len(self._recipes)
+
+  def sequences(self, indices):
+    indices = list(indices)
+    return [store_client_data.eval_sequence(
+        [self._recipes[i] for i in indices], indices, self._batch_size)]
+
+
+class DatasetSource(EvalSource):
+  """Clients given as datasets (data in memory, any `ClientData`): read
+  once into a `PooledBatches` on first use, and evaluated in chunks of at
+  most `chunk_bytes` of examples; datasets that cannot be pooled are
+  evaluated from their sources (`indexed`)."""
+
+  def __init__(self, datasets: Sequence[tf.data.Dataset],
+               chunk_bytes: int = CHUNK_BYTES):
+    self.datasets = list(datasets)
+    self._chunk_bytes = chunk_bytes
+    self._pool = None
+    self._read = False
+
+  @property
+  def num_clients(self) -> int:
+    return len(self.datasets)
+
+  def sequences(self, indices):
+    if not self._read:
+      self._pool = PooledBatches.read(self.datasets)
+      self._read = True
+    if self._pool is None:
+      return [indexed([self.datasets[i] for i in indices], indices)]
+    return [self._pool.sequence(run)
+            for run in self._pool.chunks(indices, self._chunk_bytes)]
+
+
+class Evaluator:
+  """Evaluates model weights on the held-out clients of an `EvalSource` (or a
+  list of datasets, pooled as a `DatasetSource`).
+
+  Computations are built once and reused every evaluation round; each set
+  of clients' sequences is built once (a run evaluates the same clients
+  every time).
   """
 
   def __init__(self, model_fn: Callable[[], tff.learning.models.VariableModel],
-               num_classes: int = 0,
-               pool_limit_bytes: int = POOL_LIMIT_BYTES):
+               num_classes: int = 0, chunk_bytes: int = CHUNK_BYTES):
     self._model_fn = model_fn
     self._num_classes = num_classes
-    self._pool_limit_bytes = pool_limit_bytes
+    self._chunk_bytes = chunk_bytes
     # Built on first use for the number of evaluated clients, which is fixed
     # for a run; rebuilt only if it changes.
     self._per_client_eval = None
     self._num_clients = None
-    # (dataset ids, indices) -> (the datasets, their indexed sequence): a
-    # run evaluates the same datasets every time. The datasets are kept so
-    # their ids cannot be reused by others.
+    # (source, indices) -> sequences. The source is kept so that its id
+    # cannot be reused by another.
     self._inputs = {}
-    # (the datasets, their pool or None): read once per list of datasets.
-    self._pool = None
+    # The `DatasetSource` of the last list of datasets evaluated.
+    self._datasets_source = None
 
   def evaluate(
       self,
       model_weights: tff.learning.models.ModelWeights,
-      client_datasets: Sequence[tf.data.Dataset],
+      clients,
   ) -> dict[str, object]:
-    """Returns mean and per-client metrics.
+    """Returns mean and per-client metrics of `clients` (an `EvalSource` or
+    a list of datasets).
 
     Keys: `loss`, `accuracy` (example-weighted means over all evaluated
     examples, the quantity `build_fed_eval` reports), `num_examples`,
@@ -258,39 +336,39 @@ class Evaluator:
     arrays in the order given), and `confusion_matrix` (int64 [C, C], rows =
     true label; [0, 0] without `num_classes`).
     """
+    source = self._source(clients)
     return self.evaluate_groups(
-        [(model_weights, list(range(len(client_datasets))))], client_datasets
-    )
+        [(model_weights, list(range(source.num_clients)))], source)
 
-  def _pooled(self, client_datasets) -> Optional[PooledBatches]:
-    datasets = list(client_datasets)
-    if self._pool is None or len(self._pool[0]) != len(datasets) or any(
-        a is not b for a, b in zip(self._pool[0], datasets)):
-      self._pool = (datasets,
-                    PooledBatches.read(datasets, self._pool_limit_bytes))
-    return self._pool[1]
+  def _source(self, clients) -> EvalSource:
+    if isinstance(clients, EvalSource):
+      return clients
+    datasets = list(clients)
+    cached = self._datasets_source
+    if cached is None or len(cached.datasets) != len(datasets) or any(
+        a is not b for a, b in zip(cached.datasets, datasets)):
+      self._datasets_source = DatasetSource(datasets, self._chunk_bytes)
+    return self._datasets_source
 
-  def _indexed(self, client_datasets, indices):
-    chosen = [client_datasets[i] for i in indices]
-    key = (tuple(id(d) for d in chosen), tuple(indices))
+  def _sequences(self, source: EvalSource, indices):
+    key = (id(source), tuple(indices))
     if key not in self._inputs:
       if len(self._inputs) >= 8:  # Clustered FL's groups change over time.
         self._inputs.clear()
-      pool = self._pooled(client_datasets)
-      self._inputs[key] = (chosen, indexed(chosen, indices) if pool is None
-                           else pool.sequence(indices))
+      self._inputs[key] = (source, source.sequences(indices))
     return self._inputs[key][1]
 
   def evaluate_groups(
       self,
       groups: Sequence[tuple[tff.learning.models.ModelWeights, Sequence[int]]],
-      client_datasets: Sequence[tf.data.Dataset],
+      clients,
   ) -> dict[str, object]:
     """Like `evaluate`, each group of clients with its own model.
 
-    Per-client arrays are in the order of `client_datasets`.
+    Per-client arrays are in the order of `clients`.
     """
-    n_clients = len(client_datasets)
+    source = self._source(clients)
+    n_clients = source.num_clients
     if self._num_clients != n_clients:
       self._per_client_eval = build_per_client_eval(
           self._model_fn, n_clients, self._num_classes)
@@ -299,9 +377,10 @@ class Evaluator:
     confusion = np.zeros((self._num_classes,) * 2, np.int64)
     for weights, indices in groups:
       indices = list(indices)
-      if indices:
-        rows, matrix = self._per_client_eval(
-            weights, self._indexed(client_datasets, indices))
+      if not indices:
+        continue
+      for sequence in self._sequences(source, indices):
+        rows, matrix = self._per_client_eval(weights, sequence)
         table += rows
         confusion += np.asarray(matrix, np.int64)
     loss, acc, n = table.T

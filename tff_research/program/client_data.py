@@ -8,6 +8,10 @@ growth: about 1.7 MB per round at 10 clients per round, linear, without end.
 Here the pipeline is traced once per run in a `tf.function` and every round
 only calls it:
 
+* `StoreClientData` (EMNIST read from its array store, and views of it):
+  the traced function takes (the client's recipe, shuffle seed), so the
+  dataset TFF serializes into each call holds file names, not pixels, and
+  the worker reads the files;
 * `SqlClientData` (TFF's EMNIST, also as `preprocess`ed by its loader): the
   traced function takes (client id,
   shuffle seed) and builds the dataset from the client data's
@@ -32,6 +36,7 @@ from tensorflow_federated.python.simulation.datasets import client_data as clien
 
 from tff_research.data import preprocessing
 from tff_research.data import sampling
+from tff_research.data import store_client_data
 from tff_research.program import config as config_lib
 
 
@@ -44,6 +49,11 @@ def shuffle_seed(seed: int, round_num: int, client_id: str) -> int:
 def build_dataset_fn(client_data: tff.simulation.datasets.ClientData, *,
                      epochs: int, batch_size: int, shuffle_buffer: int):
   """`f(client_id, seed) -> preprocessed dataset`, traced once (see above)."""
+  if isinstance(client_data, store_client_data.StoreClientData):
+    from_recipe = store_client_data.build_train_dataset_fn(
+        epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
+    return lambda client_id, seed: from_recipe(client_data.recipe(client_id),
+                                               seed)
   preprocess = preprocessing.build_preprocess_fn(
       epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
   if _reads_sql(client_data):

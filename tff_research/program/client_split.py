@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
 from tff_research.data import federated_data as federated_data_lib
 from tff_research.data import partition
 from tff_research.data import preprocessing
 from tff_research.data import sampling
+from tff_research.data import store_client_data
+from tff_research.evaluation import per_client
 from tff_research.program import config as config_lib
 
 
@@ -17,11 +18,19 @@ class ClientSplit:
 
   Pure in the data and (seed, eval_on, heldout_client_fraction,
   max_eval_clients), so a run directory rebuilds the same held-out set.
+
+  With `eval_on='test_split'` every client with test examples is
+  evaluated, in the training clients' order; a writer with test examples
+  but none to train on (possible in a cache built from other sources)
+  trains never and is evaluated after them (`test_only_client_ids`).
   """
 
   def __init__(self, data: federated_data_lib.FederatedData,
                evaluation: config_lib.EvaluationConfig, seed: int):
     all_ids = list(data.client_ids)
+    test_ids = set(data.test.client_ids)
+    known = set(all_ids)
+    self.test_only_client_ids = sorted(test_ids - known)
     if evaluation.eval_on == 'heldout_clients':
       train_ids, heldout_ids = partition.heldout_split(
           all_ids, evaluation.heldout_client_fraction, seed)
@@ -29,8 +38,8 @@ class ClientSplit:
       eval_ids = list(heldout_ids)
     else:
       self.train_client_ids = all_ids
-      test_ids = set(data.test.client_ids)
       eval_ids = [c for c in all_ids if c in test_ids]
+      eval_ids += self.test_only_client_ids
     if evaluation.max_eval_clients and (
         len(eval_ids) > evaluation.max_eval_clients):
       # A fixed subset for the whole run, so evaluation curves compare rounds
@@ -42,19 +51,53 @@ class ClientSplit:
     self.eval_client_ids = eval_ids
     self._data = data
     self._evaluation = evaluation
+    self._test_ids = test_ids
 
-  def eval_datasets(self) -> list[tf.data.Dataset]:
-    """Held-out datasets: each client's test split, or all of a held-out
-    client's data (it never trained)."""
+  def describe_left_out(self) -> str:
+    """One line on writers with test examples but no training examples, or
+    '' if there are none."""
+    n = len(self.test_only_client_ids)
+    if not n:
+      return ''
+    examples = sum(_count(self._data.test, c) for c in self.test_only_client_ids)
+    if self._evaluation.eval_on == 'heldout_clients':
+      return (f'{n} writers with test examples but no training examples'
+              f' ({examples} test examples) are not evaluated: held-out'
+              ' clients are drawn from the training writers')
+    return (f'{n} writers with test examples but no training examples'
+            f' ({examples} test examples) never train and are evaluated')
+
+  def eval_datasets(self) -> per_client.EvalSource:
+    """The held-out data: each client's test split, or all of a held-out
+    client's data (it never trained). Data in an array store is read by
+    the worker that evaluates (`RecipeSource`); other data is pooled in
+    memory (`DatasetSource`)."""
+    train, test = self._data.train, self._data.test
+    heldout = self._evaluation.eval_on == 'heldout_clients'
+    batch_size = self._evaluation.eval_batch_size
+    if isinstance(train, store_client_data.StoreClientData) and isinstance(
+        test, store_client_data.StoreClientData):
+      recipes = []
+      for cid in self.eval_client_ids:
+        if heldout:
+          recipes.append(train.concat(test, cid) if cid in self._test_ids
+                         else train.recipe(cid))
+        else:
+          recipes.append(test.recipe(cid))
+      return per_client.RecipeSource(recipes, batch_size)
     datasets = []
-    test_ids = set(self._data.test.client_ids)
     for cid in self.eval_client_ids:
-      if self._evaluation.eval_on == 'heldout_clients':
-        ds = self._data.train.create_tf_dataset_for_client(cid)
-        if cid in test_ids:
-          ds = ds.concatenate(self._data.test.create_tf_dataset_for_client(cid))
+      if heldout:
+        ds = train.create_tf_dataset_for_client(cid)
+        if cid in self._test_ids:
+          ds = ds.concatenate(test.create_tf_dataset_for_client(cid))
       else:
-        ds = self._data.test.create_tf_dataset_for_client(cid)
-      datasets.append(preprocessing.preprocess_for_eval(
-          ds, self._evaluation.eval_batch_size))
-    return datasets
+        ds = test.create_tf_dataset_for_client(cid)
+      datasets.append(preprocessing.preprocess_for_eval(ds, batch_size))
+    return per_client.DatasetSource(datasets)
+
+
+def _count(client_data, client_id: str) -> int:
+  if hasattr(client_data, 'num_examples'):
+    return client_data.num_examples(client_id)
+  return sum(1 for _ in client_data.create_tf_dataset_for_client(client_id))

@@ -40,7 +40,7 @@ class HeldOutEvaluation:
     self._split = split
     self._every = every
     self._evaluator = evaluation.Evaluator(model_fn, num_classes)
-    self._datasets = split.eval_datasets()
+    self._clients = split.eval_datasets()
 
   def due(self, round_num: int, final_round: int) -> bool:
     return round_num % self._every == 0 or round_num == final_round
@@ -51,7 +51,7 @@ class HeldOutEvaluation:
     start = time.monotonic()
     groups = self._algorithm.eval_model_groups(state,
                                                self._split.eval_client_ids)
-    result = self._evaluator.evaluate_groups(groups, self._datasets)
+    result = self._evaluator.evaluate_groups(groups, self._clients)
     result.update(group_metrics(groups, result))
     result['seconds'] = time.monotonic() - start
     group = collections.OrderedDict(

@@ -25,6 +25,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import algorithms
+from tff_research.algorithms import client_state
 from tff_research.program import dashboard
 from tff_research import models
 from tff_research import runtime
@@ -41,6 +42,7 @@ from tff_research.program import loop
 from tff_research.program import release as release_lib
 from tff_research.program import run_directory as run_directory_lib
 from tff_research.program import run_lock
+from tff_research.program import startup
 from tff_research.program import validation_split
 
 ClientDataPair = tuple[tff.simulation.datasets.ClientData,
@@ -93,6 +95,8 @@ def build_run(
     *,
     model: Union[str, models.KerasConstructor, None] = None,
     client_data=None,
+    log=print,
+    phases: Optional[startup.StartupPhases] = None,
 ) -> Run:
   """Data, model, client split and algorithm of `config`, each built once.
 
@@ -102,20 +106,32 @@ def build_run(
       `num_classes` returning an uncompiled Keras model).
     client_data: overrides `config.data` with your federation (see
       `federated_data_from`).
+    log: where one-off events (an array store built) are reported.
+    phases: times the phases (data, split, algorithm) when given.
   """
-  if client_data is None:
-    data = federated_data.load_federated_data(config.data)
-  else:
-    data = federated_data_from(client_data)
+  phases = phases or startup.StartupPhases()
+  with phases.phase('data'):
+    if client_data is None:
+      data = federated_data.load_federated_data(config.data, log)
+    else:
+      data = federated_data_from(client_data)
   model_fn = models.model_fn(config.model if model is None else model,
                              data.num_classes, preprocessing.element_spec(),
                              seed=config.seed)
-  evaluation = config.evaluation
-  if evaluation.validation_fraction:
-    data, evaluation = validation_split.carve(data, evaluation, config.seed)
-  split = client_split.ClientSplit(data, evaluation, config.seed)
-  algorithm = algorithms.build_algorithm(config.algorithm, model_fn,
-                                         split.train_client_ids)
+  with phases.phase('split'):
+    evaluation = config.evaluation
+    if evaluation.validation_fraction:
+      data, evaluation = validation_split.carve(data, evaluation, config.seed)
+    split = client_split.ClientSplit(data, evaluation, config.seed)
+  with phases.phase('algorithm'):
+    directory = run_directory_lib.RunDirectory(config.run_dir)
+    # Per-client rows (SCAFFOLD's c_i, clustered FL's sketches) live beside
+    # the checkpoints that pin them.
+    tables = client_state.Tables(os.path.join(config.run_dir, 'client_state'),
+                                 directory.checkpoint_dir,
+                                 run_directory_lib.CHECKPOINT_PREFIX)
+    algorithm = algorithms.build_algorithm(config.algorithm, model_fn,
+                                           split.train_client_ids, tables)
   return Run(config, data, model_fn, split, algorithm)
 
 
@@ -147,11 +163,18 @@ def train(
   holder = run_lock.holder_pid(config.run_dir)
   if holder is not None:
     raise run_lock.RunDirectoryInUseError(config.run_dir, holder)
-  runtime.start(workers=config.workers)
-  run = build_run(config, model=model, client_data=client_data)
+  phases = startup.StartupPhases()
+  with phases.phase('worker'):
+    runtime.start(workers=config.workers)
+  run = build_run(config, model=model, client_data=client_data, log=log,
+                  phases=phases)
   log(f'Data: {run.data.description}')
+  left_out = run.split.describe_left_out()
+  if left_out:
+    log(f'Evaluation: {left_out}')
   sampler = client_sampler.ClientSampler.from_config(
       run.split.train_client_ids, config.training, config.seed)
+  log(phases.line())
   # One writer per run directory, for the rest of the run.
   with run_lock.hold(config.run_dir):
     directory.check_compatible(config)  # Another run may have started it.

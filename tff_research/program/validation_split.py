@@ -18,7 +18,9 @@ run evaluates on validation data taken from its *training* data only:
 
 Pure in its arguments, so a run directory rebuilds the same validation data
 (`training.rebuild_run`), and evaluation reads it exactly as it reads the
-test data.
+test data. Data in an array store is split by row positions drawn from the
+clients' sizes in its index, so nothing is read (`StoreClientData` views);
+other data is read into memory. Both draw the same positions.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import zlib
 import numpy as np
 
 from tff_research.data import federated_data as federated_data_lib
+from tff_research.data import store_client_data
 from tff_research.program import client_split as client_split_lib
 from tff_research.program import config as config_lib
 
@@ -58,11 +61,14 @@ def carve(
 ) -> tuple[federated_data_lib.FederatedData, config_lib.EvaluationConfig]:
   """The validation federation of `data` and the evaluation config its
   `ClientSplit` takes. ValueError (one line) if no validation data is left."""
-  fraction = evaluation.validation_fraction
   train_ids = client_split_lib.ClientSplit(data, evaluation,
                                           seed).train_client_ids
+  if isinstance(data.train, store_client_data.StoreClientData) and isinstance(
+      data.test, store_client_data.StoreClientData):
+    return _carve_store(data, evaluation, seed, train_ids)
+  fraction = evaluation.validation_fraction
   heldout = evaluation.eval_on == 'heldout_clients'
-  rng = np.random.default_rng([seed, zlib.crc32(b'tune_validation')])
+  rng = _rng(seed)
   test_ids = set(data.test.client_ids)
   pixels, labels, train_idx, val_idx = [], [], {}, {}
   for cid in train_ids:
@@ -86,21 +92,62 @@ def carve(
   labels = np.array(labels, np.int32)
   train = federated_data_lib.ArrayClientData(pixels, labels, train_idx)
   if heldout:
-    # ClientSplit draws the validation clients from `train` by seed and
-    # appends a client's `test` data to it; the validation clients' data is
-    # already whole, so `test` holds only a placeholder no split can draw.
-    test = federated_data_lib.ArrayClientData(
-        pixels, labels, {'__no_test_client__': np.arange(1)})
-    split_evaluation = dataclasses.replace(
-        evaluation, heldout_client_fraction=fraction)
+    test = _NO_TEST
   else:
-    if not val_idx:
-      raise ValueError(
-          f'--validation_fraction={fraction} leaves no client a validation'
-          ' example; use a larger fraction')
+    _check_some(val_idx, evaluation)
     test = federated_data_lib.ArrayClientData(pixels, labels, val_idx)
-    split_evaluation = evaluation
+  return _validation_data(data, evaluation, train, test)
+
+
+# ClientSplit draws the validation clients from `train` by seed and appends
+# a client's `test` data to it; held-out validation clients' data is whole
+# in `train`, so `test` has no clients.
+_NO_TEST = store_client_data.StoreClientData({}, description='no test split')
+
+
+def _rng(seed: int) -> np.random.Generator:
+  return np.random.default_rng([seed, zlib.crc32(b'tune_validation')])
+
+
+def _check_some(validation, evaluation) -> None:
+  if not validation:
+    raise ValueError(
+        f'--validation_fraction={evaluation.validation_fraction} leaves no'
+        ' client a validation example; use a larger fraction')
+
+
+def _validation_data(data, evaluation, train, test):
+  split_evaluation = evaluation
+  if evaluation.eval_on == 'heldout_clients':
+    split_evaluation = dataclasses.replace(
+        evaluation, heldout_client_fraction=evaluation.validation_fraction)
   return federated_data_lib.FederatedData(
       train, test, data.num_classes, tuple(train.client_ids),
       f'{data.description}; validation: {describe(evaluation)}'
   ), split_evaluation
+
+
+def _carve_store(data, evaluation, seed, train_ids):
+  """`carve` of data in an array store: views whose recipes select rows.
+
+  The positions are those the in-memory path draws: one generator walks
+  the training clients in order and permutes each client's n positions,
+  and a permutation's draws depend on n alone.
+  """
+  train, test = data.train, data.test
+  if evaluation.eval_on == 'heldout_clients':
+    # A training client's data is all of its data, test split included.
+    return _validation_data(data, evaluation,
+                            train.concat_clients(test, train_ids), _NO_TEST)
+  rng = _rng(seed)
+  train_rows, val_rows = {}, {}
+  for cid in train_ids:
+    n = train.num_examples(cid)
+    n_val = min(int(round(evaluation.validation_fraction * n)), n - 1)
+    perm = rng.permutation(n)
+    train_rows[cid] = np.sort(perm[n_val:])
+    if n_val > 0:
+      val_rows[cid] = np.sort(perm[:n_val])
+  _check_some(val_rows, evaluation)
+  return _validation_data(data, evaluation, train.with_rows(train_rows),
+                          train.with_rows(val_rows))

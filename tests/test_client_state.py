@@ -1,0 +1,144 @@
+"""The per-client row table: equal to a plain [N, ...] array, on disk and in
+memory; checkpoints' rows pinned; torn journal records ignored; disk use
+bounded by the rows in use."""
+
+import os
+
+import numpy as np
+import pytest
+
+from tff_research.algorithms import client_state
+
+SHAPES = [(3, 2), (4,)]
+DTYPES = [np.float32, np.int64]
+
+
+def _rows(rng, k):
+  return [rng.normal(size=(k, 3, 2)).astype(np.float32),
+          rng.integers(-9, 9, size=(k, 4))]
+
+
+def _assert_rows_equal(got, want):
+  for g, w in zip(got, want):
+    assert g.dtype == w.dtype
+    np.testing.assert_array_equal(g, w)
+
+
+def _table(tmp_path, n, on_disk, name='t'):
+  if not on_disk:
+    return client_state.ClientStateTable(n, SHAPES, DTYPES)
+  return client_state.ClientStateTable(
+      n, SHAPES, DTYPES, directory=str(tmp_path / name),
+      checkpoint_dir=str(tmp_path / 'checkpoints'))
+
+
+@pytest.mark.parametrize('on_disk', [False, True], ids=['memory', 'disk'])
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_equals_a_plain_array_for_every_state_still_live(tmp_path, on_disk,
+                                                         seed):
+  rng = np.random.default_rng(seed)
+  n, k = 12, 4
+  table = _table(tmp_path, n, on_disk)
+  reference = [np.zeros((n, 3, 2), np.float32), np.zeros((n, 4), np.int64)]
+  index = table.empty_index()
+  _assert_rows_equal(table.read(index, range(n)), reference)
+  history = [(index, [r.copy() for r in reference])]
+  for round_num in range(1, 30):
+    positions = rng.choice(n, k, replace=False)
+    rows = _rows(rng, k)
+    index = table.write(round_num, index, positions, rows)
+    for ref, new in zip(reference, rows):
+      ref[positions] = new
+    history.append((index, [r.copy() for r in reference]))
+    # This state and the LIVE_ROUNDS before it read as they were written.
+    for old_index, old_ref in history[-1 - client_state.LIVE_ROUNDS:]:
+      _assert_rows_equal(table.read(old_index, range(n)), old_ref)
+    _assert_rows_equal(table.read(index, positions[::-1]),
+                       [r[positions[::-1]] for r in reference])
+  # 29 rounds x 4 rows written; a slot is freed once no live state reads it.
+  assert table._capacity() <= n + (client_state.LIVE_ROUNDS + 1) * k  # pylint: disable=protected-access
+
+
+def test_disk_and_memory_tables_allocate_the_same_slots(tmp_path):
+  rng = np.random.default_rng(3)
+  memory, disk = _table(tmp_path, 9, False), _table(tmp_path, 9, True)
+  a, b = memory.empty_index(), disk.empty_index()
+  for round_num in range(1, 12):
+    positions = rng.choice(9, 3, replace=False)
+    rows = _rows(rng, 3)
+    a = memory.write(round_num, a, positions, rows)
+    b = disk.write(round_num, b, positions, rows)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_checkpointed_state_survives_later_rounds_and_a_resume(tmp_path):
+  rng = np.random.default_rng(4)
+  n = 6
+  table = _table(tmp_path, n, True)
+  index = table.empty_index()
+  saved = {}
+  for round_num in range(1, 5):
+    index = table.write(round_num, index, [round_num % n, 5], _rows(rng, 2))
+  os.makedirs(tmp_path / 'checkpoints' / 'round_4')
+  saved = (index, table.read(index, range(n)))
+  # Twenty more rounds rewrite every client many times over.
+  for round_num in range(5, 25):
+    index = table.write(round_num, index, rng.choice(n, 3, replace=False),
+                        _rows(rng, 3))
+  _assert_rows_equal(table.read(saved[0], range(n)), saved[1])
+  # A new process resumes from round 4 (the later rounds never
+  # checkpointed): the rounds after 4 are dropped from the journal and
+  # redone with other rows; round 4's rows are still those saved.
+  resumed = _table(tmp_path, n, True)
+  index = saved[0]
+  for round_num in range(5, 9):
+    index = resumed.write(round_num, index, [0, 1, 2], _rows(rng, 3))
+    _assert_rows_equal(resumed.read(saved[0], range(n)), saved[1])
+  # Once its checkpoint is gone, round 4's slots are free for reuse.
+  os.rmdir(tmp_path / 'checkpoints' / 'round_4')
+  before = resumed._capacity()  # pylint: disable=protected-access
+  for round_num in range(9, 40):
+    index = resumed.write(round_num, index, [0, 1, 2], _rows(rng, 3))
+  assert resumed._capacity() == before  # pylint: disable=protected-access
+
+
+def test_a_torn_journal_record_is_ignored(tmp_path):
+  rng = np.random.default_rng(5)
+  table = _table(tmp_path, 4, True)
+  index = table.write(1, table.empty_index(), [0, 1], _rows(rng, 2))
+  os.makedirs(tmp_path / 'checkpoints' / 'round_1')
+  want = table.read(index, range(4))
+  journal = tmp_path / 't' / client_state.JOURNAL
+  size = journal.stat().st_size
+  with open(journal, 'ab') as f:  # Half of a record: a crash mid-append.
+    f.write(b'\x02' * 11)
+  resumed = _table(tmp_path, 4, True)
+  new = resumed.write(2, index, [1, 2], _rows(rng, 2))
+  _assert_rows_equal(resumed.read(index, range(4)), want)
+  assert journal.stat().st_size == size + 2 * 24
+  assert set(new[[1, 2]]).isdisjoint(index[[0, 1]])
+
+
+def test_rows_of_unwritten_clients_are_zero_and_bad_writes_refused(tmp_path):
+  table = _table(tmp_path, 3, True)
+  got = table.read(table.empty_index(), [2, 0])
+  _assert_rows_equal(got, [np.zeros((2, 3, 2), np.float32),
+                           np.zeros((2, 4), np.int64)])
+  with pytest.raises(ValueError, match='appears twice'):
+    table.write(1, table.empty_index(), [1, 1], _rows(np.random.default_rng(), 2))
+  with pytest.raises(ValueError, match='num_clients=0 is not valid'):
+    client_state.ClientStateTable(0, SHAPES, DTYPES)
+  # Nothing is created on disk before the first write.
+  assert not (tmp_path / 't').exists()
+
+
+def test_a_truncated_row_file_is_one_line(tmp_path):
+  table = _table(tmp_path, 2, True)
+  index = table.write(1, table.empty_index(), [0, 1],
+                      _rows(np.random.default_rng(6), 2))
+  table.close()
+  rows = tmp_path / 't' / client_state.ROWS
+  os.truncate(rows, rows.stat().st_size - 1)
+  fresh = _table(tmp_path, 2, True)
+  with pytest.raises(ValueError, match=r'rows.bin is truncated: slot 1 ends'):
+    fresh.read(index, [1])
