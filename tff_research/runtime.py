@@ -94,6 +94,8 @@ from tensorflow_federated.python.core.impl.executors import remote_executor
 from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
 from tensorflow_federated.python.core.impl.types import placements
 
+from tff_research.program import console
+
 _PR_SET_PDEATHSIG = 1
 _GRPC_OPTIONS = [
     ('grpc.max_message_length', 2**31 - 1),
@@ -659,6 +661,7 @@ def install_signal_handlers() -> None:
     stop()
     line = _termination_line
     if line is not None:
+      console.restore_stderr()  # The line must reach the real stderr.
       try:
         print(line(), file=sys.stderr, flush=True)
       except Exception:  # pylint: disable=broad-except

@@ -10,10 +10,12 @@ from absl import flags
 from absl import logging
 
 from tff_research import runtime
+from tff_research.program import run_directory
 
 
 def main_or_exit(run: Callable[[], object]) -> None:
-  """Runs `run()`; a ValueError becomes one line on stderr and exit 1."""
+  """Runs `run()`; a ValueError becomes one line on stderr and exit 1, and
+  so does a full device wherever a write hits it (a traceback otherwise)."""
   runtime.install_signal_handlers()
   if not flags.FLAGS['verbosity'].present:
     # TFF/Keras log every model construction at INFO; keep the console for
@@ -23,6 +25,13 @@ def main_or_exit(run: Callable[[], object]) -> None:
     run()
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+  except Exception as e:  # pylint: disable=broad-except
+    if not run_directory.is_disk_full(e):
+      raise
+    where = getattr(e, 'filename', None)
+    print(f'error: no space left on device{f" writing {where}" if where else ""};'
+          ' free space and re-run the same command', file=sys.stderr)
     sys.exit(1)
   finally:
     runtime.stop()

@@ -45,6 +45,9 @@ checkpointed by the plain manager resume unchanged) and these guarantees:
   algorithm, not damage), `load_latest` raises `CheckpointMismatchError`
   naming the arrays found and the arrays expected, instead of advising to
   start over: the versions are intact.
+* **A full disk.** A save that fails midway (e.g. no space left on device)
+  removes its temporary entries before the error propagates, so the
+  directory holds only the complete versions it held before.
 
 Only local file systems are supported (the renames and fsyncs use `os`).
 """
@@ -529,7 +532,9 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
       _rename(temp, path)
       _fsync_dir(self._root_dir)
     except BaseException:
+      # TFF writes under `temp` + a suffix first; both are temporary entries.
       shutil.rmtree(temp, ignore_errors=True)
+      self.clean_temporary()
       raise
     logging.info('Program state saved: %s', path)
     await self._remove_old_program_state()

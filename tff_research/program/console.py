@@ -10,15 +10,21 @@ lines about CUDA drivers and CPU instructions, and TensorBoard's
 level at WARNING (INFO lines off, warnings and errors kept), the one Python
 warning filtered by its exact message, and stderr captured at the file
 descriptor during the import only: the known noise lines are dropped,
-every other line is passed through unchanged. Nothing after the import is
-filtered, so real errors always show. Binaries call it before anything else
-imports TensorFlow; this module itself imports nothing heavy.
+every other line is passed through unchanged. Binaries call it before
+anything else imports TensorFlow; this module itself imports nothing heavy.
+
+`stderr_without(is_dropped)` is that capture for any span of code: the
+round loop drops TensorFlow's C++ echo of a full device's error
+(`OP_REQUIRES failed at ...: No space left on device`), which it reports
+in its own one line.
 """
 
+import contextlib
 import os
 import re
 import sys
 import threading
+from typing import Callable, Iterator, Optional
 import warnings
 
 NOISE = (
@@ -26,7 +32,16 @@ NOISE = (
                r' to register factory for plugin \w+ when one has already'
                r' been registered'),
     re.compile(r'TF-TRT Warning: Could not find TensorRT'),
+    # tf.data's autotuning thread, told to stop because its iterator is
+    # gone (a run ending early): harmless, and not the run's error.
+    re.compile(r'root_dataset\.cc:\d+\] Optimization loop failed: CANCELLED:'
+               r' Operation was cancelled'),
 )
+
+
+# While `stderr_without` captures file descriptor 2: a duplicate of the
+# real stderr.
+_real_stderr: Optional[int] = None
 
 
 def is_noise(line: str) -> bool:
@@ -41,35 +56,68 @@ def import_tensorflow_quietly() -> None:
       category=UserWarning)
   if 'tensorflow' in sys.modules:
     return
-  sys.stderr.flush()
-  read_fd, write_fd = os.pipe()
-  saved = os.dup(2)
-  os.dup2(write_fd, 2)
-  os.close(write_fd)
-  captured = []
-  reader = threading.Thread(
-      target=lambda: captured.append(_read_all(read_fd)), daemon=True)
-  reader.start()
-  try:
+  with stderr_without(is_noise):
     import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
     import tensorflow_federated  # pylint: disable=g-import-not-at-top,unused-import
+
+
+@contextlib.contextmanager
+def stderr_without(is_dropped: Callable[[str], bool]) -> Iterator[None]:
+  """Runs the body with file descriptor 2 read through a pipe: each line for
+  which `is_dropped(line)` is true is dropped, every other line is passed on
+  to the real stderr as soon as it is complete (an unfinished last line when
+  the body ends). Catches what C++ code writes too. Not nested: inside
+  another capture the body runs unfiltered."""
+  global _real_stderr
+  if _real_stderr is not None:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  read_fd, write_fd = os.pipe()
+  os.dup2(write_fd, 2)
+  os.close(write_fd)
+  _real_stderr = saved
+  reader = threading.Thread(target=_forward,
+                            args=(read_fd, saved, is_dropped), daemon=True)
+  reader.start()
+  try:
+    yield
   finally:
     sys.stderr.flush()
-    os.dup2(saved, 2)
-    os.close(saved)
+    restore_stderr()  # Closes the pipe's only write end: the reader ends.
     reader.join()
     os.close(read_fd)
-    kept = [l for l in b''.join(captured).decode(errors='replace')
-            .splitlines(keepends=True) if not is_noise(l)]
-    if kept:
-      sys.stderr.write(''.join(kept))
-      sys.stderr.flush()
+    os.close(saved)
 
 
-def _read_all(fd: int) -> bytes:
-  chunks = []
+def restore_stderr() -> None:
+  """Points file descriptor 2 back at the real stderr if `stderr_without`
+  is capturing it (a signal handler about to print its last line and end
+  the process calls this, since the reader would not pass that line on)."""
+  global _real_stderr
+  saved, _real_stderr = _real_stderr, None
+  if saved is not None:
+    os.dup2(saved, 2)
+
+
+def _forward(read_fd: int, out_fd: int,
+             is_dropped: Callable[[str], bool]) -> None:
+  pending = b''
   while True:
-    chunk = os.read(fd, 65536)
+    chunk = os.read(read_fd, 65536)
     if not chunk:
-      return b''.join(chunks)
-    chunks.append(chunk)
+      break
+    *lines, pending = (pending + chunk).split(b'\n')
+    for line in lines:
+      _write_kept(out_fd, line + b'\n', is_dropped)
+  if pending:
+    _write_kept(out_fd, pending, is_dropped)
+
+
+def _write_kept(fd: int, line: bytes, is_dropped: Callable[[str], bool]
+                ) -> None:
+  if is_dropped(line.decode(errors='replace')):
+    return
+  while line:
+    line = line[os.write(fd, line):]

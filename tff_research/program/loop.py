@@ -12,6 +12,12 @@ What the user sees when a run ends early, in one line each:
 
 * SIGTERM: `stopped at round r; re-running the same command resumes after
   round c` (`runtime.on_termination`), c the newest checkpoint on disk.
+* A full device, whichever write hits it (metrics, TensorBoard, a
+  checkpoint): `DiskFullError` naming the round, what was being written and
+  the round a re-run resumes after. The release and the state manager
+  leave no partial file behind, the summary writer is closed so that
+  nothing more is written at exit, and TensorFlow's C++ echo of the error
+  is dropped (`_quiet`).
 * The summaries of every round up to a checkpoint are flushed before that
   checkpoint is saved, so a resumed run's TensorBoard history has no gap.
 """
@@ -27,7 +33,9 @@ import tensorflow_federated as tff
 import tqdm
 
 from tff_research import runtime
+from tff_research.program import console
 from tff_research.program import hooks as hooks_lib
+from tff_research.program import run_directory
 
 
 def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
@@ -38,6 +46,7 @@ def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
 
   Raises:
     ValueError: the run stopped (divergence: `hooks.StopRun`'s line).
+    run_directory.DiskFullError (a ValueError): a write found no space.
   """
   initial = algorithm.initialize()
   restored, version = asyncio.run(
@@ -75,6 +84,7 @@ class _Position:
     self._state_manager = state_manager
     self.round = start + 1
     self.saved = start
+    self.writing = 'the run\'s files'
 
   def resumes_after(self) -> int:
     # The directory itself: a save that completed an instant ago counts.
@@ -87,6 +97,13 @@ class _Position:
                'starts it over (no round was checkpointed)')
     return f'stopped at round {self.round}; re-running the same command {resumes}'
 
+  def disk_full(self, name: str) -> run_directory.DiskFullError:
+    after = self.resumes_after()
+    return run_directory.DiskFullError(
+        f'no space left on device writing {self.writing} in {name}; the run'
+        f' is intact up to round {after}: free space there and re-run the'
+        f' same command to resume after round {after}')
+
 
 def _run(position, state, algorithm, sampler, training_data, state_manager,
          release, evaluation, hooks, final, rounds_per_checkpoint, name,
@@ -94,38 +111,62 @@ def _run(position, state, algorithm, sampler, training_data, state_manager,
   """The rounds after `position.saved` up to `final`; their metric rows."""
   start = position.saved
   rows = []
-  if hasattr(release, 'start'):
-    release.start(start)
-  for hook in hooks:
-    if hasattr(hook, 'start'):
-      hook.start(start, state)
-  bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name),
-                  unit='round', disable=not show_bar, initial=start,
-                  total=final)
-  # Start of the current round's wall-clock span: the previous round's
-  # release, so its checkpoint and flush count against this one.
-  mark = time.monotonic()
-  for round_num in bar:
-    position.round = round_num
-    try:
-      state, row = _round(round_num, state, algorithm, sampler,
-                          training_data, evaluation, hooks, release, final,
-                          mark)
-      mark += row['wall_seconds']
-    except hooks_lib.StopRun as stop:
-      if stop.round_num is not None:
-        _keep_as_latest(state_manager, stop.round_num, stop.state)
+  try:
+    with _quiet():
+      if hasattr(release, 'start'):
+        release.start(start)
+      for hook in hooks:
+        if hasattr(hook, 'start'):
+          hook.start(start, state)
+    bar = tqdm.tqdm(range(start + 1, final + 1), desc=os.path.basename(name),
+                    unit='round', disable=not show_bar, initial=start,
+                    total=final)
+    # Start of the current round's wall-clock span: the previous round's
+    # release, so its checkpoint and flush count against this one.
+    mark = time.monotonic()
+    for round_num in bar:
+      position.round = round_num
+      position.writing = f'the outputs of round {round_num}'
+      try:
+        with _quiet():
+          state, row = _round(round_num, state, algorithm, sampler,
+                              training_data, evaluation, hooks, release,
+                              final, mark)
+        mark += row['wall_seconds']
+      except hooks_lib.StopRun as stop:
+        if stop.round_num is not None:
+          _keep_as_latest(state_manager, stop.round_num, stop.state)
+        release.flush()
+        raise ValueError(str(stop)) from None
+      if round_num % rounds_per_checkpoint == 0 or round_num == final:
+        with _quiet():
+          release.flush()
+          position.writing = f'the checkpoint of round {round_num}'
+          asyncio.run(state_manager.save(
+              {'round': round_num, 'state': state}, round_num))
+        position.saved = round_num
+      bar.set_postfix(_postfix(row))
+      rows.append(dict(round=round_num, **row))
+    with _quiet():
       release.flush()
-      raise ValueError(str(stop)) from None
-    if round_num % rounds_per_checkpoint == 0 or round_num == final:
-      release.flush()
-      asyncio.run(state_manager.save({'round': round_num, 'state': state},
-                                     round_num))
-      position.saved = round_num
-    bar.set_postfix(_postfix(row))
-    rows.append(dict(round=round_num, **row))
-  release.flush()
+  except Exception as e:  # pylint: disable=broad-except
+    if not run_directory.is_disk_full(e):
+      raise
+    if hasattr(release, 'close'):
+      release.close()
+    raise position.disk_full(name) from None
   return rows
+
+
+def _quiet():
+  """Drops TensorFlow's C++ log line of an op failing on a full device (the
+  error it raises becomes this loop's one line) and TensorFlow's known noise
+  (`console.NOISE`). Not around the progress bar, whose updates end without
+  a newline."""
+  return console.stderr_without(
+      lambda line: console.is_noise(line) or (
+          'OP_REQUIRES failed' in line and any(
+              m in line for m in run_directory.DISK_FULL_MESSAGES)))
 
 
 def _keep_as_latest(state_manager, round_num: int, state) -> None:

@@ -20,6 +20,9 @@ One history per run, however often it is resumed:
   summary writers never write, and the Rust data server not at all.
 * Every summary of an invocation (scalars, histograms, images, the
   dashboard's) goes to one writer, so one event file per invocation.
+* A release that fails midway (e.g. no space left on device) leaves
+  `metrics.csv` whole: a row appended in part is cut off and the temporary
+  file of a rewrite is removed.
 """
 
 from __future__ import annotations
@@ -49,6 +52,8 @@ _COLUMNS = {('train', 'round_seconds'): 'round_seconds',
 # (group, name) -> its TensorBoard name, where not `name`.
 _TAGS = {('train', 'clients'): 'num_clients'}
 EVENT_FILE_PATTERN = 'events.out.tfevents.*'
+# TFF's CSV release manager writes a rewrite to `PATH_tempNNNN` first.
+_CSV_TEMP_SUFFIX = '_temp'
 
 
 def is_image(array: np.ndarray) -> bool:
@@ -144,6 +149,16 @@ class SummaryWriter:
     if self._writer is not None:
       self._writer.flush()
 
+  def close(self) -> None:
+    """Closes the event file (if any), dropping what a failing device
+    cannot take, so nothing is flushed at exit after an error was reported."""
+    writer, self._writer = self._writer, None
+    if writer is not None:
+      try:
+        writer.close()
+      except tf.errors.OpError:
+        pass
+
 
 class _TensorBoardRelease(tff.program.TensorBoardReleaseManager):
   """TFF's TensorBoard release manager writing through a given writer.
@@ -171,6 +186,9 @@ class MetricsRelease:
 
   def start(self, start_round: int) -> None:
     """Prepares the run's files for the rounds after `start_round`."""
+    for temp in glob.glob(glob.escape(self._metrics_path) + _CSV_TEMP_SUFFIX
+                          + '*'):
+      os.remove(temp)
     truncate_events(self._summary_dir, start_round)
     self._csv = tff.program.CSVFileReleaseManager(
         self._metrics_path, key_fieldname='round')
@@ -180,7 +198,7 @@ class MetricsRelease:
     if self._csv is None:
       raise RuntimeError('MetricsRelease.start() must be called first')
     row, tb = to_row_and_summaries(groups)
-    asyncio.run(self._csv.release(row, key=round_num))
+    self._release_csv(row, round_num)
     asyncio.run(self._tb.release(tb, key=round_num))
     with self.writer.as_default():
       for group, values in groups.items():
@@ -192,5 +210,24 @@ class MetricsRelease:
                              step=round_num)
     return row
 
+  def _release_csv(self, row: Mapping[str, Any], round_num: int) -> None:
+    """The CSV release; if it fails midway, its temporary file is removed
+    and a row it appended only in part is cut off (rows end with a newline,
+    so the file ends after the last one)."""
+    try:
+      asyncio.run(self._csv.release(row, key=round_num))
+    except BaseException:
+      for temp in glob.glob(glob.escape(self._metrics_path)
+                            + _CSV_TEMP_SUFFIX + '*'):
+        os.remove(temp)
+      with open(self._metrics_path, 'rb') as f:
+        content = f.read()
+      if content and not content.endswith(b'\n'):
+        os.truncate(self._metrics_path, content.rfind(b'\n') + 1)
+      raise
+
   def flush(self) -> None:
     self.writer.flush()
+
+  def close(self) -> None:
+    self.writer.close()

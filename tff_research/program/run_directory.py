@@ -12,12 +12,14 @@ This module is the one place that validates a run name, reads a run's
 directory can be resumed with a config: by the flags recorded in
 `hparams.json`, and by the values each checkpoint was trained with
 (`checkpoints/round_N/config.json`, integrity-checked), so an edited
-hparams.json cannot resume a run under values it was not trained with.
+hparams.json cannot resume a run under values it was not trained with. It
+also names a full disk (`DiskFullError`, `is_disk_full`).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import os
 from collections.abc import Mapping
@@ -27,10 +29,33 @@ from tff_research.program import checkpoints
 from tff_research.program import config as config_lib
 
 CHECKPOINT_PREFIX = 'round_'
+# How the OS words ENOSPC and EDQUOT; TensorFlow reports both as
+# RESOURCE_EXHAUSTED with this text, which is all that tells them from OOM.
+DISK_FULL_MESSAGES = (os.strerror(errno.ENOSPC), os.strerror(errno.EDQUOT))
 
 
 class RunDirError(ValueError):
   """The run directory cannot be used for this run."""
+
+
+class DiskFullError(ValueError):
+  """A write failed because the device is full (one-line message)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+  """Whether `error`, or an exception it was raised from, is a full device:
+  an OSError with errno ENOSPC or EDQUOT, or TensorFlow's error carrying
+  that OS message (`ResourceExhaustedError: ... No space left on device`)."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC,
+                                                      errno.EDQUOT):
+      return True
+    if any(text in str(error) for text in DISK_FULL_MESSAGES):
+      return True
+    error = error.__cause__ or error.__context__
+  return False
 
 
 def check_name(name: Optional[str], flag: str = '--experiment_name') -> str:
@@ -189,11 +214,32 @@ class RunDirectory:
           ' --experiment_name')
 
   def write_hparams(self, config: config_lib.ExperimentConfig) -> None:
+    """Writes hparams.json atomically, unless it already holds `config`.
+
+    Raises:
+      DiskFullError: the device is full; hparams.json is as it was.
+    """
+    text = json.dumps(config_lib.to_hparams(config), indent=2, sort_keys=True)
+    try:
+      with open(self.hparams_path) as f:
+        if f.read() == text:
+          return
+    except OSError:
+      pass
     os.makedirs(self.path, exist_ok=True)
     tmp = self.hparams_path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(config_lib.to_hparams(config), f, indent=2, sort_keys=True)
-    os.replace(tmp, self.hparams_path)
+    try:
+      with open(tmp, 'w') as f:
+        f.write(text)
+      os.replace(tmp, self.hparams_path)
+    except OSError as e:
+      if os.path.exists(tmp):
+        os.remove(tmp)
+      if is_disk_full(e):
+        raise DiskFullError(
+            f'no space left on device writing {self.hparams_path}; free space'
+            ' there and re-run the same command') from None
+      raise
 
   def metrics(self) -> list[dict[str, Any]]:
     return read_metrics(self.metrics_path)
