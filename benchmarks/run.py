@@ -3,6 +3,7 @@ r"""FedAvg benchmark of the pipeline against vanilla TFF, a compute floor and Fl
   uv run python benchmarks/run.py [--smoke] [--rounds=N] [--clients=10,50]
       [--trials=T] [--skip_flower] [--seed=S] [--synthetic] [--output=FILE]
   uv run python benchmarks/run.py --soak [--soak_rounds=500]
+  uv run python benchmarks/run.py --scale [--scale_copies=24] [--large_cache=DIR]
 
 Workload W (`workload.py`): FedAvg, the project's EMNIST CNN, 1 local epoch,
 batch 20, on the shared FEMNIST writers (synthetic data of the same shapes if
@@ -37,6 +38,7 @@ import floor_peer  # pylint: disable=g-import-not-at-top
 import flower_peer  # pylint: disable=g-import-not-at-top
 import pipeline_peer  # pylint: disable=g-import-not-at-top
 import procs  # pylint: disable=g-import-not-at-top
+import scale  # pylint: disable=g-import-not-at-top
 import vanilla_tff_peer  # pylint: disable=g-import-not-at-top
 import workload  # pylint: disable=g-import-not-at-top
 
@@ -90,6 +92,14 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--output', help='also write the markdown report to this file')
   p.add_argument('--soak', action='store_true', help='only the memory soak (see README)')
   p.add_argument('--soak_rounds', type=int, default=500)
+  p.add_argument('--scale', action='store_true',
+                 help='only the scale benchmark (scale.py): shared federation vs EMNIST-62 size')
+  p.add_argument('--scale_copies', type=int, default=24,
+                 help='copies of the shared writers in the large federation')
+  p.add_argument('--large_cache', help='reuse a large cache built with --tile (else built)')
+  p.add_argument('--scale_configs', default=','.join(scale.CONFIGS),
+                 help=f'subset of {",".join(scale.CONFIGS)}')
+  p.add_argument('--scale_rounds', type=int, default=4)
   args = p.parse_args(argv)
   smoke = args.smoke
   defaults = dict(rounds=3 if smoke else 6, warmup=1 if smoke else 2,
@@ -359,6 +369,31 @@ def run_soak(args, workdir: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
+def run_scale(args, workdir: str) -> tuple[str, bool]:
+  """The scale benchmark (scale.py); (report, whether a run failed)."""
+  configs = [c.strip() for c in args.scale_configs.split(',') if c.strip()]
+  unknown = sorted(set(configs) - set(scale.CONFIGS))
+  if unknown:
+    raise SystemExit(f'--scale_configs: unknown {unknown}; valid: {",".join(scale.CONFIGS)}')
+  caches = scale.build_caches(args.data, workdir, args.scale_copies,
+                              args.large_cache, log)
+  forwards = {fed: scale.forward(cache, workdir, f'forward_{fed}')
+              for fed, cache in caches.items()}
+  results, failed = {}, False
+  for config in configs:
+    for fed, cache in caches.items():
+      for k in scale.CLIENTS:
+        name = f'{config}_{fed}_{k}'
+        log(f'scale: {name} (load {loadavg()})')
+        try:
+          results[(config, fed, k)] = scale.run_one(
+              config, cache, k, args.scale_rounds, workdir, name)
+        except procs.PeerError as e:
+          log(f'scale: {name} failed: {e}')
+          failed = True
+  return scale.report(results, forwards, caches, loadavg(), configs) + '\n', failed
+
+
 def main(argv=None) -> int:
   args = parse_args(argv)
 
@@ -374,6 +409,8 @@ def main(argv=None) -> int:
   try:
     if args.soak:
       text, failed = run_soak(args, workdir), False
+    elif args.scale:
+      text, failed = run_scale(args, workdir)
     else:
       text, failed = run_benchmark(args, workdir)
     ok = not failed

@@ -128,8 +128,9 @@ def test_eval_sequence_is_each_clients_batches_tagged(femnist_cache):
   _, sql_test = _sql(db, False)
   ids = test.client_ids
   order = [5, 0, 11, 3]
-  got = _elements(scd.eval_sequence([test.recipe(ids[i]) for i in order],
-                                    order, batch_size=4))
+  (sequence,) = scd.eval_sequences([test.recipe(ids[i]) for i in order],
+                                   order, batch_size=4)
+  got = _elements(sequence)
   want = []
   for i in order:
     for batch in _elements(preprocessing.preprocess_for_eval(
@@ -137,7 +138,8 @@ def test_eval_sequence_is_each_clients_batches_tagged(femnist_cache):
       want.append((batch, np.int32(i)))
   _assert_same(got, want)
   # Every test client's examples, none of them in the graph.
-  every = scd.eval_sequence([test.recipe(c) for c in ids], range(len(ids)), 4)
+  (every,) = scd.eval_sequences([test.recipe(c) for c in ids],
+                                range(len(ids)), 4)
   size = len(every._as_serialized_graph().numpy())
   assert size < 64_000 < 785 * test.total_examples
 
@@ -217,3 +219,24 @@ def test_tile_gives_new_writer_ids_and_k_times_the_examples(femnist_cache):
       arrays.train_pixels[arrays.client_indices('train')[arrays.client_ids[4]]])
   with pytest.raises(ValueError, match='tile=0 is not valid'):
     femnist_arrays.tile(arrays, 0)
+
+
+def test_eval_sequences_split_by_kind_of_recipe(femnist_cache):
+  """Held-out clients with and without a test split are read by two
+  graphs (one or two files): each client's tagged batches, all of them."""
+  _, db = femnist_cache
+  train, test = emnist.load_emnist(False, os.path.dirname(db))
+  ids = train.client_ids[:3]
+  recipes = [train.concat(test, ids[0]), train.recipe(ids[1]),
+             train.concat(test, ids[2])]
+  sequences = scd.eval_sequences(recipes, [7, 8, 9], batch_size=5)
+  assert len(sequences) == 2
+  got = {}
+  for sequence in sequences:
+    for batch, tag in _elements(sequence):
+      got.setdefault(int(tag), []).append(batch)
+  assert sorted(got) == [7, 8, 9]
+  for tag, recipe in zip((7, 8, 9), recipes):
+    want = _elements(preprocessing.preprocess_for_eval(
+        scd.raw_dataset(recipe), 5))
+    _assert_same(got[tag], want)

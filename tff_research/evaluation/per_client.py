@@ -253,7 +253,7 @@ class EvalSource(abc.ABC):
 class RecipeSource(EvalSource):
   """Clients in an array store: one sequence whose graph holds the clients'
   recipes (file names, selected rows), read by the worker that runs the
-  evaluation (`store_client_data.eval_sequence`)."""
+  evaluation (`store_client_data.eval_sequences`: one per kind of recipe)."""
 
   def __init__(self, recipes: Sequence[store_client_data.Recipe],
                batch_size: int):
@@ -266,8 +266,8 @@ class RecipeSource(EvalSource):
 
   def sequences(self, indices):
     indices = list(indices)
-    return [store_client_data.eval_sequence(
-        [self._recipes[i] for i in indices], indices, self._batch_size)]
+    return store_client_data.eval_sequences(
+        [self._recipes[i] for i in indices], indices, self._batch_size)
 
 
 class DatasetSource(EvalSource):
