@@ -1,4 +1,5 @@
-"""Poisson client sampling (issue 5) in tff_research.data.sampling."""
+"""Poisson client sampling in tff_research.data.sampling (what DP-FedAvg's
+accounting assumes)."""
 
 import numpy as np
 import pytest

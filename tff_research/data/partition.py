@@ -161,21 +161,7 @@ def partition(
   seed = _check_seed(seed)
   labels, num_classes = _validate_labels(labels, num_classes)
   n = labels.size
-  if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
-    raise PartitionError(f'num_clients must be an int >= 1, got {num_clients!r}')
-  num_clients = int(num_clients)
-  if num_clients > n:
-    raise PartitionError(
-        f'num_clients={num_clients} exceeds the number of examples ({n}); '
-        'every client needs at least one example')
-  if dirichlet_alpha is not None and not (
-      isinstance(dirichlet_alpha, (int, float, np.floating)) and
-      math.isfinite(dirichlet_alpha) and dirichlet_alpha > 0):
-    raise PartitionError(
-        f'dirichlet_alpha must be a finite number > 0 or None, got {dirichlet_alpha!r}')
-  if not (isinstance(data_balance, (int, float, np.floating)) and 0.0 <= data_balance <= 1.0):
-    raise PartitionError(f'data_balance must be in [0, 1], got {data_balance!r}')
-
+  num_clients = _check_arguments(n, num_clients, dirichlet_alpha, data_balance)
   groups = _validate_groups(missing_classes, num_classes)
   rng = np.random.default_rng(seed)
 
@@ -184,18 +170,7 @@ def partition(
     return [np.sort(chunk).astype(np.int64) for chunk in np.array_split(perm, num_clients)]
 
   class_counts = np.bincount(labels, minlength=num_classes)
-  allowed = np.ones((num_clients, num_classes), bool)
-  if groups is not None:
-    for i in range(num_clients):
-      allowed[i, list(groups[i % len(groups)])] = False
-    available = (allowed * class_counts[None, :]).sum(axis=1)
-    empty = np.flatnonzero(available == 0)
-    if empty.size:
-      i = int(empty[0])
-      raise PartitionError(
-          f'client {i} may only hold classes {np.flatnonzero(allowed[i]).tolist()} '
-          f'(missing group {list(groups[i % len(groups)])}) but the data has no '
-          'example of them')
+  allowed = _allowed_classes(groups, num_clients, class_counts)
 
   # Step 2: target sizes.
   sigma = _MAX_SIZE_SIGMA * (1.0 - float(data_balance))
@@ -214,9 +189,57 @@ def partition(
       idx = np.flatnonzero(allowed[i])
       props[i, idx] = rng.dirichlet(np.full(idx.size, float(dirichlet_alpha)))
 
+  counts = _fill(targets, props, allowed, class_counts, rng)
+  return _draw_examples(labels, counts, rng)
+
+
+def _check_arguments(n: int, num_clients, dirichlet_alpha,
+                     data_balance) -> int:
+  """`num_clients` as an int; PartitionError for any invalid argument."""
+  if isinstance(num_clients, bool) or not isinstance(num_clients, (int, np.integer)) or num_clients < 1:
+    raise PartitionError(f'num_clients must be an int >= 1, got {num_clients!r}')
+  num_clients = int(num_clients)
+  if num_clients > n:
+    raise PartitionError(
+        f'num_clients={num_clients} exceeds the number of examples ({n}); '
+        'every client needs at least one example')
+  if dirichlet_alpha is not None and not (
+      isinstance(dirichlet_alpha, (int, float, np.floating)) and
+      math.isfinite(dirichlet_alpha) and dirichlet_alpha > 0):
+    raise PartitionError(
+        f'dirichlet_alpha must be a finite number > 0 or None, got {dirichlet_alpha!r}')
+  if not (isinstance(data_balance, (int, float, np.floating)) and 0.0 <= data_balance <= 1.0):
+    raise PartitionError(f'data_balance must be in [0, 1], got {data_balance!r}')
+  return num_clients
+
+
+def _allowed_classes(groups, num_clients: int,
+                     class_counts: np.ndarray) -> np.ndarray:
+  """[client, class] -> whether the client may hold the class (Step 1);
+  PartitionError when a client's allowed classes have no example."""
+  allowed = np.ones((num_clients, class_counts.size), bool)
+  if groups is None:
+    return allowed
+  for i in range(num_clients):
+    allowed[i, list(groups[i % len(groups)])] = False
+  available = (allowed * class_counts[None, :]).sum(axis=1)
+  empty = np.flatnonzero(available == 0)
+  if empty.size:
+    i = int(empty[0])
+    raise PartitionError(
+        f'client {i} may only hold classes {np.flatnonzero(allowed[i]).tolist()} '
+        f'(missing group {list(groups[i % len(groups)])}) but the data has no '
+        'example of them')
+  return allowed
+
+
+def _fill(targets: np.ndarray, props: np.ndarray, allowed: np.ndarray,
+          class_counts: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+  """[client, class] example counts (Steps 4 and 5)."""
+  num_classes = class_counts.size
   # Step 4: fill without replacement subject to availability.
   remaining = class_counts.astype(np.int64).copy()
-  counts = np.zeros((num_clients, num_classes), np.int64)
+  counts = np.zeros(allowed.shape, np.int64)
   deficit = targets.astype(np.int64).copy()
   for _ in range(num_classes + 2):
     open_classes = remaining > 0
@@ -248,9 +271,15 @@ def partition(
     sizes = counts[takers].sum(axis=1).astype(np.float64) + 1e-12
     counts[takers, c] += rng.multinomial(int(remaining[c]), sizes / sizes.sum())
     remaining[c] = 0
+  return counts
 
-  per_client: list[list[np.ndarray]] = [[] for _ in range(num_clients)]
-  for c in range(num_classes):
+
+def _draw_examples(labels: np.ndarray, counts: np.ndarray,
+                   rng: np.random.Generator) -> list[np.ndarray]:
+  """Each client's sorted example indices: `counts[i, c]` of class c's
+  examples, drawn without replacement; PartitionError for an empty client."""
+  per_client: list[list[np.ndarray]] = [[] for _ in range(counts.shape[0])]
+  for c in range(counts.shape[1]):
     pool = rng.permutation(np.flatnonzero(labels == c))
     bounds = np.concatenate([[0], np.cumsum(counts[:, c])])
     for i in np.flatnonzero(counts[:, c]):

@@ -107,7 +107,7 @@ def sample_clients(
   return [ids[j] for j in chosen]
 
 
-# --- Poisson sampling and round sizes (issue 5: differential privacy) ---
+# --- Poisson sampling and round sizes (what DP accounting assumes) ---
 
 SAMPLING_METHODS = ('fixed', 'poisson')
 # Clients per round when neither clients_per_round nor client_fraction is set
@@ -180,7 +180,7 @@ def sample_round(
       f'sampling method {method!r} is not valid; valid: {", ".join(SAMPLING_METHODS)}')
 
 
-# --- Client dropout (issue 7: simulation realism) ---
+# --- Client dropout (clients that fail to report, as real ones do) ---
 
 MAX_DROPOUT_RATE = 0.9
 

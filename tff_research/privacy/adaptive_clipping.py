@@ -26,6 +26,9 @@ paper's recommendation). The accountant then accounts z per round.
 from __future__ import annotations
 
 import tensorflow as tf
+# TFF's own split of one noise multiplier between the update and the
+# clipped count (`adaptive_clip_noise_params`), which its DP factory uses
+# and does not export: reusing it keeps z_Delta exactly TFF's.
 from tensorflow_federated.python.aggregators import differential_privacy
 
 # Andrew et al.'s recommended geometric learning rate: the clip moves by at

@@ -108,19 +108,8 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
           float(noise_multiplier), 0.0,
       )
 
-  @property
-  def value_noise_multiplier(self) -> float:
-    """The noise multiplier applied to the update sum (> z when adaptive)."""
-    return self._value_noise_multiplier
-
   def create(self, value_type) -> tff.templates.AggregationProcess:
     clipping.check_value_type(value_type)
-    expected = self._expected
-    value_nm = self._value_noise_multiplier
-    count_stddev = self._count_stddev
-    adaptive = self._adaptive
-    target_quantile = self._target_quantile
-    clip_lr = self._clip_learning_rate
 
     @tff.tensorflow.computation
     def initial_state():
@@ -135,16 +124,45 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
     def current_clip(state):
       return state['clip']
 
-    @tff.tensorflow.computation(value_type, tf.float32)
-    def client_fn(value, clip):
-      # `excluded` updates add nothing to the sum, and the denominator is
-      # the fixed m.
-      clipped, norm, stats = clipping.clip_with_counts(value, clip)
-      # b_i - 1/2 (see adaptive_clipping): sensitivity 1/2 per client.
-      below = tf.cast(norm <= clip, tf.float32) - 0.5
-      return clipped, below, stats
+    client_fn = _client_fn(value_type)
+    server_fn = self._server_fn(
+        value_type, client_fn.type_signature.result[2], state_type)
 
-    stats_type = client_fn.type_signature.result[2]
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_eval(initial_state, tff.SERVER)
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(value_type, tff.CLIENTS),
+    )
+    def next_fn(state, value):
+      clip = tff.federated_broadcast(tff.federated_map(current_clip, state))
+      clipped, below, stats = tff.federated_map(client_fn, (value, clip))
+      mean, new_state, measurements = tff.federated_map(
+          server_fn,
+          (
+              tff.federated_sum(clipped),
+              tff.federated_sum(below),
+              tff.federated_sum(stats),
+              state,
+          ),
+      )
+      return tff.templates.MeasuredProcessOutput(
+          state=new_state, result=mean, measurements=measurements
+      )
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+  def _server_fn(self, value_type, stats_type, state_type):
+    """(sum of clipped updates, sum of b_i - 1/2, clipping stats, state) ->
+    (noised mean, next state, measurements), in TensorFlow."""
+    expected = self._expected
+    value_nm = self._value_noise_multiplier
+    count_stddev = self._count_stddev
+    adaptive = self._adaptive
+    target_quantile = self._target_quantile
+    clip_lr = self._clip_learning_rate
 
     @tff.tensorflow.computation(value_type, tf.float32, stats_type, state_type)
     def server_fn(value_sum, below_sum, stats, state):
@@ -152,16 +170,7 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
       seeds = tf.random.experimental.stateless_split(state['seed'], num=3)
       flat = tf.nest.flatten(value_sum)
       if value_nm > 0:
-        noise_seeds = tf.random.experimental.stateless_split(
-            seeds[0], num=len(flat)
-        )
-        stddev = value_nm * clip
-        flat = [
-            t + tf.random.stateless_normal(
-                tf.shape(t), seed=noise_seeds[i], stddev=stddev, dtype=t.dtype
-            )
-            for i, t in enumerate(flat)
-        ]
+        flat = _with_gaussian_noise(flat, seeds[0], value_nm * clip)
       mean = tf.nest.pack_sequence_as(
           value_sum, [t / tf.cast(expected, t.dtype) for t in flat]
       )
@@ -189,31 +198,34 @@ class ServerDPFactory(tff.aggregators.UnweightedAggregationFactory):
       new_state = collections.OrderedDict(clip=next_clip, seed=seeds[2])
       return mean, new_state, measurements
 
-    @tff.federated_computation
-    def init_fn():
-      return tff.federated_eval(initial_state, tff.SERVER)
+    return server_fn
 
-    @tff.federated_computation(
-        init_fn.type_signature.result,
-        tff.FederatedType(value_type, tff.CLIENTS),
-    )
-    def next_fn(state, value):
-      clip = tff.federated_broadcast(tff.federated_map(current_clip, state))
-      clipped, below, stats = tff.federated_map(client_fn, (value, clip))
-      mean, new_state, measurements = tff.federated_map(
-          server_fn,
-          (
-              tff.federated_sum(clipped),
-              tff.federated_sum(below),
-              tff.federated_sum(stats),
-              state,
-          ),
-      )
-      return tff.templates.MeasuredProcessOutput(
-          state=new_state, result=mean, measurements=measurements
-      )
 
-    return tff.templates.AggregationProcess(init_fn, next_fn)
+def _client_fn(value_type):
+  """(update, clip) -> (clipped update, b_i - 1/2, clipping stats)."""
+
+  @tff.tensorflow.computation(value_type, tf.float32)
+  def client_fn(value, clip):
+    # `excluded` updates add nothing to the sum, and the denominator is
+    # the fixed m.
+    clipped, norm, stats = clipping.clip_with_counts(value, clip)
+    # b_i - 1/2 (see adaptive_clipping): sensitivity 1/2 per client.
+    below = tf.cast(norm <= clip, tf.float32) - 0.5
+    return clipped, below, stats
+
+  return client_fn
+
+
+def _with_gaussian_noise(flat, seed, stddev):
+  """Each tensor of `flat` plus N(0, stddev^2) noise, from one stateless
+  stream per tensor split off `seed`."""
+  noise_seeds = tf.random.experimental.stateless_split(seed, num=len(flat))
+  return [
+      t + tf.random.stateless_normal(
+          tf.shape(t), seed=noise_seeds[i], stddev=stddev, dtype=t.dtype
+      )
+      for i, t in enumerate(flat)
+  ]
 
 
 def noise_seed_from(seed: int) -> int:
