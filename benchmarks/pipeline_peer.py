@@ -1,7 +1,7 @@
 """Peer 1: this pipeline's real `experiments/train.py`, default telemetry on.
 
 `build_cache` turns the workload's `.npz` into TFF's sqlite cache with the
-project's own builder (`python -m tff_research.data.build_emnist_cache`), once
+project's own builder (`python -m tff_research.cli.build_emnist_cache`), once
 per data set. `run` starts
 
   experiments/train.py --dataset=emnist --data_dir=CACHE --model=cnn
@@ -46,7 +46,7 @@ def _env() -> dict[str, str]:
 def build_cache(npz: str, cache_dir: str, log_path: str, timeout: float = 900) -> str:
   db = os.path.join(cache_dir, 'emnist_all.sqlite')
   if not os.path.exists(db):
-    procs.run_peer([sys.executable, '-m', 'tff_research.data.build_emnist_cache',
+    procs.run_peer([sys.executable, '-m', 'tff_research.cli.build_emnist_cache',
                     f'--input={npz}', f'--cache_dir={cache_dir}'],
                    log_path, timeout=timeout, env=_env(), cwd=workload.REPO_ROOT)
   return db

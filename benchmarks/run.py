@@ -185,7 +185,7 @@ def run_benchmark(args, workdir: str) -> tuple[str, bool]:
   npz, data_description = prepare_data(args, workdir)
   log(f'data: {data_description}')
   cache_dir = os.path.join(workdir, 'cache')
-  log('building the TFF sqlite cache with tff_research.data.build_emnist_cache')
+  log('building the TFF sqlite cache with tff_research.cli.build_emnist_cache')
   pipeline_peer.build_cache(npz, cache_dir, os.path.join(workdir, 'logs', 'build_cache.log'))
 
   plans = {}

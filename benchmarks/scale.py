@@ -9,7 +9,7 @@ own builder: *small*, the 201 writers as they are, and *large*, the same
 writers tiled `--scale_copies` times under new ids (24: 4,824 writers,
 672,384 / 77,016 examples, at least federated EMNIST-62's 3,400 writers and
 671,585 / 77,483 examples). `--large_cache=DIR` reuses a large cache built
-before (`python -m tff_research.data.build_emnist_cache --tile=24`), which
+before (`python -m tff_research.cli.build_emnist_cache --tile=24`), which
 takes ~15 minutes and ~6 GB.
 
 For each configuration (FedAvg, SCAFFOLD, `--dp=server`, `--clustering=
@@ -60,7 +60,7 @@ def build_caches(npz: str, workdir: str, copies: int, large_cache, log) -> dict:
     cache = given or os.path.join(workdir, f'cache_{name}')
     if not os.path.exists(os.path.join(cache, 'emnist_all.sqlite')):
       log(f'building the {name} cache ({tile} copies) in {cache}')
-      procs.run_peer([sys.executable, '-m', 'tff_research.data.build_emnist_cache',
+      procs.run_peer([sys.executable, '-m', 'tff_research.cli.build_emnist_cache',
                       f'--input={npz}', f'--cache_dir={cache}', f'--tile={tile}'],
                      os.path.join(workdir, f'build_{name}.log'), timeout=7200,
                      cwd=workload.REPO_ROOT)

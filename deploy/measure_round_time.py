@@ -3,7 +3,7 @@ r"""Round time and bytes per round: local execution against 1 and 2 workers.
   uv run python deploy/measure_round_time.py --data_dir=DIR [--rounds=6]
       [--clients_per_round=10] [--model=cnn]
 
-Starts its loopback workers (`python -m tff_research.worker`) and stops
+Starts its loopback workers (`python -m tff_research.cli.worker`) and stops
 them. Trains the same EMNIST-digits run three times (local, 1 worker, 2
 workers) and prints, per mode, the median `round_seconds` of rounds 2..N
 (round 1 includes tracing and compilation) and the bytes the controller
@@ -20,18 +20,18 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 import portpicker  # pylint: disable=g-import-not-at-top
 
-from tff_research import remote  # pylint: disable=g-import-not-at-top
-from tff_research import runtime  # pylint: disable=g-import-not-at-top
-from tff_research.program import config as config_lib  # pylint: disable=g-import-not-at-top
-from tff_research.program import run_directory  # pylint: disable=g-import-not-at-top
-from tff_research.program import training  # pylint: disable=g-import-not-at-top
+from tff_research.execution import remote  # pylint: disable=g-import-not-at-top
+from tff_research.execution import runtime  # pylint: disable=g-import-not-at-top
+from tff_research.run import config as config_lib  # pylint: disable=g-import-not-at-top
+from tff_research.run import run_directory  # pylint: disable=g-import-not-at-top
+from tff_research.run import training  # pylint: disable=g-import-not-at-top
 
 _DATA_DIR = flags.DEFINE_string('data_dir', None, 'holds emnist_all.sqlite')
 _ROUNDS = flags.DEFINE_integer('rounds', 6, 'rounds per mode')
@@ -42,7 +42,7 @@ _MODES = flags.DEFINE_list('modes', ['local', '1', '2'], 'local and/or worker co
 
 def _worker(port):
   proc = subprocess.Popen(
-      [sys.executable, '-m', 'tff_research.worker', f'--port={port}'],
+      [sys.executable, '-m', 'tff_research.cli.worker', f'--port={port}'],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.monotonic() + 120
   import socket  # pylint: disable=g-import-not-at-top

@@ -34,4 +34,4 @@ VOLUME ["/data"]
 EXPOSE 8000
 # SIGTERM (docker stop, Kubernetes) stops the worker and exits 0.
 STOPSIGNAL SIGTERM
-CMD ["uv", "run", "--frozen", "--no-dev", "python", "-m", "tff_research.worker", "--port=8000"]
+CMD ["uv", "run", "--frozen", "--no-dev", "python", "-m", "tff_research.cli.worker", "--port=8000"]

@@ -22,20 +22,19 @@ to LOGDIR/PREFIX_dp_sweep/comparison.md with accuracy_curves.png (and its
 TensorBoard image) beside it.
 """
 
-import dataclasses
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research.program import binary  # pylint: disable=g-import-not-at-top
-from tff_research.program import flags  # pylint: disable=g-import-not-at-top
-from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
+from tff_research.cli import binary  # pylint: disable=g-import-not-at-top
+from tff_research.cli import flags  # pylint: disable=g-import-not-at-top
+from tff_research.studies import dp_sweep  # pylint: disable=g-import-not-at-top
 from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 
 # Only this binary sweeps; the flag is not part of a run's hparams.
@@ -51,7 +50,6 @@ _BASELINE = absl_flags.DEFINE_string(
     'With --seeds: the configuration (<mode>_z<sigma>, e.g. server_z0.7) the'
     ' others are compared with, paired by seed (default server_z0).')
 _SET_BY_SWEEP = ('dp', 'dp_noise_multiplier')
-SEED_METRICS = ('final_accuracy', 'dp_epsilon', 'dp_epsilon_pld')
 
 
 def base_config(given):
@@ -78,97 +76,16 @@ def parse_sigmas(values):
   return sigmas
 
 
-def run_configs(config, sigmas):
-  """Run name -> (mode, sigma, config), the baseline first."""
-  runs = [('server', 0.0)] + [(m, s) for m in ('server', 'client')
-                              for s in sigmas]
-  out = {}
-  for mode, sigma in runs:
-    name = f'{config.experiment_name}_{mode}_z{sigma:g}'
-    dp = dataclasses.replace(config.algorithm.dp, mode=mode,
-                             noise_multiplier=sigma)
-    out[name] = (mode, sigma, dataclasses.replace(
-        config, algorithm=config.algorithm.replace(dp=dp),
-        experiment_name=name))
-  return out
-
-
-def sweep(config, sigmas, log=print):
-  """Trains every run of `run_configs`; returns the markdown table."""
-  runs = run_configs(config, sigmas)
-  comparison.train_all({name: c for name, (_, _, c) in runs.items()}, log=log)
-  table = ['| DP | sigma | epsilon (RDP) | epsilon (PLD) | rounds | held-out'
-           ' accuracy |', '|---|---|---|---|---|---|']
-  for name, (mode, sigma, c) in runs.items():
-    summary = comparison.summarize_run(c.run_dir)
-    row = summary.last_row
-    label = ('none (clipped FedAvg)' if sigma == 0 else
-             f'{mode}' + (' (local, busiest client)' if mode == 'client'
-                          else ''))
-    pld = row.get('dp_epsilon_pld')
-    table.append(
-        f'| {label} | {sigma:g} | {row["dp_epsilon"]:.4g} |'
-        f' {"-" if pld is None else f"{pld:.4g}"} | {summary.rounds} |'
-        f' {summary.final_accuracy:.4f} |')
-  return (f'epsilon at delta={config.algorithm.dp.delta:g}:\n'
-          + '\n'.join(table))
-
-
-def configuration_label(mode, sigma):
-  return f'{mode}_z{sigma:g}'
-
-
-def seeds_sweep(config, sigmas, seeds, baseline=None, log=print):
-  """`sweep` at every seed: trains LOGDIR/PREFIX_<mode>_z<sigma>_seed<s>/ and
-  writes the multi-seed report to LOGDIR/PREFIX_dp_sweep/comparison.md;
-  returns its markdown. ValueError (one line) for an unknown baseline,
-  before training."""
-  runs = run_configs(config, sigmas)
-  labels = {name: configuration_label(mode, sigma)
-            for name, (mode, sigma, _) in runs.items()}
-  baseline = baseline or configuration_label('server', 0.0)
-  if baseline not in labels.values():
-    raise ValueError(
-        f'--baseline={baseline} is not valid: give one of'
-        f' {", ".join(labels.values())}')
-  seeded = comparison.seeded_configs(
-      {labels[n]: c for n, (_, _, c) in runs.items()}, seeds)
-  comparison.train_all(comparison.flatten_seeded(seeded), log=log)
-  results, curves = {}, {}
-  for label, by_seed in seeded.items():
-    results[label], curves[label] = {}, {}
-    for seed, c in by_seed.items():
-      summary = comparison.summarize_run(c.run_dir)
-      row = summary.last_row
-      results[label][seed] = dict(
-          final_accuracy=summary.final_accuracy,
-          dp_epsilon=row.get('dp_epsilon'),
-          dp_epsilon_pld=row.get('dp_epsilon_pld'))
-      curves[label][seed] = summary.curve
-  root = os.path.join(config.logdir, f'{config.experiment_name}_dp_sweep')
-  os.makedirs(root, exist_ok=True)
-  text, _ = comparison.seeds_report(
-      results, curves, metrics=SEED_METRICS, baseline=baseline,
-      title=f'Accuracy against epsilon (delta={config.algorithm.dp.delta:g})',
-      preamble=(f'Budget: {comparison.budget_text(config)}. Client-level'
-                ' epsilon is the local guarantee of the busiest client;'
-                ' epsilon inf (no noise) is left out of its table.'),
-      root=root, label='configuration')
-  with open(os.path.join(root, comparison.TABLE_NAME), 'w') as f:
-    f.write(text)
-  return text
-
-
 def run():
   sigmas = parse_sigmas(_SIGMAS.value)
   config = base_config(flags.given_flags())
   if _SEEDS.value is None:
     if _BASELINE.value is not None:
       raise flags.FlagError('--baseline applies only with --seeds')
-    print('\n' + sweep(config, sigmas))
+    print('\n' + dp_sweep.sweep(config, sigmas))
     return
   seeds = statistics.parse_seeds(_SEEDS.value, config.seed)
-  print('\n' + seeds_sweep(config, sigmas, seeds, _BASELINE.value))
+  print('\n' + dp_sweep.seeds_sweep(config, sigmas, seeds, _BASELINE.value))
 
 
 def main(argv):

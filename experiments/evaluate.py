@@ -14,15 +14,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags  # pylint: disable=g-import-not-at-top
 
-from tff_research.evaluation import checkpoint as checkpoint_evaluation  # pylint: disable=g-import-not-at-top
-from tff_research.program import binary  # pylint: disable=g-import-not-at-top
-from tff_research.program import flags as experiment_flags  # pylint: disable=g-import-not-at-top
+from tff_research.cli import binary  # pylint: disable=g-import-not-at-top
+from tff_research.cli import flags as experiment_flags  # pylint: disable=g-import-not-at-top
+from tff_research.run import checkpoint_evaluation  # pylint: disable=g-import-not-at-top
 
 _CHECKPOINT_DIR = flags.DEFINE_string(
     'checkpoint_dir', None, 'LOGDIR/NAME/checkpoints of a training run.')

@@ -1,4 +1,4 @@
-r"""SCAFFOLD versus FedAvg and FedProx at equal rounds (issue 4).
+r"""SCAFFOLD versus FedAvg and FedProx at equal rounds.
 
   uv run python experiments/scaffold_vs_fedavg.py --experiment_name=NAME \
       [every flag of train.py except --algorithm] \
@@ -24,16 +24,16 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
 from tff_research.algorithms import registry  # pylint: disable=g-import-not-at-top
-from tff_research.program import binary  # pylint: disable=g-import-not-at-top
-from tff_research.program import flags  # pylint: disable=g-import-not-at-top
-from tff_research.program import tune_flags  # pylint: disable=g-import-not-at-top
+from tff_research.cli import binary  # pylint: disable=g-import-not-at-top
+from tff_research.cli import flags  # pylint: disable=g-import-not-at-top
+from tff_research.cli import tune_flags  # pylint: disable=g-import-not-at-top
 from tff_research.studies import comparison  # pylint: disable=g-import-not-at-top
 from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 

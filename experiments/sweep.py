@@ -22,15 +22,15 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research import runtime  # pylint: disable=g-import-not-at-top
-from tff_research.program import flags  # pylint: disable=g-import-not-at-top
-from tff_research.program import run_lock  # pylint: disable=g-import-not-at-top
+from tff_research.cli import flags  # pylint: disable=g-import-not-at-top
+from tff_research.execution import runtime  # pylint: disable=g-import-not-at-top
+from tff_research.run import run_lock  # pylint: disable=g-import-not-at-top
 from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
 from tff_research.studies import sweep  # pylint: disable=g-import-not-at-top
 
@@ -60,7 +60,7 @@ def main(argv):
     elif _BASELINE.value is not None:
       raise sweep.SweepError('--baseline applies only with --seeds')
     # Each run's flags are parsed in a private FlagValues, as train.py will.
-    runs = sweep.expand(config, sweep.validate_with_train_flags)
+    runs = sweep.expand(config, flags.validate_train_argv)
     if _SEEDS.value is not None:
       sweep.check_baseline(runs, _BASELINE.value)
   except ValueError as e:

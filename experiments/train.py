@@ -13,14 +13,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 
-from tff_research.program import binary  # pylint: disable=g-import-not-at-top
-from tff_research.program import flags  # pylint: disable=g-import-not-at-top
-from tff_research.program import training  # pylint: disable=g-import-not-at-top
+from tff_research.cli import binary  # pylint: disable=g-import-not-at-top
+from tff_research.cli import flags  # pylint: disable=g-import-not-at-top
+from tff_research.run import training  # pylint: disable=g-import-not-at-top
 
 
 def run():

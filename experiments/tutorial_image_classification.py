@@ -22,14 +22,14 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tff_research.program import console  # pylint: disable=g-import-not-at-top
+from tff_research.cli import console  # pylint: disable=g-import-not-at-top
 console.import_tensorflow_quietly()
 
 from absl import app  # pylint: disable=g-import-not-at-top
 from absl import flags as absl_flags  # pylint: disable=g-import-not-at-top
 
-from tff_research.program import binary  # pylint: disable=g-import-not-at-top
-from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+from tff_research.cli import binary  # pylint: disable=g-import-not-at-top
+from tff_research.cli import flags  # pylint: disable=g-import-not-at-top
 from tff_research.reference import tutorial  # pylint: disable=g-import-not-at-top
 
 _FIRST_CLIENT = absl_flags.DEFINE_integer(

@@ -38,7 +38,7 @@ def tff_runtime():
   Tests that run TFF computations in-process use it; the worker is started
   lazily by the first of them (importing TFF alone starts nothing).
   """
-  from tff_research import runtime  # pylint: disable=g-import-not-at-top
+  from tff_research.execution import runtime  # pylint: disable=g-import-not-at-top
   yield runtime
   runtime.stop()
 

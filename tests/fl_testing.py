@@ -10,8 +10,8 @@ import collections
 import numpy as np
 import tensorflow as tf
 
-from tff_research.data import preprocessing
 from tff_research import models
+from tff_research.data import preprocessing
 
 INPUT_DIM = 784
 
@@ -141,20 +141,20 @@ def mean_loss_and_accuracy(w, b, x, y):
 
 def read_csv(path):
   """A run's metrics.csv as a list of dict rows (numbers as float)."""
-  from tff_research.program import run_directory  # pylint: disable=g-import-not-at-top
+  from tff_research.run import run_directory  # pylint: disable=g-import-not-at-top
   return run_directory.read_metrics(str(path))
 
 
 def config_for(base_flags, tmp_path, name, **overrides):
   """The ExperimentConfig of train.py's flags `base_flags` + overrides."""
-  from tff_research.program import flags  # pylint: disable=g-import-not-at-top
+  from tff_research.cli import flags  # pylint: disable=g-import-not-at-top
   return flags.build_config(dict(base_flags, logdir=str(tmp_path),
                                  experiment_name=name, **overrides))
 
 
 def run_experiment(base_flags, tmp_path, name, **overrides):
   """Runs experiments/train.py's library path with `base_flags` + overrides."""
-  from tff_research.program import training  # pylint: disable=g-import-not-at-top
+  from tff_research.run import training  # pylint: disable=g-import-not-at-top
   return training.train(config_for(base_flags, tmp_path, name, **overrides))
 
 

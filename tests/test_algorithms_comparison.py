@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from tests import fl_testing
 from tff_research.algorithms import registry
 from tff_research.studies import comparison
+from tests import fl_testing
 
 
 def _write_run(run_dir, algorithm, rows, **hparams):
@@ -128,7 +128,7 @@ def _write_metrics(path, rows):
 
 
 def test_curve_summary_first_evaluated_round_and_mb_to_target(tmp_path):
-  """The drift comparison's numbers (formerly scaffold_experiment's)."""
+  """The drift comparison's numbers (`run_drift_comparison`)."""
   summaries = []
   for name, accs in (('fast', [0.5, 0.85, 0.79, 0.9]),
                      ('never', [0.1, 0.2, 0.3, 0.7])):
@@ -202,7 +202,7 @@ def test_comparison_runs_each_algorithm_and_tables_its_metrics(
   assert open(path).read() == table
 
 
-# --- seeds, paired comparisons, tuning (issue 15) ------------------------------
+# --- seeds, paired comparisons, tuning -----------------------------------------
 
 import os  # pylint: disable=g-import-not-at-top,wrong-import-position
 import subprocess  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -329,8 +329,8 @@ def test_validation_split_uses_only_training_data(tmp_path):
   """--validation_fraction (and --tune's validation): carved out of the
   training examples / clients, never the held-out ones."""
   from tff_research.data import federated_data  # pylint: disable=g-import-not-at-top
-  from tff_research.program import client_split  # pylint: disable=g-import-not-at-top
-  from tff_research.program import validation_split  # pylint: disable=g-import-not-at-top
+  from tff_research.run import client_split  # pylint: disable=g-import-not-at-top
+  from tff_research.run import validation_split  # pylint: disable=g-import-not-at-top
   base = dict(model='linear', num_clients=8, total_rounds=1)
   config = fl_testing.config_for(dict(base, validation_fraction=0.25),
                                  tmp_path, 'cmp')
@@ -382,7 +382,7 @@ def test_tune_grid_keeps_the_paper_default_first(tmp_path):
   # The flag's default parses to the exact half-decades: a point of the
   # default grid is a power of ten, named and shown as one.
   from absl import flags  # pylint: disable=g-import-not-at-top
-  from tff_research.program import tune_flags  # pylint: disable=g-import-not-at-top
+  from tff_research.cli import tune_flags  # pylint: disable=g-import-not-at-top
   tune = tune_flags.tune_config(True, flags.FLAGS['tune_factors'].default,
                                 0.2, None, ())
   assert tune.factors == comparison.DEFAULT_TUNE_FACTORS

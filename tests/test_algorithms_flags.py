@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from tff_research import algorithms
-from tff_research.program import config as config_lib
-from tff_research.program import flags
+from tff_research.cli import flags
+from tff_research.run import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -6,7 +6,7 @@ import pytest
 
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
-from tff_research.program import client_data
+from tff_research.run import client_data
 from tests import fl_testing
 
 SETTINGS = dict(epochs=2, batch_size=3, shuffle_buffer=4)

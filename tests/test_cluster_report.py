@@ -6,10 +6,10 @@ import asyncio
 import numpy as np
 import pytest
 
-from tests import fl_testing
 from tff_research.data import label_permutation
-from tff_research.program import training
+from tff_research.run import training
 from tff_research.studies import cluster_report
+from tests import fl_testing
 
 SMALL = dict(
     dataset='digits', model='linear', num_clients=6, clients_per_round=4,

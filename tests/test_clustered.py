@@ -9,9 +9,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research import clustering
 from tff_research.algorithms import base
 from tff_research.algorithms import clustered
+from tff_research.algorithms import clustering
 from tff_research.algorithms import fed_avg
 from tests import fl_testing
 

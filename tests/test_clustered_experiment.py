@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tff_research.cli import flags
 from tff_research.data import federated_data
 from tff_research.data import label_permutation
-from tff_research.program import config as config_lib
-from tff_research.program import flags
-from tff_research.program import held_out_evaluation
-from tff_research.program import training
+from tff_research.run import config as config_lib
+from tff_research.run import held_out_evaluation
+from tff_research.run import training
 from tests import fl_testing
 
 

@@ -27,9 +27,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research import clustering
 from tff_research import models
 from tff_research.algorithms import clustered
+from tff_research.algorithms import clustering
 from tff_research.data import federated_data
 from tff_research.data import label_permutation
 from tff_research.data import preprocessing

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tff_research import clustering
+from tff_research.algorithms import clustering
 
 
 def test_dissimilarities_by_hand():

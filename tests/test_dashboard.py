@@ -20,12 +20,12 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research.program import dashboard
 from tff_research import evaluation
 from tff_research.algorithms import base
 from tff_research.algorithms import fed_avg
 from tff_research.algorithms import scaffold
 from tff_research.data import sampling
+from tff_research.run import dashboard
 from tests import fl_testing
 
 

@@ -1,4 +1,5 @@
-"""experiments/dp_sweep.py: the accuracy-against-epsilon table on tiny data."""
+"""experiments/dp_sweep.py and its study (`studies/dp_sweep.py`): the
+accuracy-against-epsilon table on tiny data."""
 
 import functools
 import importlib.util
@@ -6,6 +7,8 @@ import os
 
 import dp_accounting
 import pytest
+
+from tff_research.studies import dp_sweep as study
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,7 +35,7 @@ def test_sweep_prints_one_row_per_run_with_its_epsilon(tff_worker, tmp_path):
       num_clients=6, clients_per_round=3, client_learning_rate=0.05,
       weight_by_size=False, dp_clip=0.5, total_rounds=1, eval_every=1,
       progress=False))
-  out = dp_sweep.sweep(config, dp_sweep.parse_sigmas(['2.0']))
+  out = study.sweep(config, dp_sweep.parse_sigmas(['2.0']))
   assert out.splitlines()[0] == 'epsilon at delta=1e-05:'
   rows = [l for l in out.splitlines() if l.startswith('| ') and '---' not in l]
   assert len(rows) == 1 + 3  # header + sigma 0 + server/client at sigma 2
@@ -61,8 +64,8 @@ def test_seeds_sweep_pairs_every_configuration_with_the_baseline(
   """--seeds=2 at one sigma: 2 configurations x 2 seeds of 1 round."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from scipy import stats  # pylint: disable=g-import-not-at-top
-  from tests import fl_testing  # pylint: disable=g-import-not-at-top
   from tff_research.studies import statistics  # pylint: disable=g-import-not-at-top
+  from tests import fl_testing  # pylint: disable=g-import-not-at-top
   dp_sweep = _load_binary()
   config = dp_sweep.base_config(dict(
       experiment_name='sw', logdir=str(tmp_path), model='linear',
@@ -70,17 +73,17 @@ def test_seeds_sweep_pairs_every_configuration_with_the_baseline(
       weight_by_size=False, dp_clip=0.5, total_rounds=1, eval_every=1,
       rounds_per_checkpoint=1, progress=False))
   with pytest.raises(ValueError, match='--baseline=server_z9 is not valid'):
-    dp_sweep.seeds_sweep(config, [2.0], (0, 1), baseline='server_z9')
+    study.seeds_sweep(config, [2.0], (0, 1), baseline='server_z9')
   assert not os.listdir(tmp_path)
   # Only the server level, to keep it to four runs.
-  runs = dp_sweep.run_configs
-  dp_sweep.run_configs = lambda c, s: {
+  runs = study.run_configs
+  study.run_configs = lambda c, s: {
       k: v for k, v in runs(c, s).items() if '_client_' not in k}
   try:
-    text = dp_sweep.seeds_sweep(config, [2.0], statistics.parse_seeds('2'),
-                                log=lambda _: None)
+    text = study.seeds_sweep(config, [2.0], statistics.parse_seeds('2'),
+                             log=lambda _: None)
   finally:
-    dp_sweep.run_configs = runs
+    study.run_configs = runs
   assert sorted(os.listdir(tmp_path)) == [
       'sw_dp_sweep', 'sw_server_z0_seed0', 'sw_server_z0_seed1',
       'sw_server_z2_seed0', 'sw_server_z2_seed1']

@@ -11,12 +11,12 @@ import pytest
 import tensorflow as tf
 
 from tff_research import algorithms
+from tff_research.algorithms import private
+from tff_research.cli import flags
 from tff_research.data import federated_data
 from tff_research.data import sampling
-from tff_research.algorithms import private
 from tff_research.privacy import dp_config
-from tff_research.program import client_split
-from tff_research.program import flags
+from tff_research.run import client_split
 from tests import fl_testing
 
 LR, BATCH = 0.05, 4

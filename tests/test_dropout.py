@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from tff_research.cli import flags
 from tff_research.data import sampling
-from tff_research.program import flags
-from tff_research.program import training
+from tff_research.run import training
 from tests import fl_testing
 
 # Every statistical test here fails a correct implementation with probability

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tff_research.evaluation import checkpoint as checkpoint_evaluation
+from tff_research.run import checkpoint_evaluation
 from tests import fl_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

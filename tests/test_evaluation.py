@@ -100,7 +100,8 @@ def test_pooled_sequence_is_the_clients_batches_without_the_source(tmp_path):
         np.testing.assert_array_equal(u, v)
   assert [len(b[0][0]) for b in _batches(pool.sequence([2, 0]))] == [
       3, 3, 1, 3, 2]
-  # Read from TFF's SQLite EMNIST, the pooled sequence no longer queries it.
+  # Read from TFF's SQLite EMNIST: the lazy sequence queries it at every
+  # pass, the pooled one never does.
   sql = _sql_eval_datasets(tmp_path, batch_size=1)
   lazy = per_client.indexed(sql, [0, 1])
   pooled = per_client.PooledBatches.read(sql).sequence([0, 1])

@@ -91,7 +91,7 @@ def test_model_weights_read_from_state_equal_tffs_own(tff_worker, tmp_path):
   state restored from a checkpoint."""
   import asyncio  # pylint: disable=g-import-not-at-top
   from tff_research import algorithms  # pylint: disable=g-import-not-at-top
-  from tff_research.program import training  # pylint: disable=g-import-not-at-top
+  from tff_research.run import training  # pylint: disable=g-import-not-at-top
   algorithm = algorithms.build_algorithm(
       algorithms.AlgorithmConfig(client_learning_rate=0.5),
       fl_testing.linear_model_fn(), ['a', 'b'])

@@ -7,8 +7,8 @@ import dp_accounting
 import numpy as np
 import pytest
 
+from tff_research.cli import calibrate
 from tff_research.privacy import accounting
-from tff_research.privacy import calibrate
 
 DELTA = 1e-5
 

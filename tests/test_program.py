@@ -16,10 +16,10 @@ from tff_research.algorithms import fed_avg
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import registry
 from tff_research.algorithms import spec
-from tff_research.program import config as config_lib
-from tff_research.program import console
-from tff_research.program import flags
-from tff_research.program import training
+from tff_research.cli import flags
+from tff_research.execution import stderr_filter
+from tff_research.run import config as config_lib
+from tff_research.run import training
 from tests import fl_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -176,11 +176,11 @@ def test_console_drops_exactly_the_known_noise():
       'W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT'
       ' Warning: Could not find TensorRT',
   ]
-  assert all(console.is_noise(line) for line in noise)
+  assert all(stderr_filter.is_noise(line) for line in noise)
   for real in ('E tensorflow/core/framework/op_kernel.cc] OOM when'
                ' allocating tensor', 'Unable to register cuDNN factory: out'
                ' of memory', 'Traceback (most recent call last):'):
-    assert not console.is_noise(real)
+    assert not stderr_filter.is_noise(real)
 
 
 def test_readme_algorithm_table_is_the_registry():

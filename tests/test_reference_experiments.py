@@ -16,13 +16,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tests import fl_testing
 from tff_research import models
-from tff_research.program import flags as flags_lib
 from tff_research.algorithms import fed_avg
+from tff_research.cli import flags as flags_lib
 from tff_research.data import federated_data
 from tff_research.reference import isolated_vs_federated as ivf
 from tff_research.reference import tutorial
+from tests import fl_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS

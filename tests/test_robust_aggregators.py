@@ -557,14 +557,14 @@ def _pairs(measurements, mask):
 @pytest.mark.slow
 def test_split_across_two_workers_the_rules_agree_and_positions_line_up(
     tff_worker):
-  """Real mergeable execution: TFF gives each of two `tff_research.worker`
+  """Real mergeable execution: TFF gives each of two `tff_research.cli.worker`
   processes a contiguous slice of the clients and merges the partial
   results in the order the workers finish. The rules' results equal one
   machine's; positions may be permuted, but a flag collected in the same
   computation lines up with `kept_share`."""
+  from tff_research.execution import remote  # pylint: disable=g-import-not-at-top
+  from tff_research.execution import runtime  # pylint: disable=g-import-not-at-top
   from tests import test_scale_out  # pylint: disable=g-import-not-at-top
-  from tff_research import remote  # pylint: disable=g-import-not-at-top
-  from tff_research import runtime  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(4)
   values = [_structure(rng.normal(size=5)) for _ in range(7)]
   values[1] = _structure([np.nan] * 5)

@@ -54,7 +54,7 @@ _START = textwrap.dedent("""
     import time
     import numpy as np
     import tensorflow_federated as tff
-    from tff_research import runtime
+    from tff_research.execution import runtime
     runtime.start()
     add = tff.tensorflow.computation(lambda x: x + 1, np.int32)
     assert add(1) == 2
@@ -93,7 +93,7 @@ def test_normal_exit_of_train_binary_stops_worker_and_prints_no_noise(
     tmp_path):
   # One start of the binary for two properties of a normal run (each start
   # costs a TFF import): the worker ends with it, and TensorFlow's import
-  # noise (tff_research/program/console.py) never reaches the user.
+  # noise (tff_research/execution/stderr_filter.py) never reaches the user.
   env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
   proc = _spawn(_train_args(tmp_path, 2), env=env)
   worker = _wait_for_worker(proc)

@@ -11,11 +11,11 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import algorithms
-from tff_research.evaluation import checkpoint as checkpoint_evaluation
 from tff_research.algorithms import scaffold
-from tff_research.program import flags
-from tff_research.program import run_directory
-from tff_research.program import training
+from tff_research.cli import flags
+from tff_research.run import checkpoint_evaluation
+from tff_research.run import run_directory
+from tff_research.run import training
 from tests import fl_testing
 
 LR = 0.05

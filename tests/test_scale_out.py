@@ -1,6 +1,6 @@
 """Scale-out: the same runs on TFF remote workers (`--workers=host:port,...`).
 
-Real processes: each worker is `python -m tff_research.worker --port=P` on
+Real processes: each worker is `python -m tff_research.cli.worker --port=P` on
 127.0.0.1 (ports from portpicker), started and stopped here. A run on two
 workers must train the same model as the same run on this machine (to
 1e-6, every leaf of the checkpointed state), for every algorithm that runs
@@ -21,10 +21,10 @@ import portpicker
 import pytest
 import tensorflow as tf
 
-from tff_research import remote
-from tff_research import runtime
-from tff_research.program import flags
-from tff_research.program import training
+from tff_research.cli import flags
+from tff_research.execution import remote
+from tff_research.execution import runtime
+from tff_research.run import training
 from tests import fl_testing
 from tests.reliability import procs
 
@@ -62,13 +62,13 @@ _QUICK = ('fedavg', 'dp_server')
 
 
 class Worker:
-  """One `python -m tff_research.worker` process on `port`."""
+  """One `python -m tff_research.cli.worker` process on `port`."""
 
   def __init__(self, port):
     self.port = port
     self.address = f'127.0.0.1:{port}'
     self.proc = procs.spawn(
-        [sys.executable, '-m', 'tff_research.worker', f'--port={port}'])
+        [sys.executable, '-m', 'tff_research.cli.worker', f'--port={port}'])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
       line = self.proc.stderr.readline().decode()
@@ -199,7 +199,7 @@ def test_workers_are_not_part_of_the_run(tmp_path):
   config = fl_testing.config_for(SMALL, tmp_path, 'x',
                                  workers='h1:8000,h2:8000')
   assert config.workers == ('h1:8000', 'h2:8000')
-  from tff_research.program import config as config_lib  # pylint: disable=g-import-not-at-top
+  from tff_research.run import config as config_lib  # pylint: disable=g-import-not-at-top
   assert 'workers' not in config_lib.to_hparams(config)
   assert config_lib.from_hparams(config_lib.to_hparams(config)).workers == ()
 
@@ -223,7 +223,7 @@ def test_unreachable_worker_at_start_fails_fast_with_one_line(tmp_path):
   assert ours == [
       f'error: the TFF worker at 127.0.0.1:{port} is unreachable: no gRPC'
       ' connection within 10 s; start it there with `python -m'
-      ' tff_research.worker --port=PORT` or fix --workers'], ours
+      ' tff_research.cli.worker --port=PORT` or fix --workers'], ours
   assert time.monotonic() - t0 < 120
   assert not (tmp_path / 'x' / 'hparams.json').exists()
 
@@ -300,7 +300,7 @@ import os, sys
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tff_research import runtime
+from tff_research.execution import runtime
 runtime.start(workers=[sys.argv[1]], stall_timeout=3.0)
 
 @tff.tensorflow.computation(np.int64)

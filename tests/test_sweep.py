@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from tff_research.cli import flags as flags_lib
 from tff_research.studies import sweep
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -96,13 +97,13 @@ def test_bad_run_flags_name_the_run(tmp_path):
   with pytest.raises(sweep.SweepError,
                      match=r'run dropout_rate=0.95: --dropout_rate=0.95 is not'
                      r' valid'):
-    sweep.expand(config, sweep.validate_with_train_flags)
+    sweep.expand(config, flags_lib.validate_train_argv)
 
 
 def test_run_flags_are_parsed_in_private_flag_values(tmp_path):
   from absl import flags  # pylint: disable=g-import-not-at-top
   before = flags.FLAGS.flag_values_dict()
-  total_rounds, hparams = sweep.validate_with_train_flags(
+  total_rounds, hparams = flags_lib.validate_train_argv(
       ['--logdir=L', '--experiment_name=a', '--algorithm=fedadam',
        '--total_rounds=7', '--model=linear'])
   assert total_rounds == 7
@@ -276,7 +277,7 @@ def test_seeds_report_pairs_configurations_by_seed(tmp_path):
 _LOCKING_TRAIN = textwrap.dedent('''
     import os, sys
     sys.path.insert(0, {repo!r})
-    from tff_research.program import run_lock
+    from tff_research.run import run_lock
     args = dict(a[2:].split('=', 1) for a in sys.argv[1:] if '=' in a)
     try:
       lock = run_lock.acquire(os.path.join(args['logdir'],

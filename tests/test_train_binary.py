@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from tff_research.program import flags
-from tff_research.program import run_directory
+from tff_research.cli import flags
+from tff_research.run import run_directory
 from tests import fl_testing
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -110,16 +110,17 @@ def test_failed_write_leaves_nothing(shared_leaf_dir, tmp_path, monkeypatch):
 
 
 def test_cli_main(shared_leaf_dir, tmp_path, capsys):
-  from absl import flags
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from tff_research.cli import build_emnist_cache as cli  # pylint: disable=g-import-not-at-top
   argv = ['build_emnist_cache', f'--input={shared_leaf_dir}', f'--cache_dir={tmp_path}']
   flags.FLAGS(argv)
   try:
-    assert B.main(['build_emnist_cache']) == 0
+    assert cli.main(['build_emnist_cache']) == 0
     out = capsys.readouterr().out
     assert f'wrote {tmp_path / B.DB_FILENAME}' in out
     assert 'all_train: 6 clients, 760 examples' in out
     assert 'all_test: 6 clients, 87 examples' in out
-    assert B.main(['build_emnist_cache']) == 1  # refuses to overwrite
+    assert cli.main(['build_emnist_cache']) == 1  # refuses to overwrite
     assert 'already exists' in capsys.readouterr().err
   finally:
     flags.FLAGS.unparse_flags()
@@ -134,7 +135,7 @@ def test_load_emnist_missing_offline_is_fast_and_clear(tmp_path, monkeypatch):
   assert time.monotonic() - t0 < 1.0
   assert str(e.value) == (
       f'emnist data not found: expected {tmp_path}/emnist_all.sqlite (no network to download '
-      'it). Build it with: uv run python -m tff_research.data.build_emnist_cache '
+      'it). Build it with: uv run python -m tff_research.cli.build_emnist_cache '
       f'--input=PATH --cache_dir={tmp_path}')
   assert isinstance(e.value, ValueError) and os.listdir(tmp_path) == []
   monkeypatch.setenv('HOME', str(tmp_path))

@@ -21,10 +21,10 @@ import sys
 import numpy as np
 import pytest
 
-from tests.reliability import procs
 from tff_research.data import build_emnist_cache as B
 from tff_research.data import emnist
 from tff_research.data import femnist_arrays as F
+from tests.reliability import procs
 
 # --- helpers ------------------------------------------------------------------
 
@@ -408,7 +408,7 @@ def test_truncated_shared_cache(emnist_cache_dir, tmp_path):
 
 
 def _build(args):
-  proc = procs.spawn([sys.executable, '-m', 'tff_research.data.build_emnist_cache', *args])
+  proc = procs.spawn([sys.executable, '-m', 'tff_research.cli.build_emnist_cache', *args])
   out, err = proc.communicate(timeout=300)
   return proc.returncode, out.decode(), err.decode()
 

@@ -19,8 +19,8 @@ import pytest
 import tensorflow_federated as tff
 from tensorflow_federated.python.program import structure_utils
 
+from tff_research.run import safe_checkpoints as C
 from tests.reliability import procs
-from tff_research.program import checkpoints as C
 
 Pair = collections.namedtuple('Pair', ['a', 'b'])
 DATA = 'variables/variables.data-00000-of-00001'
@@ -210,7 +210,8 @@ def test_damaged_newest_falls_back_to_older(pristine, tmp_path, filename, corrup
 @pytest.mark.parametrize('corruption', ['truncated', 'empty', 'zeroed', 'garbage', 'deleted'])
 @pytest.mark.parametrize('filename', ['saved_model.pb', INDEX, DATA])
 def test_damaged_legacy_newest_falls_back(pristine, tmp_path, filename, corruption):
-  # Checkpoints written before this module (no manifest): TF's errors decide.
+  # Checkpoints without a manifest (TFF's plain manager writes none): TF's
+  # errors decide.
   root = copy_of(pristine, tmp_path, 'legacy')
   CORRUPTIONS[corruption](root / 'round_3' / filename)
   falls_back_to_round_2(root)
@@ -387,7 +388,7 @@ def test_resume_past_bad_version_saves_it_again(pristine, tmp_path):
 _SAVER = textwrap.dedent("""
     import asyncio, sys
     import numpy as np
-    from tff_research.program import checkpoints as C
+    from tff_research.run import safe_checkpoints as C
     m = C.SafeFileProgramStateManager(sys.argv[1])
     base = np.random.default_rng(0).random((512, 1024)).astype(np.float32)
     structure = {'round': 0, 'w': base, 'v': np.int64(0)}

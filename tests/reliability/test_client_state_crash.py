@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tff_research.run import training
 from tests import fl_testing
 from tests.reliability import procs
-from tff_research.program import training
 
 FLAGS = dict(algorithm='scaffold', model='linear', num_clients=6,
              clients_per_round=3, client_learning_rate=0.05, eval_every=10,
@@ -34,7 +34,7 @@ import os, runpy, signal, sys
 step, crash_round = sys.argv[1], int(sys.argv[2])
 sys.argv = ['experiments/train.py'] + sys.argv[3:]
 from tff_research.algorithms import client_state
-from tff_research.program import checkpoints
+from tff_research.run import safe_checkpoints
 
 def die():
   os.kill(os.getpid(), signal.SIGKILL)
@@ -67,8 +67,8 @@ def crashing_append(self, records):
 
 Table.write, Table._write_slot = tracking_write, crashing_write_slot
 Table._append_journal = crashing_append
-save = checkpoints.SafeFileProgramStateManager.save
-rename = checkpoints._rename
+save = safe_checkpoints.SafeFileProgramStateManager.save
+rename = safe_checkpoints._rename
 
 async def crashing_save(self, program_state, version):
   if step == 'journal_synced' and version == crash_round:
@@ -82,8 +82,8 @@ def crashing_rename(src, dst):
     die()
   rename(src, dst)
 
-checkpoints.SafeFileProgramStateManager.save = crashing_save
-checkpoints._rename = crashing_rename
+safe_checkpoints.SafeFileProgramStateManager.save = crashing_save
+safe_checkpoints._rename = crashing_rename
 runpy.run_path('experiments/train.py', run_name='__main__')
 '''
 

@@ -13,10 +13,10 @@ import os
 
 import pytest
 
+from tff_research.run import checkpoint_evaluation
+from tff_research.run import run_directory
+from tff_research.run import safe_checkpoints
 from tests import fl_testing
-from tff_research.evaluation import checkpoint as checkpoint_evaluation
-from tff_research.program import checkpoints
-from tff_research.program import run_directory
 
 FLAGS = dict(model='linear', num_clients=4, clients_per_round=2,
              client_learning_rate=0.05, eval_every=10, rounds_per_checkpoint=1,
@@ -72,9 +72,9 @@ def test_edited_hparams_json_is_refused_naming_the_flag(tff_worker, tmp_path):
                               client_learning_rate=0.5))
 
   hparams.write_text(original)
-  with pytest.raises(checkpoints.UnreadableCheckpointError,
+  with pytest.raises(safe_checkpoints.UnreadableCheckpointError,
                      match='config.json differs from its SHA-256'):
-    checkpoints.recorded_config(str(ckpt / 'round_2'))
+    safe_checkpoints.recorded_config(str(ckpt / 'round_2'))
   rows = fl_testing.run_experiment(FLAGS, tmp_path, 'run', total_rounds=3)
   assert [r['round'] for r in rows] == [2, 3]  # round_2 was damaged
 

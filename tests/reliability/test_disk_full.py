@@ -15,9 +15,9 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_research.run import release as release_lib
+from tff_research.run import safe_checkpoints
 from tests import fl_testing
-from tff_research.program import checkpoints
-from tff_research.program import release as release_lib
 
 FLAGS = dict(model='linear', num_clients=4, clients_per_round=2,
              client_learning_rate=0.05, eval_every=10, rounds_per_checkpoint=1,
@@ -56,7 +56,7 @@ class _Disk:
       with open(f'{manager._file_path}_temp1234', 'w'):
         pass
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    self._seams.setattr(checkpoints.file_utils, 'write_saved_model',
+    self._seams.setattr(safe_checkpoints.file_utils, 'write_saved_model',
                         write_saved_model)
     self._seams.setattr(tff.program.CSVFileReleaseManager, '_write_values',
                         write_values)
@@ -114,7 +114,7 @@ def _free_and_resume(disk, monkeypatch):
 def test_full_disk_at_a_checkpoint(tff_worker, disk, monkeypatch, capfd):
   root, run_dir = disk.root, os.path.join(disk.root, 'run')
   fl_testing.run_experiment(FLAGS, root, 'run', total_rounds=1)
-  _fill_before(monkeypatch, checkpoints.SafeFileProgramStateManager, 'save',
+  _fill_before(monkeypatch, safe_checkpoints.SafeFileProgramStateManager, 'save',
                disk, 2)
   capfd.readouterr()
   with pytest.raises(Exception) as e:
@@ -154,8 +154,8 @@ def test_full_disk_at_the_metrics(tff_worker, disk, monkeypatch):
 
 
 def test_stderr_without_drops_matching_lines_at_the_file_descriptor(capfd):
-  from tff_research.program import console  # pylint: disable=g-import-not-at-top
-  with console.stderr_without(lambda line: 'OP_REQUIRES' in line):
+  from tff_research.execution import stderr_filter  # pylint: disable=g-import-not-at-top
+  with stderr_filter.stderr_without(lambda line: 'OP_REQUIRES' in line):
     os.write(2, b'kept 1\nW op_kernel.cc] OP_REQUIRES failed: full\nkep')
     os.write(2, b't 2\nunfinished')
   assert capfd.readouterr().err == 'kept 1\nkept 2\nunfinished'

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
-from tff_research.program import hooks
+from tff_research.run import hooks
 from tests import fl_testing
 
 
@@ -171,7 +171,7 @@ class _Fakes:
 
 
 def _run_loop(manager, algorithm, total_rounds):
-  from tff_research.program import loop  # pylint: disable=g-import-not-at-top
+  from tff_research.run import loop  # pylint: disable=g-import-not-at-top
   fakes = _Fakes()
   guard = hooks.DivergenceGuard(
       algorithm, collections.OrderedDict(client_learning_rate=0.5))
@@ -183,10 +183,10 @@ def _run_loop(manager, algorithm, total_rounds):
 
 
 def test_late_divergence_removes_the_checkpoints_after_the_kept_round(tmp_path):
-  from tff_research.program import checkpoints  # pylint: disable=g-import-not-at-top
+  from tff_research.run import safe_checkpoints  # pylint: disable=g-import-not-at-top
   import asyncio  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'checkpoints'
-  manager = checkpoints.SafeFileProgramStateManager(root)
+  manager = safe_checkpoints.SafeFileProgramStateManager(root)
   algorithm = _LateDivergingAlgorithm({1: 1.0, 2: 2.0, 3: 1e30, 4: 1e30})
   with pytest.raises(ValueError) as e:
     _run_loop(manager, algorithm, total_rounds=6)
@@ -208,9 +208,9 @@ def test_late_divergence_removes_the_checkpoints_after_the_kept_round(tmp_path):
 
 
 def test_late_divergence_before_any_finite_round_keeps_no_checkpoint(tmp_path):
-  from tff_research.program import checkpoints  # pylint: disable=g-import-not-at-top
+  from tff_research.run import safe_checkpoints  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'checkpoints'
-  manager = checkpoints.SafeFileProgramStateManager(root)
+  manager = safe_checkpoints.SafeFileProgramStateManager(root)
   algorithm = _LateDivergingAlgorithm({1: 1e30, 2: 1e30})
   with pytest.raises(ValueError, match=r'diverged at round 1 .*no round before'
                      r' it was finite, so nothing was checkpointed'):
@@ -219,10 +219,10 @@ def test_late_divergence_before_any_finite_round_keeps_no_checkpoint(tmp_path):
 
 
 def test_remove_versions_after(tmp_path):
-  from tff_research.program import checkpoints  # pylint: disable=g-import-not-at-top
+  from tff_research.run import safe_checkpoints  # pylint: disable=g-import-not-at-top
   import asyncio  # pylint: disable=g-import-not-at-top
   root = tmp_path / 'checkpoints'
-  manager = checkpoints.SafeFileProgramStateManager(root, keep_total=0)
+  manager = safe_checkpoints.SafeFileProgramStateManager(root, keep_total=0)
   for v in range(1, 6):
     asyncio.run(manager.save({'round': v, 'w': np.full(3, v, np.float32)}, v))
   (root / '.unreadable-round_7-abc').mkdir()  # moved aside: not a version

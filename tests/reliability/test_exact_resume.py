@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tff_research.run import training
 from tests import fl_testing
-from tff_research.program import training
 
 BASE = dict(model='linear', num_clients=6, clients_per_round=3,
             client_learning_rate=0.05, eval_every=10, rounds_per_checkpoint=2,

@@ -8,8 +8,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tff_research.algorithms import registry
-from tff_research.program import config as config_lib
-from tff_research.program import flags
+from tff_research.cli import flags
+from tff_research.run import config as config_lib
 
 _NUMBERS = st.one_of(
     st.integers(-3, 12), st.floats(-2.0, 2.0, allow_nan=False),

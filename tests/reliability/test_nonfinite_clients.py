@@ -6,9 +6,10 @@ part (its held-out pixels are finite, so evaluation stays finite). For every
 algorithm family the run must finish, log `robustness_excluded_clients` = 1
 each round (TensorBoard `robustness/excluded_clients`), and, for FedAvg
 weighted and uniform, end with the model trained on the other three clients
-alone (to 1e-6). Before `robust_aggregation`, uniform FedAvg averaged the
-zeroed delta in (the model moved 3/4 as far as without the client) and no
-algorithm counted anything.
+alone (to 1e-6). The uniform case is why the exclusion is ours
+(`aggregators.excluding_mean`): TFF's own uniform mean averages the zeroed
+delta in (the model would move 3/4 as far as without the client), and TFF
+counts nothing.
 """
 
 import asyncio
@@ -18,8 +19,8 @@ import numpy as np
 import pytest
 import tensorflow_federated as tff
 
+from tff_research.run import training
 from tests import fl_testing
-from tff_research.program import training
 
 FLAGS = dict(model='linear', client_learning_rate=0.1, eval_every=10,
              rounds_per_checkpoint=2, progress=False, batch_size=10,
@@ -122,10 +123,10 @@ def test_excluding_mean_numbers(tff_worker):
   """The factory alone: weighted, uniform (through TFF's own unweighted
   wrapper, which drops the weights) and a round that excludes everyone."""
   from tensorflow_federated.python.aggregators import factory_utils  # pylint: disable=g-import-not-at-top
-  from tff_research.algorithms import robust_aggregation  # pylint: disable=g-import-not-at-top
+  from tff_research.aggregators import excluding_mean  # pylint: disable=g-import-not-at-top
   value_type = tff.types.to_type([(np.float32, [3]), (np.float32, [2])])
   weight_type = tff.TensorType(np.float32)
-  f = robust_aggregation.ExcludingMeanFactory()
+  f = excluding_mean.ExcludingMeanFactory()
   ones = [np.ones(3, np.float32), np.ones(2, np.float32)]
   nan = [np.array([np.nan, 1, 1], np.float32), np.ones(2, np.float32)]
   inf_weight = [np.full(3, 5, np.float32), np.full(2, 5, np.float32)]

@@ -7,12 +7,12 @@ import textwrap
 
 import pytest
 
+from tff_research.run import run_lock
 from tests.reliability import procs
-from tff_research.program import run_lock
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from tff_research.program import run_lock
+    from tff_research.run import run_lock
     with run_lock.hold(sys.argv[1]):
       print('held', flush=True)
       time.sleep(600)
@@ -20,7 +20,7 @@ _HOLDER = textwrap.dedent("""
 
 _TRY = textwrap.dedent("""
     import sys
-    from tff_research.program import run_lock
+    from tff_research.run import run_lock
     try:
       with run_lock.hold(sys.argv[1]):
         print('acquired', flush=True)

@@ -67,7 +67,7 @@ def test_resumed_run_is_one_curve_and_noop_rerun_adds_no_file(
 
 def test_truncate_events_drops_later_steps_torn_records_and_empty_files(
     tmp_path):
-  from tff_research.program import release  # pylint: disable=g-import-not-at-top
+  from tff_research.run import release  # pylint: disable=g-import-not-at-top
   logdir = str(tmp_path)
   writer = tf.summary.create_file_writer(logdir, filename_suffix='.a')
   with writer.as_default():

@@ -28,7 +28,7 @@ _SCRIPT = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     import tensorflow_federated as tff
-    from tff_research import runtime
+    from tff_research.execution import runtime
 
     runtime.start(stall_timeout=float(os.environ.get('STALL', '60')))
 

@@ -14,7 +14,7 @@ in `report`, on the server.
 
 Every update is flattened to one float32 vector of the model's d parameters.
 Non-finite updates never enter: a client is excluded, exactly as
-`robust_aggregation.ExcludingMeanFactory`'s uniform rule does, when its update
+`excluding_mean.ExcludingMeanFactory`'s uniform rule does, when its update
 has a NaN or Inf anywhere or is zero in every coordinate (TFF's client work
 replaces a non-finite delta by zeros before any aggregator sees it). The
 count is reported as `excluded_clients`.
@@ -63,9 +63,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tff_research.algorithms import robust_aggregation
+from tff_research.aggregators import excluding_mean
 
-EXCLUDED = robust_aggregation.MEASUREMENT
+EXCLUDED = excluding_mean.MEASUREMENT
 KEPT = 'kept_clients'
 KEPT_SHARE = 'kept_share'
 DEFAULT_CAPACITY = 64
@@ -121,16 +121,16 @@ class Flattener:
 
 def enters(value) -> tf.Tensor:
   """Whether an update enters a uniform rule: finite and not all zero
-  (`robust_aggregation.ExcludingMeanFactory`'s uniform rule)."""
-  return tf.logical_and(robust_aggregation._all_finite(value),  # pylint: disable=protected-access
-                        tf.logical_not(robust_aggregation._all_zero(value)))  # pylint: disable=protected-access
+  (`excluding_mean.ExcludingMeanFactory`'s uniform rule)."""
+  return tf.logical_and(excluding_mean.all_finite(value),
+                        tf.logical_not(excluding_mean.all_zero(value)))
 
 
 def enters_weighted(value, weight) -> tf.Tensor:
   """Whether an update enters a weighted rule: finite, with a finite weight
-  > 0 (`robust_aggregation.ExcludingMeanFactory`'s weighted rule)."""
+  > 0 (`excluding_mean.ExcludingMeanFactory`'s weighted rule)."""
   return tf.logical_and(
-      robust_aggregation._all_finite(value),  # pylint: disable=protected-access
+      excluding_mean.all_finite(value),
       tf.logical_and(tf.math.is_finite(weight), weight > 0))
 
 
@@ -276,13 +276,13 @@ class CollectingFactory(tff.aggregators.UnweightedAggregationFactory,
 
 
 class UniformExcludingMean(tff.aggregators.UnweightedAggregationFactory):
-  """`robust_aggregation.ExcludingMeanFactory`'s uniform rule, as a factory
+  """`excluding_mean.ExcludingMeanFactory`'s uniform rule, as a factory
   that is only unweighted: TFF's `clipping_factory` takes its weightedness
   from its inner factory, checking weighted first, and ExcludingMeanFactory
   is both."""
 
   def create(self, value_type):
-    return robust_aggregation.ExcludingMeanFactory().create(value_type)
+    return excluding_mean.ExcludingMeanFactory().create(value_type)
 
 
 class SumRuleFactory(tff.aggregators.WeightedAggregationFactory,

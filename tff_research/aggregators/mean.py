@@ -1,5 +1,5 @@
 """The mean (McMahan et al. 2017's FedAvg aggregation), excluding non-finite
-client updates: `robust_aggregation.ExcludingMeanFactory`, the pipeline's
+client updates: `excluding_mean.ExcludingMeanFactory`, the pipeline's
 aggregator without DP, plus the positions it kept, so every rule of the
 registry reports the same `kept_share` and an attack layer counts kept
 malicious clients the same way for all of them.
@@ -24,8 +24,8 @@ the capacity, S the state of TFF's `MeanFactory`):
 from __future__ import annotations
 
 from tff_research.aggregators import collection
+from tff_research.aggregators import excluding_mean
 from tff_research.aggregators import spec
-from tff_research.algorithms import robust_aggregation
 
 
 class MeanFactory(collection.SumRuleFactory):
@@ -33,13 +33,13 @@ class MeanFactory(collection.SumRuleFactory):
 
   def inner(self, weighted):
     del weighted  # ExcludingMeanFactory is both kinds.
-    return robust_aggregation.ExcludingMeanFactory()
+    return excluding_mean.ExcludingMeanFactory()
 
 
 SPEC = spec.AggregatorSpec(
     name='mean',
     paper='McMahan et al. 2017',
-    summary='`robust_aggregation.ExcludingMeanFactory` (the mean without'
+    summary='`excluding_mean.ExcludingMeanFactory` (the mean without'
     ' non-finite updates)',
     build=lambda p, capacity: MeanFactory(capacity),
     weighted=True,

@@ -7,7 +7,7 @@ radius M (`norm_bound`) before the mean,
 which caps what one boosted (model-replacement) update can do to the round.
 Built on TFF's `tff.aggregators.clipping_factory(M, inner)` with the
 project's non-finite-excluding mean
-(`robust_aggregation.ExcludingMeanFactory`) as the inner mean, so exclusion
+(`excluding_mean.ExcludingMeanFactory`) as the inner mean, so exclusion
 and its count are exactly the plain mean's. It is a sum of bounded updates:
 mergeable, and sound before server DP. TFF's `zeroing_factory` (drop an
 update above the norm) is not used: Sun et al. bound, they do not drop.
@@ -37,8 +37,8 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.aggregators import collection
+from tff_research.aggregators import excluding_mean
 from tff_research.aggregators import spec
-from tff_research.algorithms import robust_aggregation
 
 
 def global_norm(value) -> tf.Tensor:
@@ -61,7 +61,7 @@ class NormBoundFactory(collection.SumRuleFactory):
     self._norm_bound = NORM_BOUND.check(norm_bound)
 
   def inner(self, weighted):
-    mean = (robust_aggregation.ExcludingMeanFactory() if weighted
+    mean = (excluding_mean.ExcludingMeanFactory() if weighted
             else collection.UniformExcludingMean())
     return tff.aggregators.clipping_factory(self._norm_bound, mean)
 

@@ -22,7 +22,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.algorithms import client_metrics
-from tff_research.algorithms import robust_aggregation
+from tff_research.aggregators import excluding_mean as robust_aggregation
 
 
 class FederatedAlgorithm(abc.ABC):

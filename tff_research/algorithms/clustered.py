@@ -118,11 +118,11 @@ import tensorflow_federated as tff
 from tensorflow_federated.python.core.impl.types import computation_types
 from tensorflow_federated.python.learning.templates import model_delta_client_work
 
-from tff_research import clustering
+from tff_research.algorithms import clustering
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import client_state
-from tff_research.algorithms import robust_aggregation
+from tff_research.aggregators import excluding_mean as robust_aggregation
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 METRICS = clustering.METRICS

@@ -42,7 +42,7 @@ import numpy as np
 
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
-from tff_research.algorithms import robust_aggregation
+from tff_research.aggregators import excluding_mean as robust_aggregation
 from tff_research.privacy import dp_config
 
 

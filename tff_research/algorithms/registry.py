@@ -25,14 +25,14 @@ import tensorflow_federated as tff
 
 from tff_research.algorithms import base
 from tff_research.algorithms import client_state
-from tff_research import clustering as clustering_lib
+from tff_research.algorithms import clustering as clustering_lib
 from tff_research.algorithms import clustered
 from tff_research.algorithms import fed_avg
 from tff_research.algorithms import fed_prox
 from tff_research.algorithms import fed_sgd
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import private
-from tff_research.algorithms import robust_aggregation
+from tff_research.aggregators import excluding_mean as robust_aggregation
 from tff_research.algorithms import scaffold
 from tff_research.algorithms import server_optimizers
 from tff_research.algorithms import spec as spec_lib
@@ -379,8 +379,6 @@ def build_algorithm(
     tables: where per-client rows live (a run's directory; memory by
       default).
   """
-  # Imported here: privacy wraps algorithms, so it depends on this package.
-  from tff_research.privacy import dp_config  # pylint: disable=g-import-not-at-top
   client_ids = tuple(client_ids)
   if config.clustered:
     return _build_clustered(config, model_fn, client_ids, tables)

@@ -75,7 +75,7 @@ from tensorflow_federated.python.learning import tensor_utils
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import client_state
-from tff_research.algorithms import robust_aggregation
+from tff_research.aggregators import excluding_mean as robust_aggregation
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
 

@@ -33,7 +33,8 @@ half-written cache that TFF would then trust. The input is read and checked
 completely first (:mod:`~tff_research.data.femnist_arrays`), so a bad input
 changes nothing on disk; a failed write (disk full, unwritable directory)
 removes its temporary file and leaves an existing cache untouched. Either is
-one line ``error: ...`` on stderr and exit status 1.
+a ValueError with one line (the command line prints it as ``error: ...``
+and exits with status 1).
 
 Beside the file it writes the client array store (`array_store`,
 ``emnist_all.arrays/``), from which runs read their clients; a cache without
@@ -44,9 +45,9 @@ one (e.g. TFF's download) gets it built on first use.
 672k train / 77k test examples) reach federated EMNIST-62's size, for the
 scale benchmark. Such a cache is ~6 GB: never commit it.
 
-Usage::
+Its command line is `tff_research.cli.build_emnist_cache`::
 
-  uv run python -m tff_research.data.build_emnist_cache \
+  uv run python -m tff_research.cli.build_emnist_cache \
       --input=../shared/data/femnist/femnist_dev.npz --cache_dir=/tmp/emnist \
       [--tile=K] [--overwrite]
 """
@@ -55,11 +56,8 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import sys
 import tempfile
 
-from absl import app
-from absl import flags
 import numpy as np
 
 from tff_research.data import array_store
@@ -84,6 +82,45 @@ def _example_bytes(pixels: np.ndarray, label: int) -> bytes:
       'pixels': tf.train.Feature(float_list=tf.train.FloatList(value=pixels.reshape(-1).tolist())),
       'label': tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
   })).SerializeToString()
+
+
+def _write_tables(db_path: str, arrays: femnist_arrays_lib.FemnistArrays
+                  ) -> None:
+  """Writes TFF's `examples` and `client_metadata` tables (and the index on
+  examples) into a new SQLite file."""
+  con = sqlite3.connect(db_path)
+  try:
+    con.execute('PRAGMA journal_mode = OFF')  # temp file: no crash recovery needed
+    con.execute('PRAGMA synchronous = OFF')
+    con.execute("""CREATE TABLE examples (
+        split_name TEXT NOT NULL,
+        client_id TEXT NOT NULL,
+        serialized_example_proto BLOB NOT NULL);""")
+    con.execute("""CREATE TABLE client_metadata (
+        client_id TEXT NOT NULL,
+        split_name TEXT NOT NULL,
+        num_examples INTEGER NOT NULL);""")
+    for split in ('train', 'test'):
+      pixels = getattr(arrays, f'{split}_pixels')
+      labels = getattr(arrays, f'{split}_labels')
+      for cid, idx in arrays.client_indices(split).items():
+        protos = [_example_bytes(pixels[j], labels[j]) for j in idx]
+        digit = labels[idx] < 10
+        rows = [(f'all_{split}', cid, p) for p in protos]
+        rows += [(f'digits_only_{split}', cid, p) for p, d in zip(protos, digit) if d]
+        con.executemany(
+            'INSERT INTO examples (split_name, client_id, serialized_example_proto) '
+            'VALUES (?, ?, ?);', rows)
+        meta = [(cid, f'all_{split}', len(idx))]
+        if digit.any():
+          meta.append((cid, f'digits_only_{split}', int(digit.sum())))
+        con.executemany(
+            'INSERT INTO client_metadata (client_id, split_name, num_examples) '
+            'VALUES (?, ?, ?);', meta)
+    con.execute('CREATE INDEX examples_client_split ON examples (client_id, split_name);')
+    con.commit()
+  finally:
+    con.close()
 
 
 def write_emnist_sqlite(
@@ -123,39 +160,7 @@ def write_emnist_sqlite(
     raise CacheWriteError(f'cannot write {path}: {e.strerror or e}') from None
   os.close(fd)
   try:
-    con = sqlite3.connect(tmp_path)
-    try:
-      con.execute('PRAGMA journal_mode = OFF')  # temp file: no crash recovery needed
-      con.execute('PRAGMA synchronous = OFF')
-      con.execute("""CREATE TABLE examples (
-          split_name TEXT NOT NULL,
-          client_id TEXT NOT NULL,
-          serialized_example_proto BLOB NOT NULL);""")
-      con.execute("""CREATE TABLE client_metadata (
-          client_id TEXT NOT NULL,
-          split_name TEXT NOT NULL,
-          num_examples INTEGER NOT NULL);""")
-      for split in ('train', 'test'):
-        pixels = getattr(arrays, f'{split}_pixels')
-        labels = getattr(arrays, f'{split}_labels')
-        for cid, idx in arrays.client_indices(split).items():
-          protos = [_example_bytes(pixels[j], labels[j]) for j in idx]
-          digit = labels[idx] < 10
-          rows = [(f'all_{split}', cid, p) for p in protos]
-          rows += [(f'digits_only_{split}', cid, p) for p, d in zip(protos, digit) if d]
-          con.executemany(
-              'INSERT INTO examples (split_name, client_id, serialized_example_proto) '
-              'VALUES (?, ?, ?);', rows)
-          meta = [(cid, f'all_{split}', len(idx))]
-          if digit.any():
-            meta.append((cid, f'digits_only_{split}', int(digit.sum())))
-          con.executemany(
-              'INSERT INTO client_metadata (client_id, split_name, num_examples) '
-              'VALUES (?, ?, ?);', meta)
-      con.execute('CREATE INDEX examples_client_split ON examples (client_id, split_name);')
-      con.commit()
-    finally:
-      con.close()
+    _write_tables(tmp_path, arrays)
     # mkstemp creates 0600; give the cache ordinary umask-governed permissions.
     umask = os.umask(0)
     os.umask(umask)
@@ -183,37 +188,14 @@ def split_summary(db_path: str) -> dict[str, tuple[int, int]]:
   return {s: (int(c), int(n)) for s, c, n in rows}
 
 
-_INPUT = flags.DEFINE_string(
-    'input', None, 'FEMNIST source: a .npz file or a LEAF directory with train/ and test/.')
-_CACHE_DIR = flags.DEFINE_string(
-    'cache_dir', None, f'Directory to write {DB_FILENAME} into (TFF cache_dir).')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, f'Replace an existing {DB_FILENAME}.')
-_TILE = flags.DEFINE_integer(
-    'tile', 1, 'Write K copies of every writer under new ids (ID_tNN): 24 copies'
-    ' of the shared 201 writers reach federated EMNIST-62\'s size. Never'
-    ' commit the result.', lower_bound=1)
-
-
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  if not _INPUT.value or not _CACHE_DIR.value:
-    raise app.UsageError('--input and --cache_dir are required')
-  try:
-    arrays = femnist_arrays_lib.tile(
-        femnist_arrays_lib.load_femnist_arrays(_INPUT.value), _TILE.value)
-    path = write_emnist_sqlite(arrays, _CACHE_DIR.value, overwrite=_OVERWRITE.value)
-    store = array_store.build_from_arrays(arrays, path)
-  except ValueError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
-  print(f'wrote {path} and its array store {store.directory}')
-  summary = split_summary(path)
-  for split in SPLITS:
-    clients, examples = summary.get(split, (0, 0))
-    print(f'  {split}: {clients} clients, {examples} examples')
-  return 0
-
-
-if __name__ == '__main__':
-  app.run(main)
+def build_cache(input_path: str, cache_dir: str, *, tile: int = 1,
+                overwrite: bool = False) -> tuple[str, str]:
+  """Reads FEMNIST from `input_path` (an .npz or a LEAF directory), tiles
+  it `tile` times and writes the SQLite cache and its array store into
+  `cache_dir`; returns (the cache's path, the store's directory). Raises
+  ValueError (one line)."""
+  arrays = femnist_arrays_lib.tile(
+      femnist_arrays_lib.load_femnist_arrays(input_path), tile)
+  path = write_emnist_sqlite(arrays, cache_dir, overwrite=overwrite)
+  store = array_store.build_from_arrays(arrays, path)
+  return path, store.directory

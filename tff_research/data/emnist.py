@@ -14,7 +14,7 @@ an offline-safe failure mode:
   the host is reachable.
 * A failed download is reported as one-line :class:`DataNotFoundError` naming
   the expected file and the command that builds it offline
-  (:mod:`tff_research.data.build_emnist_cache`). There is no silent fallback
+  (:mod:`tff_research.cli.build_emnist_cache`). There is no silent fallback
   to other data.
 * TFF writes the decompressed download straight to ``emnist_all.sqlite`` and
   afterwards trusts any file of that name, so a download that dies midway
@@ -62,7 +62,7 @@ _TABLES = {
 
 
 def _rebuild(db_path: str) -> str:
-  return ('rebuild it with uv run python -m tff_research.data.build_emnist_cache '
+  return ('rebuild it with uv run python -m tff_research.cli.build_emnist_cache '
           f'--input=PATH --cache_dir={os.path.dirname(db_path)} --overwrite')
 
 
@@ -206,7 +206,7 @@ def _network_available(host: str = _HOST, port: int = 443,
 def _not_found(db_path: str, cache_dir: str, why: str) -> DataNotFoundError:
   return DataNotFoundError(
       f'emnist data not found: expected {db_path} ({why}). Build it with: '
-      'uv run python -m tff_research.data.build_emnist_cache --input=PATH '
+      'uv run python -m tff_research.cli.build_emnist_cache --input=PATH '
       f'--cache_dir={cache_dir}')
 
 
@@ -258,21 +258,38 @@ def load_emnist(only_digits: bool, data_dir: str | None, *,
   elif not _network_available():
     raise _not_found(db_path, cache_dir, 'no network to download it')
 
+  train, test = _load_with_tff(db_path, only_digits, existed)
+  if reader == 'store':
+    store = _store_splits(db_path, only_digits, log)
+    if store is not None:
+      return store
+  return train, test
+
+
+def _load_with_tff(db_path: str, only_digits: bool, existed: bool):
+  """TFF's own loader on `db_path`'s directory (it downloads the file when
+  missing); a download of ours that fails or is invalid is removed, never
+  left to be trusted later. Returns TFF's (train, test)."""
+  cache_dir = os.path.dirname(db_path)
   # pylint: disable=g-import-not-at-top
   import tensorflow_federated as tff
+  # The error TFF's SqlClientData raises for a file of another layout; TFF
+  # exports the class but not its error.
   from tensorflow_federated.python.simulation.datasets import sql_client_data
   # pylint: enable=g-import-not-at-top
+
+  def remove_download():
+    if not existed and os.path.exists(db_path):
+      os.remove(db_path)
 
   try:
     train, test = tff.simulation.datasets.emnist.load_data(
         only_digits=only_digits, cache_dir=cache_dir)
   except (urllib.error.URLError, OSError) as e:
-    if not existed and os.path.exists(db_path):
-      os.remove(db_path)  # partial download: never leave it to be trusted later
+    remove_download()
     raise _not_found(db_path, cache_dir, f'download failed: {e}') from None
   except (sqlite3.DatabaseError, sql_client_data.DatabaseFormatError) as e:
-    if not existed and os.path.exists(db_path):
-      os.remove(db_path)  # our own download: never leave it to be trusted later
+    remove_download()
     raise InvalidCacheError(
         f'{db_path} is not a valid EMNIST sqlite cache ({_describe(e)}); '
         f'{_rebuild(db_path)}') from None
@@ -280,17 +297,13 @@ def load_emnist(only_digits: bool, data_dir: str | None, *,
     try:
       check_emnist_sqlite(db_path, only_digits)
     except InvalidCacheError:
-      os.remove(db_path)  # a bad download of ours
+      os.remove(db_path)
       raise
   if not train.client_ids or not test.client_ids:
     split = 'digits_only' if only_digits else 'all'
     raise DataNotFoundError(
         f'{db_path} has no clients in the {split}_train/{split}_test splits; '
-        'rebuild it with uv run python -m tff_research.data.build_emnist_cache')
-  if reader == 'store':
-    store = _store_splits(db_path, only_digits, log)
-    if store is not None:
-      return store
+        'rebuild it with uv run python -m tff_research.cli.build_emnist_cache')
   return train, test
 
 
@@ -314,5 +327,5 @@ def _store_splits(db_path: str, only_digits: bool, log, build: bool = True):
   if empty:
     raise DataNotFoundError(
         f'{db_path} has no clients in split {empty[0]}; rebuild it with uv run'
-        ' python -m tff_research.data.build_emnist_cache')
+        ' python -m tff_research.cli.build_emnist_cache')
   return tuple(store_client_data.StoreClientData.from_split(s) for s in splits)

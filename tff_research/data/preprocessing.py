@@ -80,7 +80,7 @@ def build_preprocess_fn(*, epochs: int, batch_size: int, shuffle_buffer: int,
   """``preprocess`` with its settings fixed: ``f(dataset, seed) -> dataset``,
   ``seed`` an int or an int64 scalar tensor, so the function can be traced
   once in a ``tf.function`` and called every round (see
-  ``program/client_data.py``: a dataset pipeline built eagerly registers new
+  ``run/client_data.py``: a dataset pipeline built eagerly registers new
   functions with TensorFlow's eager context on every call, which are never
   freed)."""
   _check_pos_int('epochs', epochs)

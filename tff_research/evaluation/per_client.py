@@ -21,7 +21,6 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.types import computation_types
 
 from tff_research.data import store_client_data
 
@@ -53,7 +52,7 @@ def build_per_client_eval(
   with tf.Graph().as_default():
     model = model_fn()
     weights_type = tff.learning.models.weights_type_from_model(model)
-    batch_type = computation_types.tensorflow_to_type(model.input_spec)
+    batch_type = tff.types.tensorflow_to_type(model.input_spec)
 
   @tff.tensorflow.computation(
       weights_type,

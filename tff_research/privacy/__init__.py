@@ -7,8 +7,8 @@
   (McMahan et al. 2018, adaptive clipping of Andrew et al. 2021) and local DP.
 * `accounting`: epsilon of a run with `dp_accounting` (RDP every round, PLD
   where it applies), the per-round DpEvent matching the client sampling.
-* `calibrate`: `python -m tff_research.privacy.calibrate`, the noise
-  multiplier that meets a budget.
+* `calibrate`: the noise multiplier that meets a budget (its command line:
+  `python -m tff_research.cli.calibrate`).
 
 The algorithm wrapper that applies a `DPConfig` is
 `tff_research.algorithms.private`; this package never imports algorithms.

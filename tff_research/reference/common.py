@@ -21,11 +21,10 @@ from collections.abc import Iterable, Mapping
 import os
 from typing import Any
 
-from tff_research.program import config as config_lib
-from tff_research.program import flags as flags_lib
-from tff_research.program import run_directory
+from tff_research.run import config as config_lib
+from tff_research.run import run_directory
 
-FlagError = flags_lib.FlagError
+FlagError = config_lib.FlagError
 
 
 def values(given: Mapping[str, Any]) -> dict[str, Any]:

@@ -55,10 +55,10 @@ import tensorflow as tf
 
 from tff_research import algorithms
 from tff_research import models
-from tff_research import runtime
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
 from tff_research.data import sampling
+from tff_research.execution import runtime
 from tff_research.reference import common
 
 MISSING_DIGITS = ((1, 3, 7), (2, 5, 8), (4, 6, 9))

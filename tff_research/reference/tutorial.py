@@ -56,10 +56,10 @@ import tensorflow_federated as tff
 
 from tff_research import evaluation
 from tff_research import models
-from tff_research import runtime
 from tff_research.algorithms import fed_avg
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
+from tff_research.execution import runtime
 from tff_research.reference import common
 
 TUTORIAL_KERAS = 'tutorial_keras'
@@ -218,14 +218,39 @@ def run_tutorial(
     train_writer = tf.summary.create_file_writer(os.path.join(run_dir, 'train'))
     eval_writer = tf.summary.create_file_writer(os.path.join(run_dir, 'eval'))
 
+  state, rounds = _train(process, federated_train_data, config.num_rounds,
+                         train_writer, print_fn)
+  evaluator = evaluation.Evaluator(model_fn)
+  weights = process.get_model_weights(state)
+  evals = {
+      split: _evaluate(evaluator, weights, datasets, split,
+                       config.num_rounds, eval_writer, print_fn)
+      for split, datasets in (('train_data', federated_train_data),
+                              ('test_data', federated_test_data))}
+  for writer in (train_writer, eval_writer):
+    if writer is not None:
+      writer.flush()
+  return TutorialResult(
+      client_ids=client_ids,
+      test_client_ids=test_client_ids,
+      rounds=rounds,
+      train_eval=evals['train_data'],
+      test_eval=evals['test_data'],
+  )
+
+
+def _train(process, federated_train_data, num_rounds: int, writer,
+           print_fn: Callable[[str], None]):
+  """Runs `num_rounds` rounds on the same clients; returns (the final state,
+  one row of training metrics per round)."""
   state = process.initialize()
   rounds = []
-  for round_num in range(1, config.num_rounds + 1):
+  for round_num in range(1, num_rounds + 1):
     output = process.next(state, federated_train_data)
     state = output.state
     train_metrics = output.metrics['client_work']['train']
-    if train_writer is not None:
-      with train_writer.as_default():
+    if writer is not None:
+      with writer.as_default():
         for name, value in train_metrics.items():
           tf.summary.scalar(name, value, step=round_num)
     row = collections.OrderedDict(
@@ -238,39 +263,27 @@ def run_tutorial(
     print_fn(
         f'round {round_num:2d}, loss={row["loss"]:.4f},'
         f' accuracy={row["accuracy"]:.4f}, num_examples={row["num_examples"]}')
+  return state, rounds
 
-  evaluator = evaluation.Evaluator(model_fn)
-  weights = process.get_model_weights(state)
-  evals = {}
-  for split, datasets in (('train_data', federated_train_data),
-                          ('test_data', federated_test_data)):
-    result = evaluator.evaluate(weights, datasets)
-    evals[split] = collections.OrderedDict(
-        loss=result['loss'],
-        accuracy=result['accuracy'],
-        num_examples=result['num_examples'],
-        accuracy_min=result['accuracy_min'],
-        accuracy_median=result['accuracy_median'],
-    )
-    if eval_writer is not None:
-      with eval_writer.as_default():
-        for name in ('loss', 'accuracy', 'num_examples'):
-          tf.summary.scalar(f'{split}/{name}', evals[split][name],
-                            step=config.num_rounds)
-    print_fn(
-        f'eval on {split}: loss={result["loss"]:.4f},'
-        f' accuracy={result["accuracy"]:.4f},'
-        f' num_examples={result["num_examples"]}')
-  for writer in (train_writer, eval_writer):
-    if writer is not None:
-      writer.flush()
-  return TutorialResult(
-      client_ids=client_ids,
-      test_client_ids=test_client_ids,
-      rounds=rounds,
-      train_eval=evals['train_data'],
-      test_eval=evals['test_data'],
-  )
+
+def _evaluate(evaluator, weights, datasets, split: str, num_rounds: int,
+              writer, print_fn: Callable[[str], None]):
+  """The final model's metrics on `datasets` (the `split` clients),
+  logged as `split/*` at step `num_rounds`."""
+  result = evaluator.evaluate(weights, datasets)
+  metrics = collections.OrderedDict(
+      (name, result[name]) for name in (
+          'loss', 'accuracy', 'num_examples', 'accuracy_min',
+          'accuracy_median'))
+  if writer is not None:
+    with writer.as_default():
+      for name in ('loss', 'accuracy', 'num_examples'):
+        tf.summary.scalar(f'{split}/{name}', metrics[name], step=num_rounds)
+  print_fn(
+      f'eval on {split}: loss={result["loss"]:.4f},'
+      f' accuracy={result["accuracy"]:.4f},'
+      f' num_examples={result["num_examples"]}')
+  return metrics
 
 
 def format_comparison(result: TutorialResult) -> str:

@@ -25,11 +25,11 @@ from typing import Any, Optional
 
 import numpy as np
 
-from tff_research import clustering
+from tff_research.algorithms import clustering
 from tff_research.data import label_permutation
-from tff_research.program import client_data
-from tff_research.program import run_directory
-from tff_research.program import training
+from tff_research.run import client_data
+from tff_research.run import run_directory
+from tff_research.run import training
 
 
 def _last_eval(metrics_path: str) -> dict[str, Any]:

@@ -16,7 +16,7 @@ extends them. Two studies share this machinery:
   reaching the target, and wall time (rounds + evaluations, summed from each
   run's metrics.csv, so a resumed or extended comparison reports the whole
   run).
-* `run_drift_comparison` (`experiments/scaffold_vs_fedavg.py`, issue 4):
+* `run_drift_comparison` (`experiments/scaffold_vs_fedavg.py`):
   SCAFFOLD against FedAvg and FedProx with the hyperparameters given on the
   command line (Karimireddy et al. 2020 motivate control variates by client
   drift under label skew). Table: rounds and MB of communication to the
@@ -43,7 +43,7 @@ the single-seed tables in the README, which re-running still reuses).
 client and server learning rates around each algorithm's paper defaults,
 every point trained on the *training* clients only and scored on a
 validation split carved out of them (`--validation_fraction`,
-`program/validation_split.py`), never on the
+`run/validation_split.py`), never on the
 held-out evaluation data. Reddi et al. 2021 ("Adaptive Federated
 Optimization", Sec. 5 and App. D) tune eta_l and eta per optimizer on a
 log10 grid before comparing, because one learning rate favours whichever
@@ -64,8 +64,8 @@ import os
 from typing import Any, Optional
 
 from tff_research.algorithms import registry
-from tff_research.program import config as config_lib
-from tff_research.program import run_directory
+from tff_research.run import config as config_lib
+from tff_research.run import run_directory
 from tff_research.studies import statistics
 
 TABLE_NAME = 'comparison.md'
@@ -165,7 +165,7 @@ def given_hyperparameter_configs(
 def train_all(configs: Mapping[str, config_lib.ExperimentConfig], *,
               log=print) -> None:
   """Trains (or resumes) every config, one after the other."""
-  from tff_research.program import training  # pylint: disable=g-import-not-at-top
+  from tff_research.run import training  # pylint: disable=g-import-not-at-top
   for label, config in configs.items():
     log(f'=== {label}: {config.run_dir} ===')
     training.train(config, log=log)
@@ -751,7 +751,7 @@ def _tuning_score(config: config_lib.ExperimentConfig, log) -> float:
   """Mean validation accuracy of the last LAST_EVALS evaluations of a tuning
   run (trained or resumed here); -inf if the run diverged. Steadier than the
   final evaluation alone, as for the drift table."""
-  from tff_research.program import training  # pylint: disable=g-import-not-at-top
+  from tff_research.run import training  # pylint: disable=g-import-not-at-top
   marker = os.path.join(config.run_dir, 'diverged.txt')
   if os.path.exists(marker):
     return -math.inf
@@ -780,7 +780,7 @@ def tune_hyperparameters(
 
   Every grid point of `tune_grid(configs[a], tune.factors)` is trained in
   `config.run_dir/tune/<algorithm>_lrc<eta_l>_lrs<eta>/` with
-  `validation_fraction` set (`program/validation_split.py`: the study's
+  `validation_fraction` set (`run/validation_split.py`: the study's
   training data only; recorded in its hparams.json, so `rebuild_run` and
   `evaluate.py` read the same validation data) at
   `config.seed`, and scored by its mean validation accuracy over the last
@@ -788,7 +788,7 @@ def tune_hyperparameters(
   grid order). Writes ROOT/tuning.json. Returns (algorithm -> chosen values,
   the tuning record).
   """
-  from tff_research.program import validation_split  # pylint: disable=g-import-not-at-top
+  from tff_research.run import validation_split  # pylint: disable=g-import-not-at-top
   evaluation = dataclasses.replace(
       config.evaluation, validation_fraction=tune.validation_fraction)
   tune_root = os.path.join(config.run_dir, TUNE_DIR)

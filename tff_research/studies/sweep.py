@@ -56,9 +56,9 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Optional
 
-from tff_research import runtime
-from tff_research.program import run_directory
-from tff_research.program import run_lock
+from tff_research.execution import worker
+from tff_research.run import run_directory
+from tff_research.run import run_lock
 
 # Claims of a run refused by a holder with no readable pid, before waiting.
 _CLAIM_ATTEMPTS = 3
@@ -203,17 +203,6 @@ def expand(config: SweepConfig,
   return runs
 
 
-def validate_with_train_flags(argv: list[str]) -> tuple[int, dict[str, Any]]:
-  """Parses and validates train.py's flags for `argv` in a private
-  FlagValues (the process's flags are untouched): (total_rounds, hparams)."""
-  # pylint: disable=g-import-not-at-top
-  from tff_research.program import config as config_lib
-  from tff_research.program import flags
-  # pylint: enable=g-import-not-at-top
-  config = flags.config_from_argv(argv)
-  return config.training.total_rounds, config_lib.to_hparams(config)
-
-
 def checkpointed_round(logdir: str, name: str) -> int:
   """The latest checkpointed round of run `name` (0 if none)."""
   rounds = [0]
@@ -234,7 +223,7 @@ def is_complete(logdir: str, run: Run) -> bool:
 def _die_with_parent():
   # A run must not outlive a killed sweep (it would race the re-run for the
   # same directory). SIGTERM lets train.py stop its TFF worker first.
-  runtime.die_with_parent(signal.SIGTERM)
+  worker.die_with_parent(signal.SIGTERM)
 
 
 def _who(pid: Optional[int]) -> str:
@@ -273,90 +262,120 @@ def run_sweep(config: SweepConfig, runs: Sequence[Run], *,
   Each run's output goes to LOGDIR/sweep_logs/NAME.log, written only by the
   sweep that claimed the run (module docstring).
   """
-  log_dir = os.path.join(config.logdir, 'sweep_logs')
-  os.makedirs(log_dir, exist_ok=True)
-  status = {}
-  pending = []
+  scheduler = _Scheduler(config, [python, train_script], log)
   for run in runs:
     if is_complete(config.logdir, run):
-      status[run.name] = 'skipped'
-      log(f'skip   {run.name} (complete: {run.total_rounds} rounds)')
+      scheduler.skip(run)
     else:
-      pending.append(run)
-  running: dict[str, tuple[subprocess.Popen, Any, run_lock.RunLock, Run]] = {}
-  # Run name -> (run, pid of the process this sweep waits for).
-  waiting: dict[str, tuple[Run, Optional[int]]] = {}
-
-  def run_dir(run):
-    return os.path.join(config.logdir, run.name)
-
-  def wait_for(run, holder):
-    waiting[run.name] = (run, holder)
-    log(f'wait   {run.name} (running in {_who(holder)})')
-
+      scheduler.pending.append(run)
   try:
-    while pending or running or waiting:
-      for name in list(waiting):
-        run, holder = waiting[name]
-        # Held by a sweep's claim, or by a train.py started by hand.
-        if (run_lock.holder_pid(log_dir, f'{name}.lock') is not None or
-            run_lock.holder_pid(run_dir(run)) is not None):
-          continue
-        del waiting[name]
-        if is_complete(config.logdir, run):
-          status[name] = f'done by {_who(holder)}'
-          log(f'done   {name} (by {_who(holder)})')
-        else:
-          pending.append(run)
-      while pending and len(running) < config.parallel:
-        run = pending.pop(0)
-        claim, holder = _claim(log_dir, run_dir(run), run.name)
-        if claim is None:
-          wait_for(run, holder)
-          continue
-        if is_complete(config.logdir, run):  # Another sweep finished it.
-          claim.release()
-          status[run.name] = 'skipped'
-          log(f'skip   {run.name} (complete: {run.total_rounds} rounds)')
-          continue
-        done = checkpointed_round(config.logdir, run.name)
-        log(f'{"resume" if done else "start "} {run.name}'
-            + (f' (after round {done})' if done else ''))
-        out = open(os.path.join(log_dir, f'{run.name}.log'), 'a')
-        argv = [python, train_script] + flag_args(
-            {**run.flags, 'logdir': config.logdir,
-             'experiment_name': run.name, 'progress': False})
-        running[run.name] = (
-            subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
-                             stdin=subprocess.DEVNULL,
-                             preexec_fn=_die_with_parent),
-            out, claim, run)
+    while scheduler.pending or scheduler.running or scheduler.waiting:
+      scheduler.check_waiting()
+      scheduler.start_pending()
       time.sleep(poll_seconds)
-      for name in list(running):
-        proc, out, claim, run = running[name]
-        code = proc.poll()
-        if code is None:
-          continue
-        out.close()
-        claim.release()
-        del running[name]
-        holder = run_lock.holder_pid(run_dir(run)) if code else None
-        if holder is not None:  # A train.py started by hand took it first.
-          wait_for(run, holder)
-          continue
-        status[name] = 'done' if code == 0 else f'failed (exit {code})'
-        log(f'{status[name]:6} {name}')
+      scheduler.reap_running()
   finally:
-    for proc, _, _, _ in running.values():
+    scheduler.stop_running()
+  return scheduler.status
+
+
+class _Scheduler:
+  """The state of `run_sweep`: runs pending, running here, and waited for
+  (claimed by another sweep or held by a train.py), and each run's status."""
+
+  def __init__(self, config: SweepConfig, command: list[str], log):
+    self.config = config
+    self.command = command
+    self.log = log
+    self.log_dir = os.path.join(config.logdir, 'sweep_logs')
+    os.makedirs(self.log_dir, exist_ok=True)
+    self.status: dict[str, str] = {}
+    self.pending: list[Run] = []
+    self.running: dict[str, tuple[subprocess.Popen, Any, run_lock.RunLock,
+                                  Run]] = {}
+    # Run name -> (run, pid of the process this sweep waits for).
+    self.waiting: dict[str, tuple[Run, Optional[int]]] = {}
+
+  def run_dir(self, run: Run) -> str:
+    return os.path.join(self.config.logdir, run.name)
+
+  def skip(self, run: Run) -> None:
+    self.status[run.name] = 'skipped'
+    self.log(f'skip   {run.name} (complete: {run.total_rounds} rounds)')
+
+  def wait_for(self, run: Run, holder: Optional[int]) -> None:
+    self.waiting[run.name] = (run, holder)
+    self.log(f'wait   {run.name} (running in {_who(holder)})')
+
+  def check_waiting(self) -> None:
+    """A run no longer held is done (by its holder) or pending again."""
+    for name in list(self.waiting):
+      run, holder = self.waiting[name]
+      # Held by a sweep's claim, or by a train.py started by hand.
+      if (run_lock.holder_pid(self.log_dir, f'{name}.lock') is not None or
+          run_lock.holder_pid(self.run_dir(run)) is not None):
+        continue
+      del self.waiting[name]
+      if is_complete(self.config.logdir, run):
+        self.status[name] = f'done by {_who(holder)}'
+        self.log(f'done   {name} (by {_who(holder)})')
+      else:
+        self.pending.append(run)
+
+  def start_pending(self) -> None:
+    """Claims and starts pending runs, up to `parallel` running."""
+    while self.pending and len(self.running) < self.config.parallel:
+      run = self.pending.pop(0)
+      claim, holder = _claim(self.log_dir, self.run_dir(run), run.name)
+      if claim is None:
+        self.wait_for(run, holder)
+        continue
+      if is_complete(self.config.logdir, run):  # Another sweep finished it.
+        claim.release()
+        self.skip(run)
+        continue
+      done = checkpointed_round(self.config.logdir, run.name)
+      self.log(f'{"resume" if done else "start "} {run.name}'
+               + (f' (after round {done})' if done else ''))
+      out = open(os.path.join(self.log_dir, f'{run.name}.log'), 'a')
+      argv = self.command + flag_args(
+          {**run.flags, 'logdir': self.config.logdir,
+           'experiment_name': run.name, 'progress': False})
+      self.running[run.name] = (
+          subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL,
+                           preexec_fn=_die_with_parent),
+          out, claim, run)
+
+  def reap_running(self) -> None:
+    """Records the runs that ended; one a train.py took first is waited
+    for."""
+    for name in list(self.running):
+      proc, out, claim, run = self.running[name]
+      code = proc.poll()
+      if code is None:
+        continue
+      out.close()
+      claim.release()
+      del self.running[name]
+      holder = run_lock.holder_pid(self.run_dir(run)) if code else None
+      if holder is not None:  # A train.py started by hand took it first.
+        self.wait_for(run, holder)
+        continue
+      self.status[name] = 'done' if code == 0 else f'failed (exit {code})'
+      self.log(f'{self.status[name]:6} {name}')
+
+  def stop_running(self) -> None:
+    """Terminates the runs still running and releases their claims."""
+    for proc, _, _, _ in self.running.values():
       proc.terminate()
-    for proc, out, claim, _ in running.values():
+    for proc, out, claim, _ in self.running.values():
       try:
         proc.wait(timeout=30)
       except subprocess.TimeoutExpired:
         proc.kill()
       out.close()
       claim.release()
-  return status
 
 
 def results(config: SweepConfig, runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -416,7 +435,7 @@ def write_results(config: SweepConfig, table: Sequence[Mapping[str, Any]]
 
 def write_hparams_config(config: SweepConfig, runs: Sequence[Run]) -> None:
   """The logdir's HParams experiment: every flag whose values the runs use."""
-  from tff_research.program import dashboard  # pylint: disable=g-import-not-at-top
+  from tff_research.run import dashboard  # pylint: disable=g-import-not-at-top
   values: dict[str, list[Any]] = {}
   for run in runs:
     for name, value in run.hparams.items():

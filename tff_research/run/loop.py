@@ -3,7 +3,7 @@
 Modelled on `tff.learning.programs.train_model`: the algorithm, the client
 sampler, the clients' training data, the program state manager, the metrics
 release, the held-out evaluation and the round hooks are built elsewhere
-(`program/training.py`). Each round: sample, train, evaluate when due,
+(`run/training.py`). Each round: sample, train, evaluate when due,
 release, checkpoint when due. Resuming restores the latest checkpoint; every
 random choice is a pure function of (seed, round), so a resumed run is the
 run that would have happened without the interruption.
@@ -32,10 +32,10 @@ from typing import Any, Optional
 import tensorflow_federated as tff
 import tqdm
 
-from tff_research import runtime
-from tff_research.program import console
-from tff_research.program import hooks as hooks_lib
-from tff_research.program import run_directory
+from tff_research.execution import runtime
+from tff_research.execution import stderr_filter
+from tff_research.run import hooks as hooks_lib
+from tff_research.run import run_directory
 
 
 def run_rounds(*, algorithm, sampler, training_data, state_manager, release,
@@ -161,10 +161,10 @@ def _run(position, state, algorithm, sampler, training_data, state_manager,
 def _quiet():
   """Drops TensorFlow's C++ log line of an op failing on a full device (the
   error it raises becomes this loop's one line) and TensorFlow's known noise
-  (`console.NOISE`). Not around the progress bar, whose updates end without
+  (`stderr_filter.NOISE`). Not around the progress bar, whose updates end without
   a newline."""
-  return console.stderr_without(
-      lambda line: console.is_noise(line) or (
+  return stderr_filter.stderr_without(
+      lambda line: stderr_filter.is_noise(line) or (
           'OP_REQUIRES failed' in line and any(
               m in line for m in run_directory.DISK_FULL_MESSAGES)))
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from tff_research.data import federated_data as federated_data_lib
 from tff_research.data import store_client_data
-from tff_research.program import client_split as client_split_lib
-from tff_research.program import config as config_lib
+from tff_research.run import client_split as client_split_lib
+from tff_research.run import config as config_lib
 
 
 def describe(evaluation: config_lib.EvaluationConfig) -> str:

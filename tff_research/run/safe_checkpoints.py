@@ -68,10 +68,13 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+# The helpers `tff.program.FileProgramStateManager` saves and loads with,
+# which TFF does not export: reading and writing through them keeps the
+# on-disk format exactly TFF's, so runs checkpointed by the plain manager
+# resume here unchanged.
 from tensorflow_federated.python.common_libs import serializable
 from tensorflow_federated.python.program import file_utils
 from tensorflow_federated.python.program import structure_utils
-from tensorflow_federated.python.program import value_reference
 
 DEFAULT_PREFIX = 'round_'
 MANIFEST = 'integrity.json'
@@ -338,10 +341,6 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
   def root_dir(self) -> str:
     return self._root_dir
 
-  def path_for_version(self, version: int) -> str:
-    """`root_dir/{prefix}{version}` (whether or not it exists)."""
-    return self._get_path_for_version(version)
-
   def _warn(self, message: str) -> None:
     logging.info('%s', message)
     self._warn_fn(message)
@@ -506,7 +505,7 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
       else:
         raise ProgramStateExistsError(version=version, path=self._root_dir)
 
-    materialized = await value_reference.materialize_value(program_state)
+    materialized = await tff.program.materialize_value(program_state)
 
     def _serialize(value):
       if isinstance(value, serializable.Serializable):

@@ -11,7 +11,7 @@ from typing import Optional
 
 from absl import flags
 
-from tff_research.program import flags as flags_lib
+from tff_research.cli import flags as flags_lib
 from tff_research.studies import comparison
 
 _TUNE = flags.DEFINE_boolean(

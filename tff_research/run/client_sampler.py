@@ -11,7 +11,7 @@ import dataclasses
 from typing import Optional
 
 from tff_research.data import sampling
-from tff_research.program import config as config_lib
+from tff_research.run import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)

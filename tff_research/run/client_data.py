@@ -32,12 +32,15 @@ from collections.abc import Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
+# `PreprocessClientData`, what `ClientData.preprocess` returns (TFF's EMNIST
+# loader does): TFF exports no name for it, and it must be recognized to see
+# the SQL data it wraps.
 from tensorflow_federated.python.simulation.datasets import client_data as client_data_lib
 
 from tff_research.data import preprocessing
 from tff_research.data import sampling
 from tff_research.data import store_client_data
-from tff_research.program import config as config_lib
+from tff_research.run import config as config_lib
 
 
 def shuffle_seed(seed: int, round_num: int, client_id: str) -> int:

@@ -1,22 +1,13 @@
-"""A clean console: TensorFlow's import-time noise removed at its source.
+"""File descriptor 2, filtered: lines C++ code writes that are not the run's.
 
-Importing TensorFlow 2.14 on a machine without a GPU prints three "Unable to
-register cuDNN/cuFFT/cuBLAS factory" lines (TF registers its CUDA plugins
-twice; the second registration fails harmlessly), a TensorRT warning, INFO
-lines about CUDA drivers and CPU instructions, and TensorBoard's
-`pkg_resources` deprecation warning. None of them is actionable here.
-
-`import_tensorflow_quietly()` imports TensorFlow and TFF with the C++ log
-level at WARNING (INFO lines off, warnings and errors kept), the one Python
-warning filtered by its exact message, and stderr captured at the file
-descriptor during the import only: the known noise lines are dropped,
-every other line is passed through unchanged. Binaries call it before
-anything else imports TensorFlow; this module itself imports nothing heavy.
-
-`stderr_without(is_dropped)` is that capture for any span of code: the
-round loop drops TensorFlow's C++ echo of a full device's error
-(`OP_REQUIRES failed at ...: No space left on device`), which it reports
-in its own one line.
+`stderr_without(is_dropped)` runs a span of code with stderr read through a
+pipe, dropping each line `is_dropped` matches and passing every other line
+on unchanged; it catches what C++ code writes too. `is_noise` matches
+TensorFlow's known harmless lines (`NOISE`): what the binaries drop while
+TensorFlow is imported (`cli.console`), and what the round loop drops with
+TensorFlow's C++ echo of a full device's error, which it reports in its own
+one line. `restore_stderr` points fd 2 back at the real stderr for a signal
+handler's last line.
 """
 
 import contextlib
@@ -25,7 +16,6 @@ import re
 import sys
 import threading
 from typing import Callable, Iterator, Optional
-import warnings
 
 NOISE = (
     re.compile(r'Unable to register (cuDNN|cuFFT|cuBLAS) factory: Attempting'
@@ -46,19 +36,6 @@ _real_stderr: Optional[int] = None
 
 def is_noise(line: str) -> bool:
   return any(p.search(line) for p in NOISE)
-
-
-def import_tensorflow_quietly() -> None:
-  """Imports tensorflow and tensorflow_federated without their noise."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
-  warnings.filterwarnings(
-      'ignore', message=r'pkg_resources is deprecated as an API',
-      category=UserWarning)
-  if 'tensorflow' in sys.modules:
-    return
-  with stderr_without(is_noise):
-    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
-    import tensorflow_federated  # pylint: disable=g-import-not-at-top,unused-import
 
 
 @contextlib.contextmanager

@@ -1,6 +1,6 @@
 """`ExperimentConfig`: everything a run is, as one frozen value.
 
-The binaries build it once from their flags (`program/flags.py`); the
+The binaries build it once from their flags (`cli/flags.py`); the
 library receives it and never reads absl flags. Studies derive variants with
 `dataclasses.replace`. `hparams.json` is `to_hparams(config)`, a flat
 mapping keyed by flag name, and `from_hparams` rebuilds the config from it
@@ -10,7 +10,10 @@ run may be resumed on other workers, or locally.
 
 Each range rule lives in the constructor of the value it constrains
 (`TrainConfig`, `EvaluationConfig`, `algorithms.AlgorithmConfig`,
-`privacy.DPConfig`); rules across values in `ExperimentConfig`.
+`privacy.DPConfig`); rules across values in `ExperimentConfig`. They
+raise ValueError; `FlagError` is the ValueError of a flag that does not apply
+where it is given, raised by whoever decides which flags apply (the command
+line, `cli.flags`, and the reference experiments, `reference.common`).
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ import dataclasses
 from typing import Any, Optional
 
 from tff_research import algorithms
-from tff_research import remote
 from tff_research.algorithms import registry
 from tff_research.data import federated_data
 from tff_research.data import partition
 from tff_research.data import sampling
+from tff_research.execution import remote
 from tff_research.privacy import dp_config
 
 EVAL_ON = ('test_split', 'heldout_clients')
 DATASETS = federated_data.DATASETS
 DEFAULT_CLIENTS_PER_ROUND = sampling.DEFAULT_CLIENTS_PER_ROUND
+
+
+class FlagError(ValueError):
+  """A flag value or combination is invalid (one line)."""
 
 
 def _require(ok: bool, message: str) -> None:
@@ -94,7 +101,7 @@ class EvaluationConfig:
   max_eval_clients: int = 0
   eval_batch_size: int = 100
   # > 0: evaluate on a validation split of the training data instead
-  # (program/validation_split.py).
+  # (run/validation_split.py).
   validation_fraction: float = 0.0
 
   def __post_init__(self):
@@ -188,7 +195,7 @@ class ExperimentConfig:
     evaluation: held-out evaluation.
     progress: show a progress bar.
     workers: `host:port` of remote TFF workers that run each round's client
-      work (`tff_research.remote`); empty = this machine. Not part of what
+      work (`execution.remote`); empty = this machine. Not part of what
       the run computes: not in hparams.json, free to change on resume.
   """
 

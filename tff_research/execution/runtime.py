@@ -23,12 +23,14 @@ that this module owns the worker process:
 Worker health
 -------------
 TFF gives no call a deadline, and its execution context retries `UNAVAILABLE`
-forever, so a worker that dies mid-computation used to hang the run for good.
-This module bounds that:
+forever, so a worker that dies mid-computation would hang the run for good.
+This module bounds that with a `ProcessMonitor` (`monitor.Monitor` for a
+child process):
 
 * **Dead worker.** A TFF call waits for its result in slices of
-  `CALL_POLL_SECONDS` (0.25 s) and checks the worker process between slices; a
-  watchdog thread also polls it every `WATCHDOG_INTERVAL_SECONDS` (1 s). A
+  `monitor.CALL_POLL_SECONDS` (0.25 s) and checks the worker process between
+  slices; a watchdog thread also polls it every
+  `monitor.WATCHDOG_INTERVAL_SECONDS` (1 s). A
   worker that exits or is killed during a computation is therefore noticed
   within about 0.25 s, always within 2 s; one that dies between computations
   is reported by the next call, at once.
@@ -55,18 +57,15 @@ uncaught `WorkerError` is printed as that single line prefixed ``error: ``
 Remote workers
 --------------
 `start(workers=('host:port', ...))` starts no local worker: it connects to
-TFF workers on other machines (`tff_research.remote`, which reuses this
-module's monitor, stub and `WorkerError`) and splits each round's clients
-across them. `stop()` disconnects from them; they are not ours to stop.
+TFF workers on other machines (`remote`, whose monitors are `monitor.Monitor`s
+too) and splits each round's clients across them. `stop()` disconnects from
+them; they are not ours to stop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
 import contextlib
-import ctypes
 import os
 import signal
 import subprocess
@@ -81,40 +80,29 @@ from absl import logging
 import grpc
 import portpicker
 import tensorflow_federated as tff
-from tensorflow_federated.proto.v0 import executor_pb2
-from tensorflow_federated.python.core.backends.native import compiler
-from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
-from tensorflow_federated.python.core.impl.context_stack import context_base
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
+# TFF's own context for "no runtime": the one public way to drop its
+# import-time context (`set_default_context`) needs a context to put there,
+# and TFF exports no constructor of this one.
 from tensorflow_federated.python.core.impl.context_stack import runtime_error_context
-from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
-from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.executors import executors_errors
-from tensorflow_federated.python.core.impl.executors import remote_executor
-from tensorflow_federated.python.core.impl.executors import remote_executor_grpc_stub
-from tensorflow_federated.python.core.impl.types import placements
 
-from tff_research.program import console
+from tff_research.execution import monitor as monitor_lib
+from tff_research.execution import remote
+from tff_research.execution import stderr_filter
+from tff_research.execution import worker as worker_lib
 
-_PR_SET_PDEATHSIG = 1
 _GRPC_OPTIONS = [
     ('grpc.max_message_length', 2**31 - 1),
     ('grpc.max_receive_message_length', 2**31 - 1),
 ]
 _READY_TIMEOUT_SECONDS = 60.0
 
-DEFAULT_STALL_TIMEOUT_SECONDS = 60.0
-WATCHDOG_INTERVAL_SECONDS = 1.0
-CALL_POLL_SECONDS = 0.25
-
-WORKER_BINARY = os.path.join(
-    os.path.dirname(tff.__file__), 'data', 'worker_binary'
-)
+WorkerError = monitor_lib.WorkerError
+DEFAULT_STALL_TIMEOUT_SECONDS = monitor_lib.DEFAULT_STALL_TIMEOUT_SECONDS
 
 _lock = threading.Lock()
 _worker: Optional[subprocess.Popen] = None
 _worker_log: Optional[str] = None
-_monitor: Optional['_Monitor'] = None
+_monitor: Optional['ProcessMonitor'] = None
 _atexit_registered = False
 _excepthook_installed = False
 # The signal whose handler stopped the worker (None: not stopped by one).
@@ -126,10 +114,6 @@ _termination_line: Optional[Callable[[], str]] = None
 _started: Optional[str] = None
 
 
-class WorkerError(RuntimeError):
-  """The TFF worker died, was stopped or made no progress (one-line message)."""
-
-
 def _release_tff_default_context() -> None:
   """Drops TFF's import-time context while the interpreter is still whole.
 
@@ -137,18 +121,11 @@ def _release_tff_default_context() -> None:
   teardown, when `subprocess` is already None, and prints a spurious
   AttributeError traceback at the end of every process that imported TFF.
   """
-  context_stack_impl.context_stack.set_default_context(
-      runtime_error_context.create_runtime_error_context()
-  )
+  tff.framework.set_default_context(
+      runtime_error_context.create_runtime_error_context())
 
 
 atexit.register(_release_tff_default_context)
-
-
-def die_with_parent(sig: int = signal.SIGKILL) -> None:
-  """A `preexec_fn`: the kernel sends the child `sig` when its parent dies."""
-  libc = ctypes.CDLL('libc.so.6', use_errno=True)
-  libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
 def worker_pid() -> Optional[int]:
@@ -166,13 +143,8 @@ def stopped() -> bool:
   if _started is None:
     return False
   if _started == 'remote':
-    from tff_research import remote  # pylint: disable=g-import-not-at-top
     return remote.stats() is None
   return worker_pid() is None
-
-
-def worker_log_path() -> Optional[str]:
-  return _worker_log
 
 
 def _proc_stat(pid: int) -> Optional[tuple[str, int]]:
@@ -192,97 +164,43 @@ def _signal_name(signum: int) -> str:
     return f'signal {signum}'
 
 
-class _Monitor:
-  """Health of one worker, shared by its stub, its context and its watchdog.
-
-  All fields are guarded by `lock`. `failure` is the one-line message of the
-  first failure seen; once set, it never changes.
-  """
+class ProcessMonitor(monitor_lib.Monitor):
+  """Health of the local worker process: its exit status, and its CPU time
+  while a call waits on it."""
 
   def __init__(self, process: subprocess.Popen, log_path: str,
                stall_timeout: float):
+    super().__init__(stall_timeout)
     self.process = process
     self.log_path = log_path
-    self.stall_timeout = stall_timeout
-    self.lock = threading.RLock()
-    self.failure: Optional[str] = None
-    self.stopped = False  # stop() was called: its kill is not a failure.
-    self.calls = 0  # TFF calls in progress.
-    self.inflight = 0  # RPCs in progress.
-    self.retrying = False  # The last RPC failed with a retryable error.
-    self.last_progress = time.monotonic()
     self.last_cpu: Optional[int] = None
-    self.channel_state: Optional[grpc.ChannelConnectivity] = None
-    self.done = threading.Event()
-
-  # --- events -------------------------------------------------------------
-
-  def on_channel_state(self, state: grpc.ChannelConnectivity) -> None:
-    self.channel_state = state
-
-  def call_begin(self) -> None:
-    with self.lock:
-      if self.calls == 0:
-        self.last_progress = time.monotonic()
-      self.calls += 1
-
-  def call_end(self) -> None:
-    with self.lock:
-      self.calls -= 1
-
-  def rpc_begin(self) -> None:
-    with self.lock:
-      if self.inflight == 0 and not self.retrying:
-        self.last_progress = time.monotonic()
-      self.inflight += 1
-
-  def rpc_end(self, *, ok: bool, retryable: bool = False) -> None:
-    with self.lock:
-      self.inflight -= 1
-      if ok:
-        self.retrying = False
-        self.last_progress = time.monotonic()
-      elif retryable:
-        self.retrying = True
-
-  # --- checks -------------------------------------------------------------
-
-  def unavailable_reason(self) -> Optional[str]:
-    """Why the worker cannot serve calls, or None if it can."""
-    with self.lock:
-      if self.failure is not None:
-        return self.failure
-      if self.stopped:
-        return self.stopped_message()
-      return None
 
   def stopped_message(self) -> str:
     return (f'the TFF worker (pid {self.process.pid}) was stopped'
             ' (runtime.stop()); call runtime.start() for a new one')
 
-  def check_process(self) -> None:
+  def check_alive(self) -> None:
     """Records a failure if the worker process has exited."""
     returncode = self.process.poll()
     if returncode is None:
       return
     with self.lock:
-      if self.failure is not None or self.stopped:
+      if self.ended():
         return
-      during = 'during a computation' if self.calls else 'between computations'
       if returncode < 0:
         how = f'died with signal {-returncode} ({_signal_name(-returncode)})'
       else:
         how = f'exited with status {returncode}'
-      self._fail(f'the TFF worker (pid {self.process.pid}) {how} {during}')
+      self._fail(f'the TFF worker (pid {self.process.pid}) {how}'
+                 f' {self.phase()}')
 
-  def check(self) -> None:
-    """One watchdog tick: liveness, then progress of a waiting computation."""
-    self.check_process()
+  def tick(self) -> None:
+    self.check_alive()
     now = time.monotonic()
     with self.lock:
-      if self.failure is not None or self.stopped:
+      if self.ended():
         return
-      waiting = self.calls > 0 and (self.inflight > 0 or self.retrying)
+      waiting = self.waiting()
       stat = _proc_stat(self.process.pid)
       cpu = stat[1] if stat else None
       if not waiting or cpu != self.last_cpu:
@@ -317,131 +235,19 @@ class _Monitor:
     with contextlib.suppress(subprocess.TimeoutExpired):
       self.process.wait(10)
 
-  def watch(self) -> None:
-    """The watchdog thread's body: ticks until the worker fails or stops."""
-    while not self.done.wait(WATCHDOG_INTERVAL_SECONDS):
-      try:
-        self.check()
-      except Exception:  # pylint: disable=broad-except
-        logging.exception('TFF worker watchdog tick failed')
 
+class _SyncContext(tff.framework.SyncContext):
+  """TFF's `SyncExecutionContext` on the local worker, except that a call
+  never outwaits the worker (`monitor.MonitoredRunner`)."""
 
-class _MonitoredStub(remote_executor_grpc_stub.RemoteExecutorGrpcStub):
-  """The gRPC stub, reporting each RPC to the monitor and failing fast.
-
-  Once the worker has failed or was stopped, requests raise `WorkerError`
-  (which TFF does not retry) instead of being sent; disposals, which TFF also
-  issues from finalizers where an exception would be printed, become no-ops.
-  """
-
-  def __init__(self, channel: grpc.Channel, monitor: _Monitor):
-    super().__init__(channel)
-    self._monitor = monitor
-
-  def _call(self, method, request, *, dispose=False):
-    monitor = self._monitor
-    reason = monitor.unavailable_reason()
-    if reason is not None:
-      if dispose:
-        return None
-      raise WorkerError(reason)
-    monitor.rpc_begin()
-    try:
-      response = method(self, request)
-    except executors_errors.RetryableError:
-      monitor.rpc_end(ok=False, retryable=True)
-      monitor.check_process()
-      reason = monitor.unavailable_reason()
-      if reason is not None:
-        if dispose:
-          return None
-        raise WorkerError(reason) from None
-      raise
-    except BaseException:
-      monitor.rpc_end(ok=False)
-      raise
-    monitor.rpc_end(ok=True)
-    return response
-
-  _base = remote_executor_grpc_stub.RemoteExecutorGrpcStub
-
-  def get_executor(self, request):
-    return self._call(self._base.get_executor, request)
-
-  def create_value(self, request):
-    return self._call(self._base.create_value, request)
-
-  def create_struct(self, request):
-    return self._call(self._base.create_struct, request)
-
-  def create_call(self, request):
-    return self._call(self._base.create_call, request)
-
-  def create_selection(self, request):
-    return self._call(self._base.create_selection, request)
-
-  def compute(self, request):
-    return self._call(self._base.compute, request)
-
-  def dispose(self, request):
-    return (self._call(self._base.dispose, request, dispose=True)
-            or executor_pb2.DisposeResponse())
-
-  def dispose_executor(self, request):
-    return (self._call(self._base.dispose_executor, request, dispose=True)
-            or executor_pb2.DisposeExecutorResponse())
-
-
-class _MonitoredSyncContext(context_base.SyncContext):
-  """TFF's `SyncExecutionContext`, except that a call never outwaits the worker.
-
-  As TFF's, it runs the async context on an event loop in a daemon thread; the
-  calling thread waits for the result in slices of `CALL_POLL_SECONDS`,
-  checking the monitor in between, and raises `WorkerError` once the worker
-  has failed (the pending coroutine is cancelled).
-  """
-
-  def __init__(self, executor_fn, monitor: _Monitor):
-    self._monitor = monitor
-    self._async_context = async_execution_context.AsyncExecutionContext(
-        executor_fn=executor_fn,
-        compiler_fn=compiler.desugar_and_transform_to_native,
-        transform_args=tensorflow_computation.transform_args,
-        transform_result=tensorflow_computation.transform_result,
-    )
-    self._loop = asyncio.new_event_loop()
-    threading.Thread(
-        target=self._loop.run_forever, name='tff-runtime-loop', daemon=True
-    ).start()
+  def __init__(self, context: tff.framework.AsyncExecutionContext,
+               monitor: ProcessMonitor):
+    self._async_context = context
+    self._runner = monitor_lib.MonitoredRunner([monitor], 'tff-runtime-loop')
 
   def invoke(self, comp, arg):
-    monitor = self._monitor
-    reason = monitor.unavailable_reason()
-    if reason is not None:
-      raise WorkerError(reason)
-    monitor.call_begin()
-    try:
-      future = asyncio.run_coroutine_threadsafe(
-          self._async_context.invoke(comp, arg), self._loop)
-      while True:
-        try:
-          return future.result(timeout=CALL_POLL_SECONDS)
-        except concurrent.futures.TimeoutError:
-          monitor.check_process()
-        except WorkerError as e:
-          raise WorkerError(monitor.unavailable_reason() or str(e)) from None
-        except Exception:
-          monitor.check_process()
-          reason = monitor.unavailable_reason()
-          if reason is None:
-            raise
-          raise WorkerError(reason) from None
-        reason = monitor.unavailable_reason()
-        if reason is not None:
-          future.cancel()
-          raise WorkerError(reason)
-    finally:
-      monitor.call_end()
+    return self._runner.run_coro_and_return_result(
+        self._async_context.invoke(comp, arg))
 
 
 def _excepthook(exc_type, exc, tb, *, previous):
@@ -464,8 +270,13 @@ def _die_by(signum: int) -> None:
   sys.exit(128 + signum)  # Only if the signal was blocked.
 
 
-def _install_excepthook() -> None:
-  global _excepthook_installed
+def _install_process_hooks() -> None:
+  """Once per process: `stop()` at exit, and one line for a `WorkerError`."""
+  global _excepthook_installed, _atexit_registered
+  with _lock:
+    if not _atexit_registered:
+      atexit.register(stop)
+      _atexit_registered = True
   if _excepthook_installed:
     return
   previous = sys.excepthook
@@ -484,17 +295,38 @@ def _start_worker(max_concurrent_computation_calls: int) -> tuple[
     # process's.
     process = subprocess.Popen(
         [
-            WORKER_BINARY,
+            worker_lib.WORKER_BINARY,
             f'--port={port}',
             f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
         ],
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
-        preexec_fn=die_with_parent,
+        preexec_fn=worker_lib.die_with_parent,
         close_fds=True,
     )
   return process, port
+
+
+def _wait_until_ready(stub: monitor_lib.MonitoredStub,
+                      process: subprocess.Popen) -> None:
+  """Waits for the worker to answer; RuntimeError (worker stopped) if it
+  exits first or takes longer than `_READY_TIMEOUT_SECONDS`."""
+  deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
+  while not stub.is_ready:
+    if process.poll() is not None:
+      stop()
+      raise RuntimeError(
+          f'TFF worker exited with code {process.returncode} before it was'
+          f' ready; see {_worker_log}'
+      )
+    if time.monotonic() > deadline:
+      stop()
+      raise RuntimeError(
+          f'TFF worker not ready after {_READY_TIMEOUT_SECONDS:.0f}s; see'
+          f' {_worker_log}'
+      )
+    time.sleep(0.01)
 
 
 def start(
@@ -515,31 +347,26 @@ def start(
     workers: `host:port` addresses of remote TFF workers; empty (the
       default) runs on a local worker owned by this process. With workers,
       no local worker runs and each call's clients are split across them
-      (see `tff_research.remote`); a worker unreachable within 10 s raises
-      `WorkerError` naming it.
+      (see `remote`); a worker unreachable within 10 s raises `WorkerError`
+      naming it.
     default_num_clients: cardinality of CLIENTS when it cannot be inferred.
     max_concurrent_computation_calls: passed to the worker; <= 0 is no limit.
     stall_timeout: seconds a computation may wait on a worker that shows no
       progress (no CPU time, no RPC answered) before the worker is declared
       stuck, killed, and the call raises `WorkerError`. Must be > 0.
   """
-  global _worker, _monitor, _atexit_registered, _stopped_by_signal, _started
+  global _worker, _monitor, _stopped_by_signal, _started
   if not stall_timeout > 0:
     raise ValueError(f'stall_timeout must be > 0, got {stall_timeout!r}')
   _stopped_by_signal = None  # A new worker: an earlier interrupt is handled.
   if workers:
-    from tff_research import remote  # pylint: disable=g-import-not-at-top
     _stop_local_worker()
-    with _lock:
-      if not _atexit_registered:
-        atexit.register(stop)
-        _atexit_registered = True
-    _install_excepthook()
+    _install_process_hooks()
     remote.start(workers, default_num_clients=default_num_clients,
                  stall_timeout=stall_timeout)
     _started = 'remote'
     return
-  _stop_remote()
+  remote.stop()
   with _lock:
     if _worker is not None and _worker.poll() is None:
       if _monitor is not None:
@@ -547,71 +374,26 @@ def start(
       return
     process, port = _start_worker(max_concurrent_computation_calls)
     _worker = process
-    monitor = _Monitor(process, _worker_log, float(stall_timeout))
+    monitor = ProcessMonitor(process, _worker_log, float(stall_timeout))
     _monitor = monitor
-    if not _atexit_registered:
-      atexit.register(stop)
-      _atexit_registered = True
-  _install_excepthook()
+  _install_process_hooks()
 
   channel = grpc.insecure_channel(f'localhost:{port}', _GRPC_OPTIONS)
   channel.subscribe(monitor.on_channel_state, try_to_connect=True)
-  stub = _MonitoredStub(channel, monitor)
-  deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
-  while not stub.is_ready:
-    if process.poll() is not None:
-      stop()
-      raise RuntimeError(
-          f'TFF worker exited with code {process.returncode} before it was'
-          f' ready; see {_worker_log}'
-      )
-    if time.monotonic() > deadline:
-      stop()
-      raise RuntimeError(
-          f'TFF worker not ready after {_READY_TIMEOUT_SECONDS:.0f}s; see'
-          f' {_worker_log}'
-      )
-    time.sleep(0.01)
-  threading.Thread(
-      target=monitor.watch, name='tff-worker-watchdog', daemon=True
-  ).start()
-
-  context = _MonitoredSyncContext(
-      python_executor_stacks.ResourceManagingExecutorFactory(
-          executor_stack_fn=remote_stack_fn(stub, default_num_clients)
-      ),
-      monitor,
-  )
-  context_stack_impl.context_stack.set_default_context(context)
+  stub = monitor_lib.MonitoredStub(channel, monitor)
+  _wait_until_ready(stub, process)
+  monitor.start_watchdog('tff-worker-watchdog')
+  tff.framework.set_default_context(_SyncContext(
+      monitor_lib.worker_context(stub, default_num_clients), monitor))
   _started = 'local'
   logging.info('TFF worker pid %d on port %d (log %s, stall timeout %g s)',
                process.pid, port, _worker_log, stall_timeout)
 
 
-def remote_stack_fn(stub, default_num_clients: int):
-  """The executor stack of one worker: a `RemoteExecutor` on `stub` whose
-  CLIENTS cardinality defaults to `default_num_clients` (TFF needs one for
-  computations without CLIENTS-placed arguments). Shared by the local worker
-  and `remote.py`'s workers."""
-  def stack_fn(cardinalities):
-    if cardinalities.get(placements.CLIENTS) is None:
-      cardinalities[placements.CLIENTS] = default_num_clients
-    executor = remote_executor.RemoteExecutor(stub)
-    executor.set_cardinalities(cardinalities)
-    return executor
-  return stack_fn
-
-
-def _stop_remote() -> None:
-  remote = sys.modules.get('tff_research.remote')
-  if remote is not None:
-    remote.stop()
-
-
 def stop(timeout: float = 10.0) -> None:
   """Stops the managed worker (SIGINT, then SIGKILL) and waits for it, and
   disconnects from remote workers (which keep running)."""
-  _stop_remote()
+  remote.stop()
   _stop_local_worker(timeout)
 
 
@@ -621,9 +403,7 @@ def _stop_local_worker(timeout: float = 10.0) -> None:
     process, _worker = _worker, None
     monitor = _monitor
   if monitor is not None:
-    with monitor.lock:
-      monitor.stopped = True
-    monitor.done.set()
+    monitor.stop()
   if process is None or process.poll() is not None:
     return
   with contextlib.suppress(ProcessLookupError):
@@ -661,7 +441,7 @@ def install_signal_handlers() -> None:
     stop()
     line = _termination_line
     if line is not None:
-      console.restore_stderr()  # The line must reach the real stderr.
+      stderr_filter.restore_stderr()  # The line must reach the real stderr.
       try:
         print(line(), file=sys.stderr, flush=True)
       except Exception:  # pylint: disable=broad-except

@@ -2,7 +2,7 @@
 
 `runtime.start(workers=('host:port', ...))` calls `start()` here instead of
 launching a local worker. Each address is a TFF C++ `worker_binary` (started
-on its machine with `python -m tff_research.worker --port=P`); the controller
+on its machine with `python -m tff_research.cli.worker --port=P`); the controller
 talks to it through TFF's own `RemoteExecutor`, and TFF's
 `MergeableCompExecutionContext` splits the CLIENTS-placed values of a call
 (the round's client datasets) into one contiguous slice per worker, runs the
@@ -20,9 +20,10 @@ Routing, per computation (decided once, cached):
   compiler refuses) runs whole on one worker, the first. `stats()` counts
   both, so a test can tell that a round really was split.
 
-Health: the local worker's machinery of `runtime` (`_Monitor`,
-`_MonitoredStub`, one-line `WorkerError`) is reused, with what a remote
-process allows instead of `/proc`: while a computation waits on a worker,
+Health: each worker has a `RemoteMonitor` (`monitor.Monitor`, as the local
+worker's, with the same stub, runner and one-line `WorkerError`), checked
+with what a remote process allows instead of `/proc`: while a computation
+waits on a worker,
 the watchdog probes it every second with a cheap RPC on the same channel
 (`/grpc.health.v1.Health/Check`, which worker_binary answers UNIMPLEMENTED:
 any answer proves its gRPC server is alive) with a deadline of
@@ -45,8 +46,6 @@ written before the round is intact, and re-running the same command resumes.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import dataclasses
 import threading
@@ -56,25 +55,15 @@ from typing import Optional
 
 from absl import logging
 import grpc
+import tensorflow_federated as tff
 
-from tff_research import runtime
-from tensorflow_federated.python.core.backends.native import compiler
-from tensorflow_federated.python.core.backends.native import mergeable_comp_compiler
-from tensorflow_federated.python.core.environments.tensorflow_frontend import tensorflow_computation
-from tensorflow_federated.python.core.impl.context_stack import context_stack_impl
-from tensorflow_federated.python.core.impl.execution_contexts import async_execution_context
-from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context
-from tensorflow_federated.python.core.impl.executor_stacks import python_executor_stacks
-from tensorflow_federated.python.core.impl.types import computation_types
-from tensorflow_federated.python.core.impl.types import placements
-from tensorflow_federated.python.core.impl.types import type_analysis
+from tff_research.execution import monitor as monitor_lib
+from tff_research.execution import worker as worker_lib
 
 DEFAULT_CONNECT_TIMEOUT_SECONDS = 10.0
 DEFAULT_UNREACHABLE_TIMEOUT_SECONDS = 5.0
 PROBE_TIMEOUT_SECONDS = 5.0
-# worker_binary stores its message limit in MB as an int of bytes: <= 2047.
-MAX_MESSAGE_MEGABYTES = 2047
-_MAX_MESSAGE_BYTES = MAX_MESSAGE_MEGABYTES * 1024 * 1024
+_MAX_MESSAGE_BYTES = worker_lib.MAX_MESSAGE_MEGABYTES * 1024 * 1024
 _CHANNEL_OPTIONS = [
     ('grpc.max_send_message_length', _MAX_MESSAGE_BYTES),
     ('grpc.max_receive_message_length', _MAX_MESSAGE_BYTES),
@@ -116,12 +105,12 @@ def parse_workers(value) -> tuple[str, ...]:
   return addresses
 
 
-class _RemoteMonitor(runtime._Monitor):  # pylint: disable=protected-access
+class RemoteMonitor(monitor_lib.Monitor):
   """Health of one remote worker: RPC progress and probes, no process."""
 
   def __init__(self, address: str, channel: grpc.Channel,
                stall_timeout: float, unreachable_timeout: float):
-    super().__init__(None, None, stall_timeout)
+    super().__init__(stall_timeout)
     self.address = address
     self.channel = channel
     self.unreachable_timeout = unreachable_timeout
@@ -158,25 +147,24 @@ class _RemoteMonitor(runtime._Monitor):  # pylint: disable=protected-access
     except ValueError:  # The channel was closed under us.
       return False
 
-  def check_process(self) -> None:
+  def check_alive(self) -> None:
     """Fails the worker if it has been unreachable for too long."""
     with self.lock:
-      if self.failure is not None or self.stopped:
+      if self.ended():
         return
       since = self.unreachable_since
       if since is None or time.monotonic() - since < self.unreachable_timeout:
         return
-      during = 'during a computation' if self.calls else 'between computations'
       self._fail(
           f'is unreachable ({self.last_error or "connection lost"}) for'
-          f' {time.monotonic() - since:.0f} s {during}, more than'
+          f' {time.monotonic() - since:.0f} s {self.phase()}, more than'
           f' {self.unreachable_timeout:g} s')
 
-  def check(self) -> None:
+  def tick(self) -> None:
     with self.lock:
-      if self.failure is not None or self.stopped:
+      if self.ended():
         return
-      waiting = self.calls > 0 and (self.inflight > 0 or self.retrying)
+      waiting = self.waiting()
     now = time.monotonic()
     if not waiting:
       with self.lock:
@@ -184,7 +172,7 @@ class _RemoteMonitor(runtime._Monitor):  # pylint: disable=protected-access
       return
     alive = self.probe()
     with self.lock:
-      if self.failure is not None or self.stopped:
+      if self.ended():
         return
       if alive:
         self.last_progress = time.monotonic()
@@ -192,7 +180,7 @@ class _RemoteMonitor(runtime._Monitor):  # pylint: disable=protected-access
       elif self.unreachable_since is None and not self.last_error.startswith(
           'DEADLINE'):
         self.unreachable_since = now
-    self.check_process()
+    self.check_alive()
     with self.lock:
       if self.failure is not None:
         return
@@ -232,97 +220,27 @@ class Stats:
     return sum(self.bytes_sent.values()), sum(self.bytes_received.values())
 
 
-class _Runner:
-  """Runs a coroutine on a private loop; the caller waits in slices,
-  checking every worker, and raises `WorkerError` once one has failed."""
-
-  def __init__(self, monitors: Sequence[_RemoteMonitor]):
-    self._monitors = monitors
-    self._loop = asyncio.new_event_loop()
-    threading.Thread(target=self._loop.run_forever, name='tff-remote-loop',
-                     daemon=True).start()
-
-  def _failure(self) -> Optional[str]:
-    for m in self._monitors:
-      m.check_process()
-      reason = m.unavailable_reason()
-      if reason is not None:
-        return reason
-    return None
-
-  def run_coro_and_return_result(self, coro):
-    reason = self._failure()
-    if reason is not None:
-      coro.close()
-      raise runtime.WorkerError(reason)
-    for m in self._monitors:
-      m.call_begin()
-    try:
-      future = asyncio.run_coroutine_threadsafe(coro, self._loop)
-      while True:
-        try:
-          return future.result(timeout=runtime.CALL_POLL_SECONDS)
-        except concurrent.futures.TimeoutError:
-          pass
-        except Exception:  # pylint: disable=broad-except
-          reason = self._failure()
-          if reason is None:
-            raise
-          self.cancel_all()
-          raise runtime.WorkerError(reason) from None
-        reason = self._failure()
-        if reason is not None:
-          self.cancel_all()
-          raise runtime.WorkerError(reason)
-    finally:
-      for m in self._monitors:
-        m.call_end()
-
-  def cancel_all(self, timeout: float = 5.0) -> None:
-    """Cancels every task of the call, the other workers' subrounds too.
-
-    TFF's pool does not cancel its sibling tasks when one fails; left
-    pending, asyncio would print "Task was destroyed but it is pending" for
-    each at exit, after our one-line error.
-    """
-    async def cancel():
-      tasks = [t for t in asyncio.all_tasks()
-               if t is not asyncio.current_task()]
-      for t in tasks:
-        t.cancel()
-      if tasks:
-        await asyncio.wait(tasks, timeout=timeout)
-
-    if self._loop.is_closed() or not self._loop.is_running():
-      return
-    with contextlib.suppress(Exception):
-      asyncio.run_coroutine_threadsafe(cancel(), self._loop).result(
-          timeout + 1)
-
-  def close(self):
-    self.cancel_all()
-    self._loop.call_soon_threadsafe(self._loop.stop)
-
-
 def _has_clients_parameter(comp) -> bool:
   param = comp.type_signature.parameter
   if param is None:
     return False
-  return type_analysis.contains(
-      param, lambda t: isinstance(t, computation_types.FederatedType)
-      and t.placement == placements.CLIENTS)
+  return tff.types.contains(
+      param, lambda t: isinstance(t, tff.FederatedType)
+      and t.placement == tff.CLIENTS)
 
 
-class _DistributedContext(
-    mergeable_comp_execution_context.MergeableCompExecutionContext):
+class _DistributedContext(tff.framework.MergeableCompExecutionContext):
   """TFF's mergeable context over the workers, plus the one-worker route for
   computations it cannot split; its waits are bounded by the monitors."""
 
   def __init__(self, async_contexts, monitors, stats: Stats):
     super().__init__(
         async_contexts,
-        compiler_fn=mergeable_comp_compiler.compile_to_mergeable_comp_form)
-    self._async_runner = _Runner(monitors)
+        compiler_fn=tff.backends.native.compile_to_mergeable_comp_form)
+    # Replaces TFF's runner: the same interface, with waits the monitors
+    # bound.
+    self._async_runner = monitor_lib.MonitoredRunner(monitors,
+                                                     'tff-remote-loop')
     self._single_context = async_contexts[0]
     self._routes: dict[int, tuple[object, bool]] = {}
     self._stats = stats
@@ -343,9 +261,8 @@ class _DistributedContext(
     return split
 
   def invoke(self, comp, arg=None):
-    split = isinstance(
-        comp, mergeable_comp_execution_context.MergeableCompForm) or (
-            self._splits(comp))
+    split = isinstance(comp, tff.framework.MergeableCompForm) or (
+        self._splits(comp))
     stats = self._stats
     sent, received = stats._totals()  # pylint: disable=protected-access
     try:
@@ -371,7 +288,7 @@ class _DistributedContext(
 @dataclasses.dataclass
 class _Cluster:
   addresses: tuple[str, ...]
-  monitors: list[_RemoteMonitor]
+  monitors: list[RemoteMonitor]
   context: _DistributedContext
   stats: Stats
 
@@ -386,10 +303,10 @@ def _connect(address: str, timeout: float) -> grpc.Channel:
     grpc.channel_ready_future(channel).result(timeout=timeout)
   except grpc.FutureTimeoutError:
     channel.close()
-    raise runtime.WorkerError(
+    raise monitor_lib.WorkerError(
         f'the TFF worker at {address} is unreachable: no gRPC connection'
         f' within {timeout:g} s; start it there with `python -m'
-        ' tff_research.worker --port=PORT` or fix --workers') from None
+        ' tff_research.cli.worker --port=PORT` or fix --workers') from None
   return channel
 
 
@@ -397,7 +314,7 @@ def start(
     workers: Sequence[str],
     *,
     default_num_clients: int = 0,
-    stall_timeout: float = runtime.DEFAULT_STALL_TIMEOUT_SECONDS,
+    stall_timeout: float = monitor_lib.DEFAULT_STALL_TIMEOUT_SECONDS,
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT_SECONDS,
     unreachable_timeout: float = DEFAULT_UNREACHABLE_TIMEOUT_SECONDS,
 ) -> None:
@@ -431,33 +348,26 @@ def start(
   stats = Stats({a: 0 for a in addresses}, {a: 0 for a in addresses})
   monitors, contexts = [], []
   for address, channel in zip(addresses, channels):
-    monitor = _RemoteMonitor(address, channel, float(stall_timeout),
-                             float(unreachable_timeout))
+    monitor = RemoteMonitor(address, channel, float(stall_timeout),
+                            float(unreachable_timeout))
     channel.subscribe(monitor.on_channel_state, try_to_connect=True)
     stub = _CountingStub(channel, monitor, stats)
     monitors.append(monitor)
-    contexts.append(async_execution_context.AsyncExecutionContext(
-        executor_fn=python_executor_stacks.ResourceManagingExecutorFactory(
-            executor_stack_fn=runtime.remote_stack_fn(stub, default_num_clients)),
-        compiler_fn=compiler.desugar_and_transform_to_native,
-        transform_args=tensorflow_computation.transform_args,
-        transform_result=tensorflow_computation.transform_result,
-    ))
-    threading.Thread(target=monitor.watch, name=f'tff-watchdog-{address}',
-                     daemon=True).start()
+    contexts.append(monitor_lib.worker_context(stub, default_num_clients))
+    monitor.start_watchdog(f'tff-watchdog-{address}')
   context = _DistributedContext(contexts, monitors, stats)
   with _lock:
     _cluster = _Cluster(addresses, monitors, context, stats)
-  context_stack_impl.context_stack.set_default_context(context)
+  tff.framework.set_default_context(context)
   logging.info('TFF remote workers %s (stall timeout %g s, unreachable'
                ' timeout %g s)', ','.join(addresses), stall_timeout,
                unreachable_timeout)
 
 
-class _CountingStub(runtime._MonitoredStub):  # pylint: disable=protected-access
+class _CountingStub(monitor_lib.MonitoredStub):
   """Counts serialized request/response bytes per worker (what travels)."""
 
-  def __init__(self, channel, monitor: _RemoteMonitor, stats: Stats):
+  def __init__(self, channel, monitor: RemoteMonitor, stats: Stats):
     super().__init__(channel, monitor)
     self._stats = stats
     self._address = monitor.address
@@ -468,10 +378,6 @@ class _CountingStub(runtime._MonitoredStub):  # pylint: disable=protected-access
     if response is not None:
       self._stats.bytes_received[self._address] += response.ByteSize()
     return response
-
-
-def active() -> bool:
-  return _cluster is not None
 
 
 def stats() -> Optional[Stats]:
@@ -488,9 +394,7 @@ def stop() -> None:
   if cluster is None:
     return
   for m in cluster.monitors:
-    with m.lock:
-      m.stopped = True
-    m.done.set()
+    m.stop()
     with contextlib.suppress(Exception):
       m.channel.close()
   cluster.context.close()

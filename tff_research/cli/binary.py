@@ -9,8 +9,8 @@ from typing import Callable
 from absl import flags
 from absl import logging
 
-from tff_research import runtime
-from tff_research.program import run_directory
+from tff_research.execution import runtime
+from tff_research.run import run_directory
 
 
 def main_or_exit(run: Callable[[], object]) -> None:

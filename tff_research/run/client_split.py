@@ -10,7 +10,7 @@ from tff_research.data import preprocessing
 from tff_research.data import sampling
 from tff_research.data import store_client_data
 from tff_research.evaluation import per_client
-from tff_research.program import config as config_lib
+from tff_research.run import config as config_lib
 
 
 class ClientSplit:

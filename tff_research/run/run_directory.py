@@ -25,8 +25,8 @@ import os
 from collections.abc import Mapping
 from typing import Any, Optional
 
-from tff_research.program import checkpoints
-from tff_research.program import config as config_lib
+from tff_research.run import config as config_lib
+from tff_research.run import safe_checkpoints
 
 CHECKPOINT_PREFIX = 'round_'
 # How the OS words ENOSPC and EDQUOT; TensorFlow reports both as
@@ -163,12 +163,12 @@ class RunDirectory:
     loading it reports it, and resuming falls back past it.
     """
     expected = self.identity(hparams)
-    versions = checkpoints.list_versions(self.checkpoint_dir, CHECKPOINT_PREFIX)
+    versions = safe_checkpoints.list_versions(self.checkpoint_dir, CHECKPOINT_PREFIX)
     for version in sorted(versions, reverse=True):
       path = os.path.join(self.checkpoint_dir, f'{CHECKPOINT_PREFIX}{version}')
       try:
-        trained = checkpoints.recorded_config(path)
-      except checkpoints.CheckpointError:
+        trained = safe_checkpoints.recorded_config(path)
+      except safe_checkpoints.CheckpointError:
         continue
       if trained is not None:
         found = differences(self.identity(trained), expected)
@@ -254,9 +254,3 @@ class RunDirectory:
       if row['round'] <= round_num and row.get(column) is not None:
         value = row[column]
     return value
-
-
-def hparams_values(hparams: Mapping[str, Any]) -> dict[str, Any]:
-  """`hparams` without non-scalar values (for TensorBoard's HParams)."""
-  return {k: v for k, v in hparams.items()
-          if isinstance(v, (bool, int, float, str))}

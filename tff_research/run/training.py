@@ -3,7 +3,7 @@
 `train(config)` is the Python entry point of every experiment (the binaries
 call it with the config their flags describe):
 
-    from tff_research.program import config, training
+    from tff_research.run import config, training
     cfg = config.ExperimentConfig(experiment_name='mine', model='cnn')
     rows = training.train(cfg)                       # built-in model and data
     rows = training.train(cfg, model=my_keras_fn,    # any Keras constructor
@@ -21,29 +21,28 @@ import dataclasses
 import os
 from typing import Any, Optional, Union
 
-import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import algorithms
-from tff_research.algorithms import client_state
-from tff_research.program import dashboard
 from tff_research import models
-from tff_research import runtime
+from tff_research.algorithms import client_state
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
-from tff_research.program import checkpoints
-from tff_research.program import client_data as client_data_lib
-from tff_research.program import client_sampler
-from tff_research.program import client_split
-from tff_research.program import config as config_lib
-from tff_research.program import held_out_evaluation
-from tff_research.program import hooks as hooks_lib
-from tff_research.program import loop
-from tff_research.program import release as release_lib
-from tff_research.program import run_directory as run_directory_lib
-from tff_research.program import run_lock
-from tff_research.program import startup
-from tff_research.program import validation_split
+from tff_research.execution import runtime
+from tff_research.run import client_data as client_data_lib
+from tff_research.run import client_sampler
+from tff_research.run import client_split
+from tff_research.run import config as config_lib
+from tff_research.run import dashboard
+from tff_research.run import held_out_evaluation
+from tff_research.run import hooks as hooks_lib
+from tff_research.run import loop
+from tff_research.run import release as release_lib
+from tff_research.run import run_directory as run_directory_lib
+from tff_research.run import run_lock
+from tff_research.run import safe_checkpoints
+from tff_research.run import startup
+from tff_research.run import validation_split
 
 ClientDataPair = tuple[tff.simulation.datasets.ClientData,
                        tff.simulation.datasets.ClientData]
@@ -137,7 +136,7 @@ def build_run(
 
 def state_manager(checkpoint_dir: str, keep_total: int = 3):
   """The run's checkpoints: atomic saves, damaged versions skipped on load."""
-  return checkpoints.SafeFileProgramStateManager(
+  return safe_checkpoints.SafeFileProgramStateManager(
       checkpoint_dir, prefix=run_directory_lib.CHECKPOINT_PREFIX,
       keep_total=keep_total, keep_first=False)
 

@@ -20,9 +20,9 @@ from typing import Any, Optional
 
 
 from tff_research.evaluation import per_client
-from tff_research.program import checkpoints
-from tff_research.program import run_directory
-from tff_research.program import training
+from tff_research.run import run_directory
+from tff_research.run import safe_checkpoints
+from tff_research.run import training
 
 
 def run_dir_of(checkpoint_dir: str) -> str:
@@ -91,9 +91,9 @@ def evaluate_checkpoint(
              f'{recorded.get("algorithm")}')
   try:
     restored = _load(manager, template, round_num, checkpoint_dir)
-  except checkpoints.CheckpointMismatchError as e:
+  except safe_checkpoints.CheckpointMismatchError as e:
     raise ValueError(f'{records}, but {e}') from None
-  except checkpoints.MismatchedCheckpointError as e:
+  except safe_checkpoints.MismatchedCheckpointError as e:
     raise ValueError(
         f'{records}, but checkpoint {e.path} holds another model or algorithm'
         f' ({e.reason}); it is intact: evaluate it with the hparams.json of'

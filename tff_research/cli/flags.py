@@ -14,7 +14,6 @@ config values' constructors, once.
 
 from __future__ import annotations
 
-import collections
 from collections.abc import Callable, Mapping, Sequence
 import sys
 from typing import Any, Optional
@@ -23,14 +22,11 @@ from absl import flags
 
 from tff_research import models
 from tff_research.algorithms import registry
-from tff_research.program import config as config_lib
-from tff_research.program import run_directory
+from tff_research.run import config as config_lib
+from tff_research.run import run_directory
 
 FLAGS = flags.FLAGS
-
-
-class FlagError(ValueError):
-  """A flag value or combination is invalid (one line)."""
+FlagError = config_lib.FlagError
 
 
 _DEFINE = {bool: flags.DEFINE_boolean, int: flags.DEFINE_integer,
@@ -122,7 +118,7 @@ _FLAGS = (
      ' --dp_adaptive_clipping).'),
     ('dp', 'dp_noise_multiplier', float,
      'With --dp: noise multiplier sigma >= 0; noise std = sigma x clip (see'
-     ' `python -m tff_research.privacy.calibrate`).'),
+     ' `python -m tff_research.cli.calibrate`).'),
     ('dp', 'dp_delta', float,
      'With --dp: the delta epsilon is reported at, in (0, 1).'),
     ('dp', 'dp_target_epsilon', float,
@@ -144,7 +140,7 @@ _FLAGS = (
 _EXECUTION_FLAGS = (
     ('execution', 'workers', str,
      'Comma-separated host:port of TFF workers (`python -m'
-     " tff_research.worker --port=P` on each) that run each round's client"
+     " tff_research.cli.worker --port=P` on each) that run each round's client"
      ' work; unset = this machine. Unauthenticated: private network only.'
      ' See docs/scale_out.md.'),
 )
@@ -204,14 +200,6 @@ def _entries():
         'algorithm')
     entries.append((group, h.name, h.type, _hyperparameter_help(h)))
   return entries
-
-
-def flag_groups() -> dict[str, list[str]]:
-  """group -> flag names, in definition order."""
-  groups = collections.defaultdict(list)
-  for group, name, _, _ in _entries():
-    groups[group].append(name)
-  return dict(groups)
 
 
 def all_flag_names() -> list[str]:
@@ -299,6 +287,13 @@ def config_from_argv(argv: Sequence[str]) -> config_lib.ExperimentConfig:
   if len(rest) > 1:
     raise FlagError(f'unexpected positional arguments {rest[1:]}')
   return config_from_flags(fv)
+
+
+def validate_train_argv(argv: Sequence[str]) -> tuple[int, dict[str, Any]]:
+  """(total_rounds, hparams) of train.py's arguments `argv`, parsed in a
+  private `FlagValues` (`config_from_argv`). Raises FlagError."""
+  config = config_from_argv(argv)
+  return config.training.total_rounds, config_lib.to_hparams(config)
 
 
 def parse_flags_or_exit(argv: list[str]) -> list[str]:

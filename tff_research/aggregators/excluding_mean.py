@@ -1,4 +1,4 @@
-"""Model aggregation that excludes non-finite client updates and counts them.
+"""The mean of the client updates that are finite, and the count of the others.
 
 A client whose local training diverged (a NaN or Inf anywhere in its model
 delta) must not move the global model, and the run should say how often that
@@ -60,13 +60,15 @@ MEASUREMENT = 'excluded_clients'
 GROUP = 'robustness'
 
 
-def _all_finite(value) -> tf.Tensor:
+def all_finite(value) -> tf.Tensor:
+  """Whether every coordinate of every tensor of `value` is finite."""
   flat = tf.nest.flatten(value)
   return tf.reduce_all(
       tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in flat]))
 
 
-def _all_zero(value) -> tf.Tensor:
+def all_zero(value) -> tf.Tensor:
+  """Whether every coordinate of every tensor of `value` is exactly 0."""
   flat = tf.nest.flatten(value)
   return tf.reduce_all(
       tf.stack([tf.reduce_all(tf.equal(t, tf.zeros_like(t))) for t in flat]))
@@ -125,7 +127,7 @@ class ExcludingMeanFactory(tff.aggregators.WeightedAggregationFactory,
     if weight_type is not None:
       def keep(value, weight):
         return tf.logical_and(
-            _all_finite(value),
+            all_finite(value),
             tf.logical_and(tf.math.is_finite(weight), weight > 0))
 
       mean, next_fn = _process(value_type, weight_type, keep, _default_mean())
@@ -133,8 +135,8 @@ class ExcludingMeanFactory(tff.aggregators.WeightedAggregationFactory,
 
     def keep_uniform(value, weight):
       del weight  # Always 1: the uniform weight of a reporting client.
-      return tf.logical_and(_all_finite(value),
-                            tf.logical_not(_all_zero(value)))
+      return tf.logical_and(all_finite(value),
+                            tf.logical_not(all_zero(value)))
 
     mean, weighted_next = _process(
         value_type, tff.TensorType(np.float32), keep_uniform, _default_mean())

@@ -1,1 +1,0 @@
-"""The program layer: config, flags, run directory, round loop, hooks, runtime."""
