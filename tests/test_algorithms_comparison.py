@@ -418,7 +418,7 @@ def test_tuning_trains_on_validation_and_records_the_choice(
   assert 'held out for validation' in saved['validation']
   # A tuning run is rebuilt from its own hparams.json: evaluating its
   # checkpoint reads the same validation data and gives the logged accuracy.
-  from tff_research.evaluation import checkpoint  # pylint: disable=g-import-not-at-top
+  from tff_research.run import checkpoint_evaluation as checkpoint  # pylint: disable=g-import-not-at-top
   run_dir = tmp_path / 'cmp' / grid[0]['run']
   hparams = json.loads((run_dir / 'hparams.json').read_text())
   assert hparams['validation_fraction'] == 0.2
