@@ -7,6 +7,7 @@ from tff_research import evaluation
 from tff_research.data import emnist
 from tff_research.data import store_client_data
 from tff_research.data import preprocessing
+from tff_research.data import tagged
 from tff_research.evaluation import per_client
 from tests import fl_testing
 
@@ -91,7 +92,7 @@ def test_pooled_sequence_is_the_clients_batches_without_the_source(tmp_path):
   assert len(pool) == 4
   for indices in ([0, 1, 2, 3], [3, 0], [1], []):
     chosen = [datasets[i] for i in indices]
-    want = (_batches(per_client.indexed(chosen, indices)) if chosen else [])
+    want = (_batches(tagged.tagged_sequence(chosen, indices)) if chosen else [])
     got = _batches(pool.sequence(indices))
     # The same batches (sizes 3, 2 | 3, 3, 1 | 3), in order, same tags.
     assert [t for _, t in got] == [t for _, t in want]
@@ -103,7 +104,7 @@ def test_pooled_sequence_is_the_clients_batches_without_the_source(tmp_path):
   # Read from TFF's SQLite EMNIST: the lazy sequence queries it at every
   # pass, the pooled one never does.
   sql = _sql_eval_datasets(tmp_path, batch_size=1)
-  lazy = per_client.indexed(sql, [0, 1])
+  lazy = tagged.tagged_sequence(sql, [0, 1])
   pooled = per_client.PooledBatches.read(sql).sequence([0, 1])
   assert b'SqlDataset' in lazy._as_serialized_graph().numpy()
   assert b'SqlDataset' not in pooled._as_serialized_graph().numpy()

@@ -14,6 +14,7 @@ state as its template, so checkpoints hold everything needed to resume.
 from __future__ import annotations
 
 import abc
+import collections
 from collections.abc import Mapping, Sequence
 from typing import Any, Optional
 
@@ -22,6 +23,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.algorithms import client_metrics
+from tff_research.algorithms import cohort_client_work
 from tff_research.aggregators import excluding_mean as robust_aggregation
 
 
@@ -103,21 +105,41 @@ class FederatedAlgorithm(abc.ABC):
 
 
 class LearningProcessAlgorithm(FederatedAlgorithm):
-  """Adapts a `tff.learning.templates.LearningProcess`."""
+  """Adapts a `tff.learning.templates.LearningProcess`.
 
-  def __init__(self, process: tff.learning.templates.LearningProcess):
+  A process whose client work trains cohorts (`cohort_client_work`) gets
+  each round's clients packed into `cohorts` cohorts of contiguous clients
+  (one per TFF worker: each runs its cohort in one call).
+  """
+
+  def __init__(self, process: tff.learning.templates.LearningProcess,
+               cohorts: int = 1):
     self.process = process
+    self.cohorts = max(1, int(cohorts))
+    self._takes_cohorts = cohort_client_work.takes_cohorts(process)
 
   def initialize(self):
     return self.process.initialize()
 
   def next(self, state, round_num, client_ids, client_datasets):
     del round_num, client_ids  # TFF's processes are stateless across clients.
-    output = self.process.next(state, list(client_datasets))
-    metrics = client_metrics.unpack(output.metrics['client_work'])
-    # The model aggregator's count of excluded non-finite client updates.
-    metrics.update(robust_aggregation.robustness_group(
-        output.metrics.get('aggregator')))
+    data = list(client_datasets)
+    if self._takes_cohorts:
+      data = [cohort_client_work.cohort_data([data[i] for i in members],
+                                             members)
+              for members in cohort_client_work.split_cohorts(
+                  len(data), self.cohorts)]
+    output = self.process.next(state, data)
+    work = collections.OrderedDict(output.metrics['client_work'])
+    # The count of excluded non-finite client updates: the model
+    # aggregator's, or the cohort client work's.
+    excluded = robust_aggregation.robustness_group(
+        output.metrics.get('aggregator')) or robust_aggregation.robustness_group(
+            {robust_aggregation.MEASUREMENT: work.pop(
+                cohort_client_work.EXCLUDED)} if cohort_client_work.EXCLUDED
+            in work else None)
+    metrics = client_metrics.unpack(work)
+    metrics.update(excluded)
     return output.state, metrics
 
   def get_model_weights(self, state):

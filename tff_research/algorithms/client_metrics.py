@@ -41,11 +41,17 @@ _ACCURACY = 'sparse_categorical_accuracy'
 KEY = 'per_client'
 
 
-def _finalize(finalizers, unfinalized):
+def finalize(finalizers, unfinalized):
+  """A model's finalized metrics from its unfinalized ones."""
   if callable(finalizers):
     return finalizers(unfinalized)
   return collections.OrderedDict(
       (name, fn(unfinalized[name])) for name, fn in finalizers.items())
+
+
+def row(finalizers, unfinalized) -> tf.Tensor:
+  """float32 [3]: one client's (loss, accuracy, examples) table row."""
+  return _row(finalize(finalizers, unfinalized))
 
 
 def _row(finalized) -> tf.Tensor:
@@ -54,6 +60,29 @@ def _row(finalized) -> tf.Tensor:
       return tf.constant(np.nan, tf.float32)
     return tf.cast(tf.reshape(finalized[name], []), tf.float32)
   return tf.stack([scalar('loss'), scalar(_ACCURACY), scalar('num_examples')])
+
+
+def append_row(table: tf.Tensor, count: tf.Tensor, new_row: tf.Tensor,
+               capacity: int) -> tf.Tensor:
+  """`table` (float32[capacity, w]) with `new_row` written at row `count`;
+  a round of more than `capacity` clients fails the check."""
+  # Graph mode: the check runs only as a control dependency.
+  with tf.control_dependencies([tf.debugging.assert_less(
+      count, capacity,
+      message=f'more clients in a round than the capacity {capacity}')]):
+    return tf.tensor_scatter_nd_update(table, [[count]], new_row[tf.newaxis])
+
+
+def concat_tables(a_table, a_count, b_table, b_count,
+                  capacity: int) -> tf.Tensor:
+  """`a_table` with the first `b_count` rows of `b_table` written after its
+  first `a_count`: how partial tables merge across TFF workers."""
+  rows = tf.range(b_count) + a_count
+  with tf.control_dependencies([tf.debugging.assert_less_equal(
+      a_count + b_count, capacity,
+      message=f'more clients in a round than the capacity {capacity}')]):
+    return tf.tensor_scatter_nd_update(a_table, rows[:, tf.newaxis],
+                                       b_table[:b_count])
 
 
 def per_client_then_finalize(capacity: int):
@@ -82,7 +111,7 @@ def per_client_then_finalize(capacity: int):
 
       @tff.tensorflow.computation(unfinalized_type)
       def client_row(unfinalized):
-        return _row(_finalize(metric_finalizers, unfinalized))
+        return row(metric_finalizers, unfinalized)
 
       table_type = collections.OrderedDict(
           table=tff.TensorType(np.float32, [capacity, width]),
@@ -96,23 +125,14 @@ def per_client_then_finalize(capacity: int):
 
       @tff.tensorflow.computation(table_type,
                                   tff.TensorType(np.float32, [width]))
-      def accumulate(acc, row):
-        # Graph mode: the check runs only as a control dependency.
-        with tf.control_dependencies([tf.debugging.assert_less(
-            acc['count'], capacity,
-            message=f'more clients in a round than the capacity {capacity}')]):
-          table = tf.tensor_scatter_nd_update(
-              acc['table'], [[acc['count']]], row[tf.newaxis])
+      def accumulate(acc, new_row):
+        table = append_row(acc['table'], acc['count'], new_row, capacity)
         return collections.OrderedDict(table=table, count=acc['count'] + 1)
 
       @tff.tensorflow.computation(table_type, table_type)
       def merge(a, b):
-        rows = tf.range(b['count']) + a['count']
-        with tf.control_dependencies([tf.debugging.assert_less_equal(
-            a['count'] + b['count'], capacity,
-            message=f'more clients in a round than the capacity {capacity}')]):
-          table = tf.tensor_scatter_nd_update(
-              a['table'], rows[:, tf.newaxis], b['table'][:b['count']])
+        table = concat_tables(a['table'], a['count'], b['table'],
+                              b['count'], capacity)
         return collections.OrderedDict(table=table,
                                        count=a['count'] + b['count'])
 

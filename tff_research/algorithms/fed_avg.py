@@ -16,16 +16,27 @@ Type signature of the returned `tff.learning.templates.LearningProcess`:
     next: (<S@SERVER, {B*}@CLIENTS> -> <state=S@SERVER, metrics=Mt@SERVER>)
 
 where M is the model's `ModelWeights` type and B its batch type.
+
+With the plain mean as the model aggregator (no DP), the round's clients
+run in cohorts, one TFF client and one call each, composed from TFF's own
+distributor, aggregator (the cohorts' weighted mean) and finalizer with
+`cohort_client_work` (why and how: its docstring); the client data is then
+
+    {<batches=<B, int32>*, members=int32*>}@CLIENTS
+
+and `base.LearningProcessAlgorithm` packs each round's clients into it.
 """
 
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
+import numpy as np
 import tensorflow_federated as tff
 
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
+from tff_research.algorithms import cohort_client_work
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
 
@@ -38,6 +49,7 @@ def build_fed_avg(
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     metrics_aggregator=None,
+    cohort_capacity: Optional[int] = None,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg as a `LearningProcess`, example-weighted or uniform.
 
@@ -51,9 +63,16 @@ def build_fed_avg(
     metrics_aggregator: aggregation of the clients' training metrics
       (`tff.learning.metrics.sum_then_finalize` by default; the pipeline's
       algorithms use `client_metrics.for_clients`).
+    cohort_capacity: with no `model_aggregator`, the round's clients run in
+      cohorts of up to this many (the number of training clients); the
+      non-finite-excluding mean and the per-client metrics table are then
+      the cohort client work's, and `metrics_aggregator` is not used.
   """
   if server_optimizer is None:
     server_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
+  if cohort_capacity is not None and model_aggregator is None:
+    return _build_cohort_fed_avg(model_fn, client_optimizer, server_optimizer,
+                                 weighted, cohort_capacity)
   if weighted:
     return tff.learning.algorithms.build_weighted_fed_avg(
         model_fn,
@@ -71,12 +90,40 @@ def build_fed_avg(
   )
 
 
+def _build_cohort_fed_avg(model_fn, client_optimizer, server_optimizer,
+                          weighted, capacity):
+  """TFF's FedAvg composition with the cohort client work."""
+
+  @tff.tensorflow.computation
+  def initial_weights():
+    return tff.learning.models.ModelWeights.from_model(model_fn())
+
+  weights_type = initial_weights.type_signature.result
+  return tff.learning.templates.compose_learning_process(
+      initial_weights,
+      tff.learning.templates.build_broadcast_process(weights_type),
+      cohort_client_work.build_cohort_client_work(
+          model_fn, client_optimizer, weighted=weighted, capacity=capacity),
+      # The cohorts' means weighted by their weights: the clients' mean. A
+      # round whose every client was left out averages to a zero update.
+      tff.aggregators.MeanFactory(no_nan_division=True).create(
+          weights_type.trainable, tff.TensorType(np.float32)),
+      tff.learning.templates.build_apply_optimizer_finalizer(
+          server_optimizer, weights_type),
+  )
+
+
 def config_arguments(config, client_ids) -> dict[str, Any]:
   """The `build_fed_avg` arguments every FedAvg-based spec takes from its
-  validated `registry.AlgorithmConfig`: client optimizer, weighting, model
-  aggregator (`config.model_aggregator()`) and per-client metrics over the
-  training clients `client_ids` (FedProx and the adaptive server optimizers
-  build on FedAvg with these too)."""
+  validated `registry.AlgorithmConfig`: client optimizer, weighting, and
+  either the DP model aggregator (`config.model_aggregator()`) with
+  per-client metrics over the training clients `client_ids`, or, without
+  DP and with known clients, cohorts of up to `len(client_ids)` clients
+  (FedProx and the adaptive server optimizers build on FedAvg with these
+  too)."""
+  if config.dp is None and len(client_ids):
+    return dict(client_optimizer=hp.build_client_optimizer(config.values),
+                weighted=config.weighted, cohort_capacity=len(client_ids))
   return dict(
       client_optimizer=hp.build_client_optimizer(config.values),
       weighted=config.weighted,

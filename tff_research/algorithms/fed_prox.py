@@ -61,6 +61,7 @@ def build_fed_prox(
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     metrics_aggregator=None,
+    cohort_capacity: Optional[int] = None,
 ) -> tff.learning.templates.LearningProcess:
   """FedProx as a `LearningProcess`, example-weighted or uniform.
 
@@ -72,7 +73,7 @@ def build_fed_prox(
       learning rate 1.0.
     weighted: weight clients by number of examples (True) or uniformly.
     model_aggregator: aggregation of client deltas; TFF's mean by default.
-    metrics_aggregator: as `fed_avg.build_fed_avg`'s.
+    metrics_aggregator, cohort_capacity: as `fed_avg.build_fed_avg`'s.
 
   Raises:
     ValueError: if `proximal_strength` is negative.
@@ -89,6 +90,7 @@ def build_fed_prox(
       weighted=weighted,
       model_aggregator=model_aggregator,
       metrics_aggregator=metrics_aggregator,
+      cohort_capacity=cohort_capacity,
   )
 
 

@@ -368,6 +368,7 @@ def build_algorithm(
     model_fn: ModelFn,
     client_ids: Sequence[str] = (),
     tables: client_state.Tables = client_state.IN_MEMORY,
+    cohorts: int = 1,
 ) -> base.FederatedAlgorithm:
   """The algorithm `config` describes, with its axes (clustering, DP).
 
@@ -378,6 +379,8 @@ def build_algorithm(
       indexed by position in it).
     tables: where per-client rows live (a run's directory; memory by
       default).
+    cohorts: the number of cohorts a FedAvg-family round's clients run in
+      (`cohort_client_work`): one per TFF worker.
   """
   client_ids = tuple(client_ids)
   if config.clustered:
@@ -390,6 +393,8 @@ def build_algorithm(
     algorithm = config.spec.build(config, model_fn, client_ids, tables)
   else:
     algorithm = config.spec.build(config, model_fn, client_ids)
+  if isinstance(algorithm, base.LearningProcessAlgorithm):
+    algorithm.cohorts = max(1, int(cohorts))
   if config.dp is not None:
     algorithm = private.PrivateAlgorithm(algorithm, config.dp, client_ids)
   return algorithm

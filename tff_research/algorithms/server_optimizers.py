@@ -140,11 +140,13 @@ def build_fed_adaptive(
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     metrics_aggregator=None,
+    cohort_capacity: Optional[int] = None,
     **hyperparameters,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg with `algorithm`'s server optimizer (`build_server_optimizer`:
   FedAvgM, Hsu et al. 2019; FedAdam, FedYogi, FedAdagrad, Reddi et al. 2021
-  Algorithm 2, `epsilon` being the paper's tau)."""
+  Algorithm 2, `epsilon` being the paper's tau). The other arguments are
+  `fed_avg.build_fed_avg`'s."""
   return fed_avg.build_fed_avg(
       model_fn,
       client_optimizer=client_optimizer,
@@ -152,6 +154,7 @@ def build_fed_adaptive(
       weighted=weighted,
       model_aggregator=model_aggregator,
       metrics_aggregator=metrics_aggregator,
+      cohort_capacity=cohort_capacity,
   )
 
 

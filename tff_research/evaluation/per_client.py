@@ -23,6 +23,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.data import store_client_data
+from tff_research.data import tagged
 
 
 _NUM_METRICS = 3  # loss, accuracy, number of examples
@@ -38,7 +39,8 @@ def build_per_client_eval(
   otherwise), in one call.
 
   The argument is every evaluated client's batches in one sequence, each
-  batch tagged with its client's row: `indexed(datasets, indices)` builds it.
+  batch tagged with its client's row: `tagged.tagged_sequence(datasets,
+  indices)` builds it.
   Batches never mix clients, so row i = (loss, accuracy, num_examples) of
   client i is exactly what `build_fed_eval` computes for that client (the
   example-weighted mean of its batch losses). Why one sequence and not a
@@ -106,24 +108,6 @@ def build_per_client_eval(
   return evaluate_all
 
 
-def indexed(datasets: Sequence[tf.data.Dataset],
-            indices: Sequence[int]) -> tf.data.Dataset:
-  """The clients' batches in one sequence, each tagged with its row.
-
-  Built by a balanced tree of `concatenate`s, so the dataset graph stays
-  shallow for hundreds of clients.
-  """
-  # zip with a repeated constant, not map: an eagerly built map registers a
-  # function that TensorFlow never frees.
-  tagged = [tf.data.Dataset.zip(
-      (ds, tf.data.Dataset.from_tensors(np.int32(i)).repeat()))
-            for ds, i in zip(datasets, indices)]
-  while len(tagged) > 1:
-    tagged = [tagged[k].concatenate(tagged[k + 1]) if k + 1 < len(tagged)
-              else tagged[k] for k in range(0, len(tagged), 2)]
-  return tagged[0]
-
-
 # The pooled examples a sequence built from memory may carry: its arrays are
 # constants of the dataset graph TFF serializes into the call, and TFF
 # refuses a dataset over 100 MB (`Serialized size of Dataset ... exceeds
@@ -143,7 +127,8 @@ class PooledBatches:
   in an array store is read by the worker instead (`RecipeSource`).
   `sequence(indices)` is one dataset over the pooled arrays whose elements
   are exactly the clients' original batches, in order, each tagged with
-  its client's row (what `indexed` builds from per-client datasets).
+  its client's row (what `tagged.tagged_sequence` builds from per-client
+  datasets).
   """
 
   def __init__(self, spec, leaves: list[np.ndarray], batch_bounds: np.ndarray,
@@ -273,7 +258,7 @@ class DatasetSource(EvalSource):
   """Clients given as datasets (data in memory, any `ClientData`): read
   once into a `PooledBatches` on first use, and evaluated in chunks of at
   most `chunk_bytes` of examples; datasets that cannot be pooled are
-  evaluated from their sources (`indexed`)."""
+  evaluated from their sources (`tagged.tagged_sequence`)."""
 
   def __init__(self, datasets: Sequence[tf.data.Dataset],
                chunk_bytes: int = CHUNK_BYTES):
@@ -291,7 +276,8 @@ class DatasetSource(EvalSource):
       self._pool = PooledBatches.read(self.datasets)
       self._read = True
     if self._pool is None:
-      return [indexed([self.datasets[i] for i in indices], indices)]
+      return [tagged.tagged_sequence([self.datasets[i] for i in indices],
+                                     indices)]
     return [self._pool.sequence(run)
             for run in self._pool.chunks(indices, self._chunk_bytes)]
 

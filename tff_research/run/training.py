@@ -129,8 +129,9 @@ def build_run(
     tables = client_state.Tables(os.path.join(config.run_dir, 'client_state'),
                                  directory.checkpoint_dir,
                                  run_directory_lib.CHECKPOINT_PREFIX)
-    algorithm = algorithms.build_algorithm(config.algorithm, model_fn,
-                                           split.train_client_ids, tables)
+    algorithm = algorithms.build_algorithm(
+        config.algorithm, model_fn, split.train_client_ids, tables,
+        cohorts=max(1, len(config.workers)))
   return Run(config, data, model_fn, split, algorithm)
 
 
