@@ -2,6 +2,7 @@
 memory; checkpoints' rows pinned; torn journal records ignored; disk use
 bounded by the rows in use."""
 
+import errno
 import os
 
 import numpy as np
@@ -142,3 +143,84 @@ def test_a_truncated_row_file_is_one_line(tmp_path):
   fresh = _table(tmp_path, 2, True)
   with pytest.raises(ValueError, match=r'rows.bin is truncated: slot 1 ends'):
     fresh.read(index, [1])
+
+
+class _FullDisk:
+  """`os` for the table, whose `write`/`pwrite` (as armed) write half of
+  what they are given, then fail with ENOSPC: what a device filling up
+  mid-write does."""
+
+  def __init__(self, call):
+    self.call = call
+    self.armed = False
+    self.failed = False
+
+  def __getattr__(self, name):
+    return getattr(os, name)
+
+  def _short(self, real, data, *args):
+    if not self.armed:
+      return real(data, *args)
+    if self.failed:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    self.failed = True
+    return real(bytes(data)[:max(1, len(data) // 2)], *args)
+
+  def write(self, fd, data):
+    if self.call != 'write':
+      return os.write(fd, data)
+    return self._short(lambda d: os.write(fd, d), data)
+
+  def pwrite(self, fd, data, offset):
+    if self.call != 'pwrite':
+      return os.pwrite(fd, data, offset)
+    return self._short(lambda d: os.pwrite(fd, d, offset), data)
+
+
+@pytest.mark.parametrize('step', ['rows', 'journal_append',
+                                  'journal_rewrite'])
+def test_a_full_disk_at_each_write_fails_and_resumes_exactly(
+    tmp_path, monkeypatch, step):
+  """A full device during a round's rows, its journal records, or the
+  journal's rewrite (a resume from an older checkpoint) raises ENOSPC; the
+  journal keeps whole records only, a checkpoint's rows are untouched, and
+  the run resumed from its checkpoint once space is freed reads exactly
+  what an uninterrupted run reads."""
+  rng = np.random.default_rng(7)
+  n = 5
+  rows = [_rows(rng, 2) for _ in range(9)]
+  picks = [[r % n, (r + 2) % n] for r in range(9)]
+
+  def rounds(table, index, first, last):
+    for r in range(first, last + 1):
+      index = table.write(r, index, picks[r], rows[r])
+    return index
+
+  reference = _table(tmp_path / 'ref', n, True)
+  want = rounds(reference, reference.empty_index(), 1, 8)
+  disk = _FullDisk('pwrite' if step == 'rows' else 'write')
+  monkeypatch.setattr(client_state, 'os', disk)
+  table = _table(tmp_path, n, True)
+  saved = rounds(table, table.empty_index(), 1, 4)
+  os.makedirs(tmp_path / 'checkpoints' / 'round_4')
+  (tmp_path / 'ref' / 'checkpoints' / 'round_4').mkdir(parents=True)
+  checkpointed = table.read(saved, range(n))
+  if step == 'journal_rewrite':
+    # Rounds 5-6 ran, then the run is resumed from round 4's checkpoint:
+    # its first write drops the records of rounds 5-6 by a rewrite.
+    rounds(table, saved, 5, 6)
+    table = _table(tmp_path, n, True)
+  journal = tmp_path / 't' / client_state.JOURNAL
+  disk.armed = True
+  with pytest.raises(OSError) as failure:
+    rounds(table, saved, 5, 5)
+  assert failure.value.errno == errno.ENOSPC and disk.failed
+  assert journal.stat().st_size % client_state._RECORD.itemsize == 0  # pylint: disable=protected-access
+  assert not (tmp_path / 't' / (client_state.JOURNAL + '.tmp')).exists()
+  disk.armed = False
+  resumed = _table(tmp_path, n, True)
+  _assert_rows_equal(resumed.read(saved, range(n)), checkpointed)
+  got = rounds(resumed, saved, 5, 8)
+  _assert_rows_equal(resumed.read(got, range(n)),
+                     reference.read(want, range(n)))
+  _assert_rows_equal(resumed.read(saved, range(n)), checkpointed)

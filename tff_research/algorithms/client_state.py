@@ -41,6 +41,7 @@ memory tables are tested equal, and equal to a plain [N, ...] array.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Sequence
@@ -159,7 +160,8 @@ class ClientStateTable:
         self._memory.extend(bytes(start + self.row_bytes - len(self._memory)))
       self._memory[start:start + self.row_bytes] = raw
     else:
-      os.pwrite(self._rows_fd(), raw, start)
+      _write_all(lambda b, done: os.pwrite(self._rows_fd(), b, start + done),
+                 raw)
 
   def _capacity(self) -> int:
     if self._directory is None:
@@ -239,9 +241,15 @@ class ClientStateTable:
   def _append_journal(self, records: np.ndarray) -> None:
     path = os.path.join(self._directory, JOURNAL)
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    size = os.fstat(fd).st_size
     try:
-      os.write(fd, records.tobytes())
+      _write_all(lambda b, _: os.write(fd, b), records.tobytes())
       os.fdatasync(fd)
+    except OSError:
+      # A full disk mid-append: the journal ends at its last whole record,
+      # so the next append (after space is freed) is not misaligned.
+      os.ftruncate(fd, size)
+      raise
     finally:
       os.close(fd)
 
@@ -253,10 +261,17 @@ class ClientStateTable:
     tmp = path + '.tmp'
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-      os.write(fd, self._journal.tobytes())
+      _write_all(lambda b, _: os.write(fd, b), self._journal.tobytes())
       os.fsync(fd)
-    finally:
+    except OSError:
+      # Never replace the journal by a short copy: the old one stays.
       os.close(fd)
+      fd = None
+      os.remove(tmp)
+      raise
+    finally:
+      if fd is not None:
+        os.close(fd)
     os.replace(tmp, path)
     dir_fd = os.open(self._directory, os.O_RDONLY)
     try:
@@ -296,3 +311,16 @@ class Tables:
 
 
 IN_MEMORY = Tables()
+
+
+def _write_all(write, data: bytes) -> None:
+  """Calls `write(remaining bytes, bytes done)` until all of `data` is
+  written. A write that makes no progress (a full device reports a short
+  write first, ENOSPC next) raises ENOSPC."""
+  done = 0
+  view = memoryview(data)
+  while done < len(data):
+    n = write(view[done:], done)
+    if n <= 0:
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    done += n
