@@ -1,14 +1,21 @@
 """Held-out evaluation: per-client metrics are exact, the mean is TFF's."""
 
+import collections
+
 import numpy as np
+import pytest
+import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import evaluation
 from tff_research.data import emnist
+from tff_research.data import federated_data
 from tff_research.data import store_client_data
 from tff_research.data import preprocessing
 from tff_research.data import tagged
 from tff_research.evaluation import per_client
+from tff_research.run import client_split
+from tff_research.run import config as config_lib
 from tests import fl_testing
 
 
@@ -159,3 +166,42 @@ def test_evaluation_in_chunks_and_from_the_store_equals_one_call(
   # Two writers: one call each when chunked.
   source = chunked._datasets_source  # pylint: disable=protected-access
   assert [len(s) for s in [source.sequences([0, 1])]] == [2]
+
+
+@pytest.mark.parametrize('eval_on', ['test_split', 'heldout_clients'])
+def test_a_writer_without_training_examples_is_evaluated_or_named(eval_on):
+  """A writer with test examples but none to train on is evaluated under
+  test_split, after the training writers, and under heldout_clients
+  (drawn from training writers) named at start-up with its examples."""
+  def data(counts):
+    return {cid: collections.OrderedDict(
+        label=np.full(n, i, np.int32),
+        pixels=np.full((n, 28, 28), 0.5, np.float32))
+            for i, (cid, n) in enumerate(counts.items())}
+
+  train = tff.simulation.datasets.TestClientData(
+      data({f'w{i}': 3 for i in range(5)}))
+  test = tff.simulation.datasets.TestClientData(
+      data({'w0': 1, 'w1': 2, 'only_test': 4}))
+  fed = federated_data.FederatedData(train, test, 10, tuple(train.client_ids),
+                                     'five writers')
+  split = client_split.ClientSplit(
+      fed, config_lib.EvaluationConfig(eval_on=eval_on,
+                                       heldout_client_fraction=0.4), seed=0)
+  assert split.test_only_client_ids == ['only_test']
+  if eval_on == 'test_split':
+    assert split.eval_client_ids == ['w0', 'w1', 'only_test']
+    source = split.eval_datasets()
+    assert source.num_clients == 3
+    # All 1 + 2 + 4 test examples, the test-only writer's 4 included.
+    assert sum(int(tf.shape(tf.nest.flatten(b)[0])[0])
+               for ds in source.sequences(range(3)) for b in ds) == 7
+    assert split.describe_left_out() == (
+        '1 writers with test examples but no training examples (4 test'
+        ' examples) never train and are evaluated')
+  else:
+    assert 'only_test' not in split.eval_client_ids
+    assert split.describe_left_out() == (
+        '1 writers with test examples but no training examples (4 test'
+        ' examples) are not evaluated: held-out clients are drawn from the'
+        ' training writers')
