@@ -36,7 +36,6 @@ KNOWN_LONG_FUNCTIONS = {
         'build_clustered_fed_avg': 85,
     },
     'algorithms/scaffold.py': {'build_scaffold_process': 198},
-    'algorithms/client_metrics.py': {'per_client_then_finalize': 81},
 }
 
 
