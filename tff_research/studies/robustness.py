@@ -16,7 +16,7 @@ divergence guard stops is a result, not an error: it is recorded as
 diverged (a `stopped.txt` beside its metrics, so a re-run does not train it
 again) and has no final accuracy (an evaluation before it diverged would
 flatter it); the table counts the diverged seeds. The report, in
-LOGDIR/PREFIX_robustness/comparison.md with the accuracy plot: per cell the
+LOGDIR/PREFIX_robustness_<attacks>/comparison.md with the accuracy plot: per cell the
 final held-out accuracy and backdoor success (mean and 95 % Student-t
 interval over seeds), the paired difference against the mean under the
 same attack and fraction (and against the clean mean), and how many seeds
@@ -42,7 +42,7 @@ from tff_research.studies import statistics
 CLEAN = 'mean_clean'
 STOPPED = 'stopped.txt'
 SEED_METRICS = ('final_accuracy', 'backdoor_success')
-REPORT_DIR = '{prefix}_robustness'
+REPORT_DIR = '{prefix}_robustness_{attacks}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,9 +92,13 @@ def configs(config: config_lib.ExperimentConfig, aggregators, attacks,
   for cell in cells(aggregators, attacks, fractions):
     rule = aggregation_config.AggregationConfig(
         cell.rule, parameters or {}, lenient=True)
-    attack = attack_config.AttackConfig(
-        kind=cell.attack, malicious_fraction=cell.fraction, scale=base.scale,
-        backdoor_target=base.backdoor_target, seed=config.seed)
+    # A clean run records the attack flags' defaults, so studies of other
+    # attacks share it.
+    attack = attack_config.AttackConfig(seed=config.seed) if cell.clean else (
+        attack_config.AttackConfig(
+            kind=cell.attack, malicious_fraction=cell.fraction,
+            scale=base.scale, backdoor_target=base.backdoor_target,
+            seed=config.seed))
     out[cell.label] = dataclasses.replace(
         config, experiment_name=f'{config.experiment_name}_{cell.label}',
         algorithm=config.algorithm.replace(weighted=False, aggregation=rule,
@@ -195,8 +199,8 @@ def run_study(config: config_lib.ExperimentConfig, aggregators, attacks,
   train_guarded(comparison.flatten_seeded(seeded), log=log)
   results = {label: {s: run_result(c.run_dir) for s, c in by_seed.items()}
              for label, by_seed in seeded.items()}
-  root = os.path.join(config.logdir,
-                      REPORT_DIR.format(prefix=config.experiment_name))
+  root = os.path.join(config.logdir, REPORT_DIR.format(
+      prefix=config.experiment_name, attacks='_'.join(attacks)))
   os.makedirs(root, exist_ok=True)
   report, _ = comparison.seeds_report(
       {label: {s: {m: r[m] for m in SEED_METRICS} for s, r in by_seed.items()}
