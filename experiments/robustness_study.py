@@ -12,7 +12,8 @@ Trains the clean mean and every (rule, attack, fraction) at every seed as
 LOGDIR/PREFIX_<rule>_<attack>_<fraction>_seed<s>/ (a fraction of 0 is the
 rule's clean run, PREFIX_<rule>_clean_seed<s>/), uniformly weighted; re-
 running resumes unfinished runs and skips finished or diverged ones.
-Prints, and writes to LOGDIR/PREFIX_robustness_<attacks>/comparison.md with
+Prints, and writes to LOGDIR/PREFIX_robustness_<attacks>_<fractions>/
+comparison.md with
 accuracy_curves.png, per configuration the final held-out accuracy and
 backdoor success with 95 % Student-t intervals, the paired difference
 against the mean under the same attack and against the clean mean, and the

@@ -144,7 +144,9 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
   def initialize(self):
     return self.process.initialize()
 
-  def _client_data(self, round_num, client_ids, datasets):
+  def client_data(self, round_num, client_ids, datasets) -> list[Any]:
+    """The round's client data as the process takes it (attack inputs,
+    cohorts)."""
     data = list(datasets)
     if self._takes_attack:
       data = [collections.OrderedDict([(attack_client_work.DATA, d),
@@ -160,7 +162,7 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
 
   def next(self, state, round_num, client_ids, client_datasets):
     output = self.process.next(
-        state, self._client_data(round_num, client_ids, client_datasets))
+        state, self.client_data(round_num, client_ids, client_datasets))
     work = collections.OrderedDict(output.metrics['client_work'])
     aggregator = output.metrics.get('aggregator')
     if cohort_client_work.EXCLUDED in work:

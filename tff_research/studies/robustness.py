@@ -16,12 +16,12 @@ divergence guard stops is a result, not an error: it is recorded as
 diverged (a `stopped.txt` beside its metrics, so a re-run does not train it
 again) and has no final accuracy (an evaluation before it diverged would
 flatter it); the table counts the diverged seeds. The report, in
-LOGDIR/PREFIX_robustness_<attacks>/comparison.md with the accuracy plot: per cell the
-final held-out accuracy and backdoor success (mean and 95 % Student-t
-interval over seeds), the paired difference against the mean under the
-same attack and fraction (and against the clean mean), and how many seeds
-diverged; then the multi-seed report of `comparison.seeds_report` against
-`mean_clean`.
+LOGDIR/PREFIX_robustness_<attacks>_<fractions>/comparison.md with the
+accuracy plot: per cell the final held-out accuracy and backdoor success
+(mean and 95 % Student-t interval over seeds), the paired difference
+against the mean under the same attack and fraction (and against the clean
+mean), and how many seeds diverged; then the multi-seed report of
+`comparison.seeds_report` against `mean_clean`.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from tff_research.studies import statistics
 CLEAN = 'mean_clean'
 STOPPED = 'stopped.txt'
 SEED_METRICS = ('final_accuracy', 'backdoor_success')
-REPORT_DIR = '{prefix}_robustness_{attacks}'
+REPORT_DIR = '{prefix}_robustness_{attacks}_{fractions}'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,7 +200,8 @@ def run_study(config: config_lib.ExperimentConfig, aggregators, attacks,
   results = {label: {s: run_result(c.run_dir) for s, c in by_seed.items()}
              for label, by_seed in seeded.items()}
   root = os.path.join(config.logdir, REPORT_DIR.format(
-      prefix=config.experiment_name, attacks='_'.join(attacks)))
+      prefix=config.experiment_name, attacks='_'.join(attacks),
+      fractions='_'.join(f'{f:g}' for f in fractions)))
   os.makedirs(root, exist_ok=True)
   report, _ = comparison.seeds_report(
       {label: {s: {m: r[m] for m in SEED_METRICS} for s, r in by_seed.items()}
