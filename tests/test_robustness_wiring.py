@@ -224,6 +224,23 @@ def test_every_rule_is_the_mean_when_all_clients_are_honest_and_identical(
   assert metrics['robustness']['excluded_clients'] == 0
 
 
+def test_norm_bound_composes_before_dp_and_bounds_the_attacker(honest_update):
+  update, metrics = _one_round(
+      '--robust_aggregation=norm_bound', '--norm_bound=0.2', '--dp=server',
+      '--dp_clip=1', '--dp_noise_multiplier=0', '--attack=sign_flip',
+      '--malicious_fraction=0.2', '--attack_scale=10')
+  # Every update is projected to norm 0.2 before DP's clip (1) and sum: four
+  # honest 0.2 u/|u| against one -0.2 u/|u|, so the step is along +u.
+  assert np.linalg.norm(honest_update) > 0.2
+  cosine = np.dot(update, honest_update) / (
+      np.linalg.norm(update) * np.linalg.norm(honest_update))
+  assert cosine == pytest.approx(1.0, abs=1e-5)
+  assert metrics['robustness'] == dict(excluded_clients=0.0,
+                                       clipped_clients=5.0)
+  assert metrics['attack'] == dict(malicious_clients=1.0)
+  assert 'epsilon' in metrics['dp']
+
+
 def test_scaffold_takes_the_rule_for_its_model_delta(honest_update):
   attacked, metrics = _one_round(
       '--algorithm=scaffold', '--client_optimizer=sgd',
