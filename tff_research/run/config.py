@@ -247,10 +247,12 @@ class ExperimentConfig:
                            dataclasses.replace(self.algorithm, dp=synced))
 
   def _check_robustness(self) -> None:
-    """The attack's seed is the run's; the rule against the round size and
-    the backdoor target against the classes (one line each)."""
+    """An attack's seed is the run's (no attack keeps the default 0, so
+    runs differing only in seed have equal algorithm configs); the rule
+    against the round size and the backdoor target against the classes
+    (one line each)."""
     attack = self.algorithm.attack
-    if attack.seed != self.seed:
+    if attack.active and attack.seed != self.seed:
       object.__setattr__(self, 'algorithm', dataclasses.replace(
           self.algorithm, attack=dataclasses.replace(attack, seed=self.seed)))
     attack.check_classes(num_classes_of(self.data.dataset))
@@ -381,7 +383,7 @@ def from_hparams(
       attack=attack_config.AttackConfig(
           kind=v['attack'], malicious_fraction=v['malicious_fraction'],
           scale=v['attack_scale'], backdoor_target=v['backdoor_target'],
-          seed=v['seed']),
+          seed=v['seed'] if v['attack'] != 'none' else 0),
       **hyperparameters)
   return ExperimentConfig(
       experiment_name=v['experiment_name'], logdir=v['logdir'],

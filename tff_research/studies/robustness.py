@@ -94,7 +94,7 @@ def configs(config: config_lib.ExperimentConfig, aggregators, attacks,
         cell.rule, parameters or {}, lenient=True)
     # A clean run records the attack flags' defaults, so studies of other
     # attacks share it.
-    attack = attack_config.AttackConfig(seed=config.seed) if cell.clean else (
+    attack = attack_config.AttackConfig() if cell.clean else (
         attack_config.AttackConfig(
             kind=cell.attack, malicious_fraction=cell.fraction,
             scale=base.scale, backdoor_target=base.backdoor_target,
