@@ -25,6 +25,10 @@ import tensorflow_federated as tff
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import cohort_client_work
 from tff_research.aggregators import excluding_mean as robust_aggregation
+from tff_research.attacks import client_work as attack_client_work
+from tff_research.attacks import config as attack_config
+from tff_research.attacks import metrics as attack_metrics
+from tff_research.attacks import selection
 
 
 class FederatedAlgorithm(abc.ABC):
@@ -37,6 +41,22 @@ class FederatedAlgorithm(abc.ABC):
   # Whether a round in which no client reports still runs `next` (server
   # DP adds its noise to the empty sum); otherwise the loop skips it.
   runs_empty_rounds: bool = False
+  # The run's attack and its malicious training clients (`set_attack`).
+  attack: attack_config.AttackConfig = attack_config.AttackConfig()
+  malicious: frozenset[str] = frozenset()
+
+  def set_attack(self, attack: attack_config.AttackConfig,
+                 client_ids: Sequence[str]) -> None:
+    """Sets the attack and its malicious clients among `client_ids`."""
+    self.attack = attack
+    self.malicious = frozenset(attack.malicious(client_ids))
+
+  def round_mask(self, client_ids: Sequence[str]):
+    """The malicious positions of a round run on one machine (positions
+    are the round's client order), or None without an attack."""
+    if not self.attack.active:
+      return None
+    return selection.round_mask(client_ids, self.malicious)
 
   @abc.abstractmethod
   def initialize(self) -> Any:
@@ -109,7 +129,9 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
 
   A process whose client work trains cohorts (`cohort_client_work`) gets
   each round's clients packed into `cohorts` cohorts of contiguous clients
-  (one per TFF worker: each runs its cohort in one call).
+  (one per TFF worker: each runs its cohort in one call). A process whose
+  client work reads attack inputs (`attacks.client_work.with_update_attack`)
+  gets each client's flag and noise seed beside its data.
   """
 
   def __init__(self, process: tff.learning.templates.LearningProcess,
@@ -117,29 +139,44 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
     self.process = process
     self.cohorts = max(1, int(cohorts))
     self._takes_cohorts = cohort_client_work.takes_cohorts(process)
+    self._takes_attack = attack_client_work.takes_attack(process)
 
   def initialize(self):
     return self.process.initialize()
 
-  def next(self, state, round_num, client_ids, client_datasets):
-    del round_num, client_ids  # TFF's processes are stateless across clients.
-    data = list(client_datasets)
+  def client_data(self, round_num, client_ids, datasets) -> list[Any]:
+    """The round's client data as the process takes it (attack inputs,
+    cohorts)."""
+    data = list(datasets)
+    if self._takes_attack:
+      data = [collections.OrderedDict([(attack_client_work.DATA, d),
+                                       (attack_client_work.ATTACK, a)])
+              for d, a in zip(data, self.attack.client_inputs(
+                  self.malicious, round_num, client_ids))]
     if self._takes_cohorts:
       data = [cohort_client_work.cohort_data([data[i] for i in members],
                                              members)
               for members in cohort_client_work.split_cohorts(
                   len(data), self.cohorts)]
-    output = self.process.next(state, data)
+    return data
+
+  def next(self, state, round_num, client_ids, client_datasets):
+    output = self.process.next(
+        state, self.client_data(round_num, client_ids, client_datasets))
     work = collections.OrderedDict(output.metrics['client_work'])
-    # The count of excluded non-finite client updates: the model
-    # aggregator's, or the cohort client work's.
-    excluded = robust_aggregation.robustness_group(
-        output.metrics.get('aggregator')) or robust_aggregation.robustness_group(
-            {robust_aggregation.MEASUREMENT: work.pop(
-                cohort_client_work.EXCLUDED)} if cohort_client_work.EXCLUDED
-            in work else None)
+    aggregator = output.metrics.get('aggregator')
+    if cohort_client_work.EXCLUDED in work:
+      # The cohort client work counts the excluded non-finite updates.
+      aggregator = {robust_aggregation.MEASUREMENT: work.pop(
+          cohort_client_work.EXCLUDED)}
+    attack = work.pop(attack_client_work.ATTACK, None)
+    # The mask collected in the round lines up with the rule's positions on
+    # workers too; without it (no attacked client work) the ids give it.
+    mask = (self.round_mask(client_ids) if attack is None
+            else attack['malicious_mask'])
     metrics = client_metrics.unpack(work)
-    metrics.update(excluded)
+    metrics.update(attack_metrics.round_groups(aggregator, len(client_ids),
+                                               mask))
     return output.state, metrics
 
   def get_model_weights(self, state):

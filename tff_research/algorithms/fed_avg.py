@@ -25,6 +25,14 @@ distributor, aggregator (the cohorts' weighted mean) and finalizer with
     {<batches=<B, int32>*, members=int32*>}@CLIENTS
 
 and `base.LearningProcessAlgorithm` packs each round's clients into it.
+
+With another rule (`--robust_aggregation`) or DP the model aggregator is
+`AlgorithmConfig.model_aggregator()`, given to TFF's builders. With an
+attack (`--attack`) the process is TFF's FedAvg composition with TFF's
+`build_model_delta_client_work` wrapped by
+`attacks.client_work.with_update_attack` (the malicious clients' update
+transform, and the malicious mask collected beside the rule's kept
+positions); each client's data is then `<data=B*, attack=A*>`.
 """
 
 from __future__ import annotations
@@ -33,12 +41,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import tensorflow_federated as tff
+# `as_weighted_aggregator`, as TFF's `build_unweighted_fed_avg` uses it: TFF
+# exports no name for it.
+from tensorflow_federated.python.aggregators import factory_utils
 
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import cohort_client_work
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
+from tff_research.aggregators import collection
+from tff_research.attacks import client_work as attack_client_work
 
 
 def build_fed_avg(
@@ -50,6 +63,8 @@ def build_fed_avg(
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     metrics_aggregator=None,
     cohort_capacity: Optional[int] = None,
+    attack_capacity: Optional[int] = None,
+    update_fn: Optional[attack_client_work.UpdateFn] = None,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg as a `LearningProcess`, example-weighted or uniform.
 
@@ -67,12 +82,29 @@ def build_fed_avg(
       cohorts of up to this many (the number of training clients); the
       non-finite-excluding mean and the per-client metrics table are then
       the cohort client work's, and `metrics_aggregator` is not used.
+    attack_capacity: when set, the client work reads every client's attack
+      input and reports the malicious mask (of up to this many clients);
+      `update_fn` (None: none) transforms the malicious clients' updates
+      (`attacks.client_work.with_update_attack`).
+    update_fn: see `attack_capacity`.
   """
   if server_optimizer is None:
     server_optimizer = tff.learning.optimizers.build_sgdm(learning_rate=1.0)
   if cohort_capacity is not None and model_aggregator is None:
     return _build_cohort_fed_avg(model_fn, client_optimizer, server_optimizer,
                                  weighted, cohort_capacity)
+  if attack_capacity is not None:
+    client_work = attack_client_work.with_update_attack(
+        tff.learning.templates.build_model_delta_client_work(
+            model_fn, client_optimizer,
+            tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
+            else tff.learning.ClientWeighting.UNIFORM,
+            metrics_aggregator=metrics_aggregator),
+        update_fn, attack_capacity)
+    aggregator = model_aggregator or tff.aggregators.MeanFactory()
+    return _compose(model_fn, client_work, aggregator if weighted else
+                    factory_utils.as_weighted_aggregator(aggregator),
+                    server_optimizer)
   if weighted:
     return tff.learning.algorithms.build_weighted_fed_avg(
         model_fn,
@@ -90,9 +122,9 @@ def build_fed_avg(
   )
 
 
-def _build_cohort_fed_avg(model_fn, client_optimizer, server_optimizer,
-                          weighted, capacity):
-  """TFF's FedAvg composition with the cohort client work."""
+def _compose(model_fn, client_work, aggregator, server_optimizer):
+  """TFF's FedAvg composition around `client_work`, with the weighted
+  aggregation factory `aggregator`."""
 
   @tff.tensorflow.computation
   def initial_weights():
@@ -102,34 +134,50 @@ def _build_cohort_fed_avg(model_fn, client_optimizer, server_optimizer,
   return tff.learning.templates.compose_learning_process(
       initial_weights,
       tff.learning.templates.build_broadcast_process(weights_type),
-      cohort_client_work.build_cohort_client_work(
-          model_fn, client_optimizer, weighted=weighted, capacity=capacity),
-      # The cohorts' means weighted by their weights: the clients' mean. A
-      # round whose every client was left out averages to a zero update.
-      tff.aggregators.MeanFactory(no_nan_division=True).create(
-          weights_type.trainable, tff.TensorType(np.float32)),
+      client_work,
+      aggregator.create(weights_type.trainable, tff.TensorType(np.float32)),
       tff.learning.templates.build_apply_optimizer_finalizer(
           server_optimizer, weights_type),
   )
 
 
+def _build_cohort_fed_avg(model_fn, client_optimizer, server_optimizer,
+                          weighted, capacity):
+  """TFF's FedAvg composition with the cohort client work."""
+  return _compose(
+      model_fn,
+      cohort_client_work.build_cohort_client_work(
+          model_fn, client_optimizer, weighted=weighted, capacity=capacity),
+      # The cohorts' means weighted by their weights: the clients' mean. A
+      # round whose every client was left out averages to a zero update.
+      tff.aggregators.MeanFactory(no_nan_division=True), server_optimizer)
+
+
 def config_arguments(config, client_ids) -> dict[str, Any]:
   """The `build_fed_avg` arguments every FedAvg-based spec takes from its
   validated `registry.AlgorithmConfig`: client optimizer, weighting, and
-  either the DP model aggregator (`config.model_aggregator()`) with
-  per-client metrics over the training clients `client_ids`, or, without
-  DP and with known clients, cohorts of up to `len(client_ids)` clients
-  (FedProx and the adaptive server optimizers build on FedAvg with these
-  too)."""
-  if config.dp is None and len(client_ids):
-    return dict(client_optimizer=hp.build_client_optimizer(config.values),
-                weighted=config.weighted, cohort_capacity=len(client_ids))
-  return dict(
-      client_optimizer=hp.build_client_optimizer(config.values),
+  either the model aggregator (`config.model_aggregator()`: the robust
+  rule, then DP) with per-client metrics over the training clients
+  `client_ids` and, with an attack, the attacked client work; or, with the
+  plain mean, no DP, no attack and known clients, cohorts of up to
+  `len(client_ids)` clients (FedProx and the adaptive server optimizers
+  build on FedAvg with these too)."""
+  client_optimizer = hp.build_client_optimizer(config.values)
+  capacity = len(client_ids)
+  if (config.dp is None and config.aggregation.is_mean
+      and not config.attack.active and len(client_ids)):
+    return dict(client_optimizer=client_optimizer, weighted=config.weighted,
+                cohort_capacity=capacity)
+  arguments = dict(
+      client_optimizer=client_optimizer,
       weighted=config.weighted,
-      model_aggregator=config.model_aggregator(),
+      model_aggregator=config.model_aggregator(capacity),
       metrics_aggregator=client_metrics.for_clients(client_ids),
   )
+  if config.attack.active:
+    arguments.update(attack_capacity=capacity or collection.DEFAULT_CAPACITY,
+                     update_fn=config.attack.update_fn())
+  return arguments
 
 
 def _build(config, model_fn, client_ids):
@@ -146,6 +194,7 @@ SPEC = spec.AlgorithmSpec(
     build=_build,
     hyperparameters=(*hp.CLIENT, hp.SERVER_LEARNING_RATE),
     dp_capable=True,
+    update_attacks=True,
     clusterable=True,
     comparison_client_learning_rate=10**-1,
     docs='README.md',

@@ -62,6 +62,8 @@ def build_fed_prox(
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     metrics_aggregator=None,
     cohort_capacity: Optional[int] = None,
+    attack_capacity: Optional[int] = None,
+    update_fn=None,
 ) -> tff.learning.templates.LearningProcess:
   """FedProx as a `LearningProcess`, example-weighted or uniform.
 
@@ -73,7 +75,8 @@ def build_fed_prox(
       learning rate 1.0.
     weighted: weight clients by number of examples (True) or uniformly.
     model_aggregator: aggregation of client deltas; TFF's mean by default.
-    metrics_aggregator, cohort_capacity: as `fed_avg.build_fed_avg`'s.
+    metrics_aggregator, cohort_capacity, attack_capacity, update_fn: as
+      `fed_avg.build_fed_avg`'s.
 
   Raises:
     ValueError: if `proximal_strength` is negative.
@@ -91,6 +94,8 @@ def build_fed_prox(
       model_aggregator=model_aggregator,
       metrics_aggregator=metrics_aggregator,
       cohort_capacity=cohort_capacity,
+      attack_capacity=attack_capacity,
+      update_fn=update_fn,
   )
 
 
@@ -179,6 +184,7 @@ SPEC = spec.AlgorithmSpec(
     build=_build,
     hyperparameters=(*hp.CLIENT, hp.SERVER_LEARNING_RATE, PROXIMAL_STRENGTH),
     dp_capable=True,
+    update_attacks=True,
     # FedProx is FedAvg plus the proximal term: FedAvg's client rate.
     comparison_client_learning_rate=10**-1,
 )

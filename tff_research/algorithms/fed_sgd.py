@@ -82,7 +82,7 @@ def _check(config):
 def _build(config, model_fn, client_ids):
   return base.LearningProcessAlgorithm(build_fed_sgd(
       model_fn, learning_rate=config.server_learning_rate,
-      model_aggregator=config.model_aggregator(),
+      model_aggregator=config.model_aggregator(len(client_ids)),
       metrics_aggregator=client_metrics.for_clients(client_ids)))
 
 

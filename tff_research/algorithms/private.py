@@ -43,7 +43,11 @@ import numpy as np
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.aggregators import excluding_mean as robust_aggregation
+from tff_research.attacks import client_work as attack_client_work
+from tff_research.attacks import metrics as attack_metrics
 from tff_research.privacy import dp_config
+
+_CLIPPED = 'clipped_count'
 
 
 class PrivateAlgorithm(base.FederatedAlgorithm):
@@ -90,19 +94,33 @@ class PrivateAlgorithm(base.FederatedAlgorithm):
     return int(np.max(participation, initial=0))
 
   def next(self, state, round_num, client_ids, client_datasets):
-    output = self.process.next(state['process'], list(client_datasets))
+    output = self.process.next(state['process'], self.inner.client_data(
+        round_num, client_ids, client_datasets))
     participation = self._participation_after(
         state['participation'], client_ids
     )
-    metrics = client_metrics.unpack(output.metrics['client_work'])
+    work = collections.OrderedDict(output.metrics['client_work'])
+    attack = work.pop(attack_client_work.ATTACK, None)
+    metrics = client_metrics.unpack(work)
+    aggregator = output.metrics['aggregator']
+    bound = None
+    if _CLIPPED in aggregator:
+      # --robust_aggregation=norm_bound: TFF's clipping_factory in front of
+      # DP, its inner (DP) measurements under `clipping`.
+      bound, aggregator = aggregator, aggregator['clipping']
     dp = collections.OrderedDict(
-        (k, np.asarray(v)) for k, v in output.metrics['aggregator'].items()
+        (k, np.asarray(v)) for k, v in aggregator.items()
     )
     # Clients whose update was non-finite (zeroed): the metric every
-    # algorithm reports (robust_aggregation), not a DP statistic.
-    metrics.update(robust_aggregation.robustness_group(
+    # algorithm reports (robust_aggregation), not a DP statistic; the
+    # malicious clients under an attack (no kept positions under DP).
+    metrics.update(attack_metrics.round_groups(
         {robust_aggregation.MEASUREMENT: dp.pop(
-            robust_aggregation.MEASUREMENT)}))
+            robust_aggregation.MEASUREMENT)}, len(client_ids),
+        None if attack is None else attack['malicious_mask']))
+    if bound is not None:
+      metrics[attack_metrics.ROBUSTNESS][attack_metrics.CLIPPED] = float(
+          np.asarray(bound[_CLIPPED]))
     spent = self._spent(round_num, participation)
     dp['epsilon'] = self.accountant.epsilon(spent)
     if self.config.mode == 'client':

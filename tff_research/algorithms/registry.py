@@ -10,7 +10,15 @@ combination rules, and the two axes that wrap an algorithm:
 * clustering (`clustering='cosine'|'l2'` and its hyperparameters): clustered
   FL (Sattler et al. 2020; Ghosh et al. 2020) runs a `clusterable`
   algorithm's rounds per cluster. It is an axis, not an algorithm: the
-  clustered process is FedAvg with K models and per-client assignments.
+  clustered process is FedAvg with K models and per-client assignments;
+* aggregation (`aggregation`, an `aggregators.config.AggregationConfig`):
+  the robust rule of the model aggregator, composed before DP
+  (`model_aggregator()`); every algorithm that aggregates model deltas
+  through a factory takes it (the FedAvg family, FedSGD, SCAFFOLD);
+  clustered FL refuses any rule but the mean (see `_check_axes`);
+* attack (`attack`, an `attacks.config.AttackConfig`): data attacks act in
+  the run's data path and apply to every algorithm; update attacks wrap the
+  client work of specs with `update_attacks`.
 
 Adding an algorithm: write its module with a `SPEC`, add it to `SPECS`.
 """
@@ -32,10 +40,13 @@ from tff_research.algorithms import fed_prox
 from tff_research.algorithms import fed_sgd
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import private
-from tff_research.aggregators import excluding_mean as robust_aggregation
+from tff_research.aggregators import collection
+from tff_research.aggregators import config as aggregation_config
+from tff_research.aggregators import excluding_mean
 from tff_research.algorithms import scaffold
 from tff_research.algorithms import server_optimizers
 from tff_research.algorithms import spec as spec_lib
+from tff_research.attacks import config as attack_config
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
@@ -251,6 +262,9 @@ def _does_not_apply(name, value, spec, values) -> str:
           f' applies to {scope(name)}')
 
 
+_FIELDS = ('algorithm', 'weighted', 'dp', 'aggregation', 'attack')
+
+
 @dataclasses.dataclass(frozen=True, init=False)
 class AlgorithmConfig:
   """An algorithm and its resolved hyperparameters; valid by construction.
@@ -264,15 +278,22 @@ class AlgorithmConfig:
     hyperparameters: ((name, value), ...) of every hyperparameter the
       algorithm uses, resolved, sorted by name.
     dp: the DP mechanism (`privacy.dp_config.DPConfig`), None = no DP.
+    aggregation: the robust rule (`aggregators.config.AggregationConfig`).
+    attack: the simulated attack (`attacks.config.AttackConfig`).
   """
 
   algorithm: str
   weighted: bool
   hyperparameters: tuple[tuple[str, Any], ...]
   dp: Any
+  aggregation: aggregation_config.AggregationConfig
+  attack: attack_config.AttackConfig
 
   def __init__(self, algorithm: str = 'fedavg', *, weighted: bool = True,
                dp: Any = None, hyperparameters=(), lenient: bool = False,
+               aggregation: Optional[
+                   aggregation_config.AggregationConfig] = None,
+               attack: Optional[attack_config.AttackConfig] = None,
                **given):
     spec = get_spec(algorithm)
     given = {**dict(hyperparameters), **given}
@@ -281,9 +302,41 @@ class AlgorithmConfig:
     object.__setattr__(self, 'weighted', bool(weighted))
     object.__setattr__(self, 'hyperparameters', tuple(sorted(values.items())))
     object.__setattr__(self, 'dp', dp)
+    object.__setattr__(self, 'aggregation',
+                       aggregation or aggregation_config.AggregationConfig())
+    object.__setattr__(self, 'attack', attack or attack_config.AttackConfig())
     if spec.check is not None:
       spec.check(self)
     self._check_dp()
+    self._check_axes()
+
+  def _check_axes(self) -> None:
+    """The aggregation and attack axes against the algorithm (one line)."""
+    rule = self.aggregation
+    refusal = rule.refusal(weighted=self.weighted,
+                           dp=None if self.dp is None else self.dp.mode)
+    if refusal:
+      raise ValueError(refusal)
+    if self.clustered and not rule.is_mean:
+      raise ValueError(
+          f'--robust_aggregation={rule.name} is not valid with --clustering:'
+          ' clustered FL averages every cluster at once with one federated'
+          ' sum over K one-hot cluster slots (algorithms/clustered.py), which'
+          ' has no per-cluster aggregation factory to put a rule in; valid'
+          ' with --clustering: mean')
+    attack = self.attack
+    if attack.attacks_updates and (self.clustered
+                                   or not self.spec.update_attacks):
+      capable = '|'.join(s.name for s in SPECS.values() if s.update_attacks)
+      what = (f'--attack={attack.kind}' if attack.kind != 'backdoor' else
+              f'--attack=backdoor --attack_scale={attack.scale:g}')
+      raise ValueError(
+          f'{what} is not valid with --algorithm={self.algorithm}'
+          + (f' --clustering={self.clustering}' if self.clustered else '')
+          + ': it changes the update inside the client work, which only'
+          f' --algorithm={capable} (without clustering) expose; data attacks'
+          ' (label_flip, backdoor with --attack_scale=1) apply to every'
+          ' algorithm')
 
   def _check_dp(self) -> None:
     if self.dp is None:
@@ -322,18 +375,28 @@ class AlgorithmConfig:
   def clustered(self) -> bool:
     return self.values.get('clustering', 'none') != 'none'
 
-  def model_aggregator(self):
-    """The model aggregator every TFF-built algorithm takes.
+  def model_aggregator(self, capacity: int = collection.DEFAULT_CAPACITY):
+    """The model aggregator every algorithm that aggregates model deltas
+    through a factory takes: the robust rule, then DP
+    (`aggregators.config.AggregationConfig.compose`).
 
+    Without DP, the rule's factory: the mean is the one that excludes
+    non-finite client updates and counts them (`excluding_mean`, both a
+    weighted and an unweighted factory; TFF's own mean averages a diverged
+    client's zeroed delta into a uniform mean and counts nothing), and
+    every rule reports the positions it kept (`kept_share`, float32[
+    `capacity`]: the most clients a round can have, the training clients;
+    0 = unknown, collection's default), except the plain mean of a run
+    without an attack, which has no positions to count.
     With DP, the DP aggregator of `dp` (it zeroes non-finite updates and
-    counts them itself). Otherwise the mean that excludes non-finite client
-    updates and counts them (`robust_aggregation.ExcludingMeanFactory`,
-    both a weighted and an unweighted factory): TFF's own mean averages a
-    diverged client's zeroed delta into a uniform mean and counts nothing.
+    counts them itself), behind the rule if it is not the mean.
     """
-    if self.dp is not None:
-      return self.dp.model_aggregator()
-    return robust_aggregation.ExcludingMeanFactory()
+    if self.dp is None and self.aggregation.is_mean and not self.attack.active:
+      # Nothing counts kept positions: the plain excluding mean.
+      return excluding_mean.ExcludingMeanFactory()
+    dp_factory = None if self.dp is None else self.dp.model_aggregator()
+    return self.aggregation.compose(
+        dp_factory, int(capacity) or collection.DEFAULT_CAPACITY)
 
   def replace(self, **changes) -> 'AlgorithmConfig':
     """A copy with `changes` (fields or hyperparameters), re-validated.
@@ -342,8 +405,7 @@ class AlgorithmConfig:
     algorithm's defaults carry over where the new one uses them; the rest
     take the new algorithm's defaults.
     """
-    fields = {k: changes.pop(k) for k in ('algorithm', 'weighted', 'dp')
-              if k in changes}
+    fields = {k: changes.pop(k) for k in _FIELDS if k in changes}
     hyperparameters = self.values
     lenient = False
     if fields.get('algorithm', self.algorithm) != self.algorithm:
@@ -355,6 +417,8 @@ class AlgorithmConfig:
         fields.get('algorithm', self.algorithm),
         weighted=fields.get('weighted', self.weighted),
         dp=fields.get('dp', self.dp), lenient=lenient,
+        aggregation=fields.get('aggregation', self.aggregation),
+        attack=fields.get('attack', self.attack),
         **{**hyperparameters, **changes})
     if lenient and changes:
       # Values given now must apply: validate them strictly.
@@ -395,6 +459,7 @@ def build_algorithm(
     algorithm = config.spec.build(config, model_fn, client_ids)
   if isinstance(algorithm, base.LearningProcessAlgorithm):
     algorithm.cohorts = max(1, int(cohorts))
+  algorithm.set_attack(config.attack, client_ids)
   if config.dp is not None:
     algorithm = private.PrivateAlgorithm(algorithm, config.dp, client_ids)
   return algorithm

@@ -23,11 +23,15 @@ c_i unchanged (its weight is zero, as in TFF's FedAvg). Local steps are plain
 SGD: the option-II estimate (x - y) / (K eta_l) is the mean corrected gradient
 only for SGD, so other client optimizers are rejected.
 
-`mean_S(Delta y_i)` goes through a TFF weighted aggregator (`MeanFactory` by
-default) with weight n_i (`weighted=True`, like the project's FedAvg) or 1
-(`weighted=False`, the paper's uniform mean). The control variates are always
-summed exactly and divided by N: that keeps c equal to the uniform mean of
-every c_i, which is what the correction g_i - c_i + c relies on.
+`mean_S(Delta y_i)` goes through the run's model aggregator (TFF's
+`MeanFactory` by default; in the pipeline `AlgorithmConfig.
+model_aggregator()`, the configured robust rule) with weight n_i
+(`weighted=True`, like the project's FedAvg) or 1 (`weighted=False`, the
+paper's uniform mean; a rule that takes no weight, such as the median,
+needs it). The robust rule applies to the model delta only. The control
+variates are always summed exactly and divided by N: that keeps c equal to
+the uniform mean of every c_i, which is what the correction g_i - c_i + c
+relies on (so a data attacker's c_i does enter c).
 
 Why not `tff.learning.templates.compose_learning_process`: a
 `LearningProcess.next` takes (server state, client data) and returns
@@ -69,15 +73,16 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.aggregators import factory_utils
 from tensorflow_federated.python.core.impl.types import computation_types
 from tensorflow_federated.python.learning import tensor_utils
 
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import client_state
-from tff_research.aggregators import excluding_mean as robust_aggregation
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import spec
+from tff_research.attacks import metrics as attack_metrics
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
@@ -88,6 +93,19 @@ def _global_norm(tensors) -> tf.Tensor:
   )
 
 
+def _weighted_process(factory, value_type):
+  """`factory`'s weighted process for `value_type` (TFF's `MeanFactory` by
+  default). An unweighted factory (a robust rule that collects the updates)
+  ignores the weight, as TFF's `build_unweighted_fed_avg` does: a client
+  with no steps or a non-finite update sends a zero delta, which its rule
+  excludes."""
+  if factory is None:
+    factory = tff.aggregators.MeanFactory()
+  if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
+    factory = factory_utils.as_weighted_aggregator(factory)
+  return factory.create(value_type, computation_types.TensorType(np.float32))
+
+
 def build_scaffold_process(
     model_fn: ModelFn,
     *,
@@ -95,7 +113,7 @@ def build_scaffold_process(
     client_learning_rate: float,
     server_learning_rate: float = 1.0,
     weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.WeightedAggregationFactory] = None,
+    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
 ) -> tff.templates.IterativeProcess:
   """SCAFFOLD's federated computations as an `IterativeProcess`.
 
@@ -109,8 +127,8 @@ def build_scaffold_process(
     server_learning_rate: eta_g applied to the averaged model delta.
     weighted: weight model deltas by the client's number of examples (True)
       or uniformly (False, as in the paper).
-    model_aggregator: weighted aggregation of the model deltas; TFF's
-      `MeanFactory()` by default.
+    model_aggregator: aggregation of the model deltas (weighted, or an
+      unweighted robust rule); TFF's `MeanFactory()` by default.
   """
   if num_clients < 1:
     raise ValueError(f'num_clients={num_clients} is not valid: must be >= 1')
@@ -118,8 +136,6 @@ def build_scaffold_process(
                       ('server_learning_rate', server_learning_rate)):
     if not value > 0:
       raise ValueError(f'{name}={value} is not valid: must be > 0')
-  if model_aggregator is None:
-    model_aggregator = tff.aggregators.MeanFactory()
   eta_l = float(client_learning_rate)
   eta_g = float(server_learning_rate)
 
@@ -132,9 +148,7 @@ def build_scaffold_process(
         num_clients)(model.metric_finalizers())
   control_type = weights_type.trainable
   data_type = tff.SequenceType(batch_type)
-  aggregation_process = model_aggregator.create(
-      control_type, computation_types.TensorType(np.float32)
-  )
+  aggregation_process = _weighted_process(model_aggregator, control_type)
 
   @tff.tensorflow.computation
   def server_init():
@@ -388,9 +402,10 @@ class Scaffold(base.FederatedAlgorithm):
             metrics).items()
         if _has_values(values)
     )
-    # The excluding mean's count (robust_aggregation), under its own group.
-    metrics.update(robust_aggregation.robustness_group(
-        metrics.pop('model_aggregator', None)))
+    # The rule's excluded, kept and (with an attack) malicious counts.
+    metrics.update(attack_metrics.round_groups(
+        metrics.pop('model_aggregator', None), len(client_ids),
+        self.round_mask(client_ids)))
     metrics['scaffold'] = collections.OrderedDict(
         metrics['scaffold'],
         new_clients=int(np.sum(participation[positions] == 0)),
@@ -469,7 +484,7 @@ def _build(config, model_fn, client_ids, tables=client_state.IN_MEMORY):
       client_learning_rate=config.client_learning_rate,
       server_learning_rate=config.server_learning_rate,
       weighted=config.weighted,
-      model_aggregator=config.model_aggregator(),
+      model_aggregator=config.model_aggregator(len(client_ids)),
       tables=tables,
   )
 

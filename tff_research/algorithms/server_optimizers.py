@@ -141,6 +141,8 @@ def build_fed_adaptive(
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     metrics_aggregator=None,
     cohort_capacity: Optional[int] = None,
+    attack_capacity: Optional[int] = None,
+    update_fn=None,
     **hyperparameters,
 ) -> tff.learning.templates.LearningProcess:
   """FedAvg with `algorithm`'s server optimizer (`build_server_optimizer`:
@@ -155,6 +157,8 @@ def build_fed_adaptive(
       model_aggregator=model_aggregator,
       metrics_aggregator=metrics_aggregator,
       cohort_capacity=cohort_capacity,
+      attack_capacity=attack_capacity,
+      update_fn=update_fn,
   )
 
 
@@ -214,6 +218,7 @@ def _spec(algorithm: str) -> spec.AlgorithmSpec:
       defaults={_HYPERPARAMETERS[arg].name: value
                 for arg, value in used.items()},
       dp_capable=True,
+      update_attacks=True,
       comparison_client_learning_rate=PAPER_CLIENT_LEARNING_RATES[algorithm],
   )
 

@@ -95,6 +95,9 @@ class AlgorithmSpec:
       needs the training client ids, and `build` takes a fourth argument,
       the `client_state.Tables` its rows live in.
     dp_capable: DP can replace its model aggregator (`--dp`).
+    update_attacks: its client work can be wrapped by an update attack
+      (`--attack=sign_flip|gaussian` or a boosted backdoor:
+      `attacks.client_work.with_update_attack`).
     clusterable: clustered FL can run it per cluster (`--clustering`).
     distributed: its rounds are mergeable (may run on remote workers).
     comparison_client_learning_rate: the client learning rate the
@@ -113,6 +116,7 @@ class AlgorithmSpec:
       default_factory=dict)
   per_client_state: bool = False
   dp_capable: bool = False
+  update_attacks: bool = False
   clusterable: bool = False
   distributed: bool = True
   comparison_client_learning_rate: Optional[float] = None

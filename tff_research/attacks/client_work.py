@@ -106,6 +106,15 @@ def update_attack(kind: str, scale: float) -> UpdateFn:
   return update_fn
 
 
+def takes_attack(process) -> bool:
+  """Whether `process.next` (a learning process or client work) takes client
+  data with attack inputs (`with_update_attack`)."""
+  parameter = process.next.type_signature.parameter
+  data = parameter[len(parameter) - 1].member
+  return isinstance(data, tff.StructType) and [
+      name for name, _ in tff.structure.iter_elements(data)] == [DATA, ATTACK]
+
+
 def with_update_attack(
     client_work: tff.learning.templates.ClientWorkProcess,
     update_fn: Optional[UpdateFn] = None,

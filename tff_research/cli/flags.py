@@ -20,8 +20,11 @@ from typing import Any, Optional
 
 from absl import flags
 
+from tff_research import attacks
 from tff_research import models
+from tff_research.aggregators import registry as aggregator_registry
 from tff_research.algorithms import registry
+from tff_research.attacks import config as attack_config
 from tff_research.run import config as config_lib
 from tff_research.run import run_directory
 
@@ -129,6 +132,24 @@ _FLAGS = (
     ('dp', 'dp_target_quantile', float,
      'With --dp_adaptive_clipping: fraction of updates left unclipped, in'
      ' (0, 1).'),
+    ('aggregation', 'robust_aggregation', str,
+     'The model aggregator\'s rule: {aggregators} (docs/robustness.md);'
+     ' mean = the non-finite-excluding mean. {unweighted} take no example'
+     ' weight: add --noweight_by_size.'),
+    ('attack', 'attack', str,
+     'Simulated malicious clients: none; label_flip (y -> C - 1 - y);'
+     ' sign_flip (send -s x the honest update); gaussian (send N(0, s^2));'
+     ' backdoor (pixel trigger on half of the examples relabelled to'
+     ' --backdoor_target, update boosted by s). s = --attack_scale.'),
+    ('attack', 'malicious_fraction', float,
+     'With --attack: fraction in [0, 1] of the training clients that attack'
+     ' (a seeded subset, fixed for the run).'),
+    ('attack', 'attack_scale', float,
+     'With --attack=sign_flip|gaussian|backdoor: s > 0 (backdoor: the'
+     ' model-replacement boost, 1 = none).'),
+    ('attack', 'backdoor_target', int,
+     'With --attack=backdoor: the class triggered examples are relabelled'
+     ' to.'),
     ('simulation', 'dropout_rate', float,
      'Probability in [0, 0.9] that each selected client silently fails to'
      ' report in a round (pure in seed and round); a round where all drop'
@@ -149,6 +170,7 @@ _ENUMS = {
     'eval_on': config_lib.EVAL_ON,
     'sampling': ('fixed', 'poisson'),
     'dp': ('none', 'server', 'client'),
+    'attack': attacks.NAMES,
 }
 
 
@@ -165,7 +187,14 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
       continue
     if name == 'algorithm':
       help_text = help_text.format(algorithms=', '.join(registry.SPECS))
+    if name == 'robust_aggregation':
+      help_text = help_text.format(
+          aggregators=', '.join(aggregator_registry.SPECS),
+          unweighted='|'.join(n for n, a in aggregator_registry.SPECS.items()
+                              if not a.weighted))
     default = defaults.get(name)
+    if name in aggregator_registry.all_parameters():
+      default = aggregator_registry.all_parameters()[name].default
     if name == 'experiment_name':
       default = None
     if name in _ENUMS:
@@ -195,6 +224,9 @@ def _entries():
   """(group, name, type, help) of every flag, the registered algorithms'
   hyperparameters included."""
   entries = list(_FLAGS)
+  for p in aggregator_registry.all_parameters().values():
+    entries.append(('aggregation', p.name, p.type,
+                    f'{p.help} Valid: {p.range_text}.'))
   for h in registry.all_hyperparameters().values():
     group = 'clustering' if h in registry.CLUSTERING_HYPERPARAMETERS else (
         'algorithm')
@@ -221,6 +253,9 @@ _APPLIES: dict[str, tuple[Callable[[config_lib.ExperimentConfig], bool],
         lambda c: c.algorithm.dp is not None
         and c.algorithm.dp.adaptive_clipping,
         'with --dp_adaptive_clipping'),
+    **{name: (lambda c, kinds=kinds: c.algorithm.attack.kind in kinds,
+              f'with --attack={"|".join(kinds)}')
+       for name, kinds in attack_config.APPLIES.items()},
     **{name: (lambda c: c.algorithm.dp is not None,
               'with --dp=server|client')
        for name in ('dp_clip', 'dp_noise_multiplier', 'dp_delta',

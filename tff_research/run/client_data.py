@@ -28,7 +28,7 @@ with the same seed (tested).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -77,6 +77,12 @@ def build_dataset_fn(client_data: tff.simulation.datasets.ClientData, *,
 
     return dataset_fn
 
+  return _eager_dataset_fn(client_data, preprocess)
+
+
+def _eager_dataset_fn(client_data, preprocess):
+  """`f(client_id, seed)`: the client's dataset made eagerly, then
+  `preprocess(dataset, seed)` traced once."""
   traced = tf.function(preprocess, reduce_retracing=True)
 
   def dataset_fn(client_id, seed):
@@ -84,6 +90,19 @@ def build_dataset_fn(client_data: tff.simulation.datasets.ClientData, *,
                   tf.constant(seed, tf.int64))
 
   return dataset_fn
+
+
+def build_poisoned_dataset_fn(client_data, poison, *, epochs: int,
+                              batch_size: int, shuffle_buffer: int):
+  """`f(client_id, seed)` as `build_dataset_fn`'s, with `poison` (a
+  malicious client's data attack, `attacks.config.AttackConfig.poison`)
+  applied to the client's examples before preprocessing: the same
+  elements in the same order as an honest client's, transformed. Traced
+  once, like the other paths; only the malicious clients take it."""
+  preprocess = preprocessing.build_preprocess_fn(
+      epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
+  return _eager_dataset_fn(
+      client_data, lambda dataset, seed: preprocess(poison(dataset), seed))
 
 
 def _reads_sql(client_data) -> bool:
@@ -100,16 +119,24 @@ def _reads_sql(client_data) -> bool:
 
 
 class TrainingData:
-  """`datasets(round, client_ids)`: the clients' local training data."""
+  """`datasets(round, client_ids)`: the clients' local training data; the
+  clients in `poisoned` get theirs through `poison` (a data attack)."""
 
   def __init__(self, client_data: tff.simulation.datasets.ClientData,
-               training: config_lib.TrainConfig, seed: int):
+               training: config_lib.TrainConfig, seed: int,
+               poison=None, poisoned: Collection[str] = ()):
     self._seed = seed
-    self._dataset_fn = build_dataset_fn(
-        client_data, epochs=training.client_epochs,
-        batch_size=training.batch_size, shuffle_buffer=training.shuffle_buffer)
+    settings = dict(epochs=training.client_epochs,
+                    batch_size=training.batch_size,
+                    shuffle_buffer=training.shuffle_buffer)
+    self._dataset_fn = build_dataset_fn(client_data, **settings)
+    self._poisoned = frozenset(poisoned) if poison is not None else frozenset()
+    self._poisoned_fn = (build_poisoned_dataset_fn(client_data, poison,
+                                                   **settings)
+                         if self._poisoned else None)
 
   def datasets(self, round_num: int,
                client_ids: Sequence[str]) -> list[tf.data.Dataset]:
-    return [self._dataset_fn(cid, shuffle_seed(self._seed, round_num, cid))
+    return [(self._poisoned_fn if cid in self._poisoned else
+             self._dataset_fn)(cid, shuffle_seed(self._seed, round_num, cid))
             for cid in client_ids]

@@ -85,16 +85,21 @@ class ClientSplit:
         else:
           recipes.append(test.recipe(cid))
       return per_client.RecipeSource(recipes, batch_size)
-    datasets = []
-    for cid in self.eval_client_ids:
-      if heldout:
-        ds = train.create_tf_dataset_for_client(cid)
-        if cid in self._test_ids:
-          ds = ds.concatenate(test.create_tf_dataset_for_client(cid))
-      else:
-        ds = test.create_tf_dataset_for_client(cid)
-      datasets.append(preprocessing.preprocess_for_eval(ds, batch_size))
-    return per_client.DatasetSource(datasets)
+    return per_client.DatasetSource([
+        preprocessing.preprocess_for_eval(self.raw_eval_dataset(cid),
+                                          batch_size)
+        for cid in self.eval_client_ids])
+
+  def raw_eval_dataset(self, client_id: str):
+    """An evaluation client's held-out examples before preprocessing (its
+    test split, or all its data if it is a held-out client)."""
+    train, test = self._data.train, self._data.test
+    if self._evaluation.eval_on != 'heldout_clients':
+      return test.create_tf_dataset_for_client(client_id)
+    ds = train.create_tf_dataset_for_client(client_id)
+    if client_id in self._test_ids:
+      ds = ds.concatenate(test.create_tf_dataset_for_client(client_id))
+    return ds
 
 
 def _count(client_data, client_id: str) -> int:

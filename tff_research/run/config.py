@@ -23,7 +23,9 @@ import dataclasses
 from typing import Any, Optional
 
 from tff_research import algorithms
+from tff_research.aggregators import config as aggregation_config
 from tff_research.algorithms import registry
+from tff_research.attacks import config as attack_config
 from tff_research.data import federated_data
 from tff_research.data import partition
 from tff_research.data import sampling
@@ -232,6 +234,7 @@ class ExperimentConfig:
                ' --clustering: each client is evaluated with its cluster\'s'
                ' model and held-out clients have no cluster; use'
                ' --eval_on=test_split')
+    self._check_robustness()
     dp = self.algorithm.dp
     if dp is not None:
       # The accountant assumes the loop's sampling: derive it, never restate.
@@ -242,6 +245,25 @@ class ExperimentConfig:
       if synced != dp:
         object.__setattr__(self, 'algorithm',
                            dataclasses.replace(self.algorithm, dp=synced))
+
+  def _check_robustness(self) -> None:
+    """An attack's seed is the run's (no attack keeps the default 0, so
+    runs differing only in seed have equal algorithm configs); the rule
+    against the round size and the backdoor target against the classes
+    (one line each)."""
+    attack = self.algorithm.attack
+    if attack.active and attack.seed != self.seed:
+      object.__setattr__(self, 'algorithm', dataclasses.replace(
+          self.algorithm, attack=dataclasses.replace(attack, seed=self.seed)))
+    attack.check_classes(num_classes_of(self.data.dataset))
+    training = self.training
+    if training.sampling == 'fixed' and training.client_fraction is None:
+      refusal = self.algorithm.aggregation.refusal(
+          weighted=self.algorithm.weighted,
+          dp=None if self.algorithm.dp is None else self.algorithm.dp.mode,
+          clients_per_round=(training.clients_per_round
+                             or DEFAULT_CLIENTS_PER_ROUND))
+      _require(refusal is None, refusal or '')
 
   @property
   def run_dir(self) -> str:
@@ -295,6 +317,13 @@ def to_hparams(config: ExperimentConfig) -> dict[str, Any]:
     out[name] = getattr(config.training, name)
   for name in _EVAL_FIELDS:
     out[name] = getattr(config.evaluation, name)
+  out[aggregation_config.FLAG] = alg.aggregation.name
+  rule = alg.aggregation.values
+  for name in aggregation_config.parameter_names():
+    out[name] = rule.get(name)
+  attack = alg.attack
+  out.update(attack=attack.kind, malicious_fraction=attack.malicious_fraction,
+             attack_scale=attack.scale, backdoor_target=attack.backdoor_target)
   dp = alg.dp
   out['dp'] = 'none' if dp is None else dp.mode
   for flag, field in _DP_FIELDS.items():
@@ -350,7 +379,12 @@ def from_hparams(
     hyperparameters.pop('clustering', None)  # 'none' is every algorithm's.
   algorithm = algorithms.AlgorithmConfig(
       v['algorithm'], weighted=v['weight_by_size'], dp=dp,
-      lenient=given is None, **hyperparameters)
+      lenient=given is None, aggregation=_aggregation(v, given),
+      attack=attack_config.AttackConfig(
+          kind=v['attack'], malicious_fraction=v['malicious_fraction'],
+          scale=v['attack_scale'], backdoor_target=v['backdoor_target'],
+          seed=v['seed'] if v['attack'] != 'none' else 0),
+      **hyperparameters)
   return ExperimentConfig(
       experiment_name=v['experiment_name'], logdir=v['logdir'],
       seed=v['seed'], data=data, model=v['model'], algorithm=algorithm,
@@ -358,3 +392,17 @@ def from_hparams(
       evaluation=EvaluationConfig(**{n: v[n] for n in _EVAL_FIELDS}),
       progress=v['progress'], workers=remote.parse_workers(
           v.get('workers') or ()))
+
+
+def _aggregation(v: Mapping[str, Any], given: Optional[Collection[str]]
+                 ) -> aggregation_config.AggregationConfig:
+  """The robust rule of flat values `v`: the parameters given on a command
+  line (each must apply to the rule), or every recorded one the rule takes
+  (a recorded run; missing ones take defaults)."""
+  names = aggregation_config.parameter_names()
+  if given is None:
+    return aggregation_config.AggregationConfig(
+        v[aggregation_config.FLAG], {n: v.get(n) for n in names},
+        lenient=True)
+  return aggregation_config.AggregationConfig(
+      v[aggregation_config.FLAG], {n: v[n] for n in names if n in given})

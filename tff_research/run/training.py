@@ -29,6 +29,7 @@ from tff_research.algorithms import client_state
 from tff_research.data import federated_data
 from tff_research.data import preprocessing
 from tff_research.execution import runtime
+from tff_research.run import attack_hook
 from tff_research.run import client_data as client_data_lib
 from tff_research.run import client_sampler
 from tff_research.run import client_split
@@ -184,6 +185,9 @@ def train(
 
 def _train(config, run, sampler, directory, log):
   release = release_lib.MetricsRelease(directory.metrics_path, config.run_dir)
+  attack = config.algorithm.attack
+  # The same pure function of (seed, training clients) as the algorithm's.
+  malicious = attack.malicious(run.split.train_client_ids)
   hooks = [
       dashboard.DashboardHook(
           data=run.data, sampler=sampler, run_directory=directory,
@@ -193,11 +197,16 @@ def _train(config, run, sampler, directory, log):
           k: v for k, v in config.algorithm.values.items()
           if k in ('client_learning_rate', 'server_learning_rate')}),
   ]
+  if attack.active:
+    hooks.append(attack_hook.AttackHook(
+        run.algorithm, attack, malicious, run.split, run.model_fn,
+        run.data.num_classes, config.evaluation.eval_batch_size))
   rows = loop.run_rounds(
       algorithm=run.algorithm,
       sampler=sampler,
       training_data=client_data_lib.TrainingData(
-          run.data.train, config.training, config.seed),
+          run.data.train, config.training, config.seed,
+          poison=attack.poison(run.data.num_classes), poisoned=malicious),
       state_manager=state_manager(directory.checkpoint_dir).bind_config(
           config_lib.to_hparams(config)),
       release=release,
