@@ -26,8 +26,8 @@ The algorithm
   statistic), (3) each side has `min_split_size` clients and fewer than K
   clusters exist; a cluster splits at most once per step. Every step logs
   the values and a decision code per cluster (`clustering.SplitDecision`).
-  `split_rule='gap'` is the earlier rule (every cross pair farther apart
-  than every within pair). The new cluster starts from the model it split
+  `split_rule='gap'` is a stricter alternative (every cross pair farther
+  apart than every within pair). The new cluster starts from the model it split
   from, then each cluster aggregates the updates of its own sampled clients,
   so the step's training is not wasted; every compared client is placed.
 * Other rounds: a sampled client trains its cluster's model; each cluster
@@ -876,11 +876,6 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
   def cluster_model_weights(self, state, cluster: int):
     return _slot(_weights(state['models']), cluster)
 
-  def assignment_of(self, state) -> dict[str, int]:
-    """Training client id -> cluster."""
-    return dict(zip(self._client_ids,
-                    np.asarray(state['assignments']).tolist()))
-
   def get_model_weights(self, state):
     """The model of the cluster with most training clients (ties: lowest id);
     with one cluster, the FedAvg model."""
@@ -947,7 +942,7 @@ def build_clustered_fed_avg(
     weighted: weight client updates by number of examples.
     split_rule: 'sattler' (Sattler et al.'s Algorithm 1: stationarity
       thresholds, complete-linkage bipartition, gamma_max criterion) or
-      'gap' (the earlier rule: every cross pair farther apart than every
+      'gap' (stricter: every cross pair farther apart than every
       within pair; recursive within a step; norm thresholds unused).
     split_mean_norm_max: eps_1 > 0: a cluster splits only if the norm of its
       clients' (weighted) mean update is below it; inf = no condition.
