@@ -34,8 +34,22 @@ from tff_research.attacks import selection
 class FederatedAlgorithm(abc.ABC):
   """A federated training algorithm driven round by round by the loop.
 
-  Everything the loop may ask of an algorithm is a method here; `next` and
-  every query are pure functions of their arguments (no call history).
+  A new algorithm implements two methods, as a FedJAX algorithm does
+  (`init`/`apply`):
+
+      initialize: () -> state
+      next: (state, round, client ids [K], client datasets [K])
+            -> (state, metrics)
+
+  Everything else the loop may ask is an optional capability with a
+  default: the model to evaluate (`get_model_weights`: the state's
+  `global_model_weights`, as in TFF's `LearningAlgorithmState`), which model
+  evaluates which client (`eval_model_groups`: the global one), budget
+  planning (`plan_rounds`: every round), costly reports (`report`: none),
+  communication size (`bytes_per_client`: the model down, an update up),
+  empty rounds (`runs_empty_rounds`: skipped) and the attack axis
+  (`set_attack`, `round_mask`). `next` and every query are pure functions
+  of their arguments (no call history).
   """
 
   # Whether a round in which no client reports still runs `next` (server
@@ -76,9 +90,15 @@ class FederatedAlgorithm(abc.ABC):
     and `num_examples` averaged over the clients' examples.
     """
 
-  @abc.abstractmethod
   def get_model_weights(self, state: Any) -> tff.learning.models.ModelWeights:
-    """The global model to evaluate/export."""
+    """The global model to evaluate/export: by default the state's
+    `global_model_weights`; a state that keeps it elsewhere overrides this."""
+    weights = getattr(state, 'global_model_weights', None)
+    if weights is None:
+      raise NotImplementedError(
+          f'{type(self).__name__}: its state has no global_model_weights;'
+          ' define get_model_weights(state)')
+    return weights
 
   def eval_model_groups(
       self, state: Any, client_ids: Sequence[str]
