@@ -115,7 +115,9 @@ from absl import logging
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-from tensorflow_federated.python.core.impl.types import computation_types
+# Private TFF: the per-client update function of TFF's model-delta client
+# work, which TFF exports only wrapped in a whole ClientWorkProcess; each
+# cluster's clients run it inside this module's own computation.
 from tensorflow_federated.python.learning.templates import model_delta_client_work
 
 from tff_research.algorithms import clustering
@@ -153,7 +155,7 @@ class _Computations:
       model = model_fn()
       weights_type = tff.learning.models.weights_type_from_model(model)
       finalizers = model.metric_finalizers()
-      batch_type = computation_types.tensorflow_to_type(model.input_spec)
+      batch_type = tff.types.tensorflow_to_type(model.input_spec)
     data_type = tff.SequenceType(batch_type)
     stacked_type = tff.types.structure_from_tensor_type_tree(
         lambda t: _stack_type(t, k), weights_type

@@ -73,8 +73,12 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+# Private TFF, each because TFF exports no equivalent: `factory_utils`
+# turns an unweighted factory (a robust rule) into the weighted form the
+# model delta's aggregation takes, exactly as TFF's unweighted FedAvg does;
+# `tensor_utils.zero_all_if_any_non_finite` is the rule TFF's client work
+# applies to a diverged client, reused so SCAFFOLD's is the same.
 from tensorflow_federated.python.aggregators import factory_utils
-from tensorflow_federated.python.core.impl.types import computation_types
 from tensorflow_federated.python.learning import tensor_utils
 
 from tff_research.algorithms import base
@@ -103,7 +107,7 @@ def _weighted_process(factory, value_type):
     factory = tff.aggregators.MeanFactory()
   if not isinstance(factory, tff.aggregators.WeightedAggregationFactory):
     factory = factory_utils.as_weighted_aggregator(factory)
-  return factory.create(value_type, computation_types.TensorType(np.float32))
+  return factory.create(value_type, tff.TensorType(np.float32))
 
 
 def build_scaffold_process(
@@ -143,7 +147,7 @@ def build_scaffold_process(
     # Built in a throwaway graph only to read types and metric finalizers.
     model = model_fn()
     weights_type = tff.learning.models.weights_type_from_model(model)
-    batch_type = computation_types.tensorflow_to_type(model.input_spec)
+    batch_type = tff.types.tensorflow_to_type(model.input_spec)
     metrics_aggregation_fn = client_metrics.per_client_then_finalize(
         num_clients)(model.metric_finalizers())
   control_type = weights_type.trainable
