@@ -94,7 +94,7 @@ class FederatedAlgorithm(abc.ABC):
     """The global model to evaluate/export: by default the state's
     `global_model_weights`; a state that keeps it elsewhere overrides this."""
     weights = getattr(state, 'global_model_weights', None)
-    if weights is None:
+    if not isinstance(weights, tff.learning.models.ModelWeights):
       raise NotImplementedError(
           f'{type(self).__name__}: its state has no global_model_weights;'
           ' define get_model_weights(state)')
@@ -205,7 +205,7 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
     # runtime call `process.get_model_weights` makes, which ships the whole
     # state to the worker and the model back (twice per round: the
     # communication hook and the divergence guard ask for it).
-    weights = getattr(state, 'global_model_weights', None)
-    if isinstance(weights, tff.learning.models.ModelWeights):
-      return weights
-    return self.process.get_model_weights(state)
+    try:
+      return super().get_model_weights(state)
+    except NotImplementedError:
+      return self.process.get_model_weights(state)
