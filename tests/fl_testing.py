@@ -158,6 +158,16 @@ def run_experiment(base_flags, tmp_path, name, **overrides):
   return training.train(config_for(base_flags, tmp_path, name, **overrides))
 
 
+def final_state(run_dir):
+  """Every leaf of the latest checkpoint of `run_dir`, as numpy arrays."""
+  import asyncio  # pylint: disable=g-import-not-at-top
+  from tff_research.run import training  # pylint: disable=g-import-not-at-top
+  run = training.rebuild_run(str(run_dir))
+  restored, _ = asyncio.run(training.state_manager(
+      run.directory.checkpoint_dir).load_latest(run.state_template()))
+  return [np.asarray(x) for x in tf.nest.flatten(restored)]
+
+
 def with_table_rows(algorithm, state):
   """`state` with each per-client table index (SCAFFOLD's c_i, clustered
   FL's sketches) replaced by the rows it points to, [N, ...] per leaf: what

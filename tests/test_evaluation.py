@@ -139,7 +139,8 @@ def test_evaluation_in_chunks_and_from_the_store_equals_one_call(
     tff_worker, tmp_path):
   """Past the serialization limit (lowered here to one client a call), the
   chunks add up to exactly the one-call result; the array store read by
-  the worker gives the same numbers as TFF's SQLite datasets."""
+  the worker gives the same numbers as TFF's SQLite datasets; and so do
+  clients evaluated in parallel parts (`parts`), bit for bit."""
   rng = np.random.default_rng(6)
   weights = [tff.learning.models.ModelWeights(
       [rng.normal(size=(fl_testing.INPUT_DIM, 10)).astype(np.float32) * 0.05,
@@ -152,20 +153,31 @@ def test_evaluation_in_chunks_and_from_the_store_equals_one_call(
       [test.recipe(c) for c in test.client_ids], batch_size=1)
   one_call = evaluation.Evaluator(model_fn, num_classes=10)
   chunked = evaluation.Evaluator(model_fn, num_classes=10, chunk_bytes=1)
+  parallel = evaluation.Evaluator(model_fn, num_classes=10, parts=2)
+  parallel_chunked = evaluation.Evaluator(model_fn, num_classes=10,
+                                          chunk_bytes=1, parts=3)
   for groups in ([(weights[0], [0, 1])], [(weights[0], [1]),
                                            (weights[1], [0])]):
     for _ in range(2):  # The second call reuses the sequences.
       a = one_call.evaluate_groups(groups, datasets)
-      b = chunked.evaluate_groups(groups, datasets)
-      c = one_call.evaluate_groups(groups, recipes)
+      others = [chunked.evaluate_groups(groups, datasets),
+                one_call.evaluate_groups(groups, recipes),
+                parallel.evaluate_groups(groups, recipes),
+                parallel.evaluate_groups(groups, datasets),
+                parallel_chunked.evaluate_groups(groups, datasets)]
       for key in ('per_client_loss', 'per_client_accuracy',
                   'per_client_num_examples', 'confusion_matrix', 'loss'):
-        np.testing.assert_array_equal(a[key], b[key])
-        np.testing.assert_array_equal(a[key], c[key])
+        for other in others:
+          np.testing.assert_array_equal(a[key], other[key])
       assert a['num_examples'] == 4 and a['confusion_matrix'].sum() == 4
-  # Two writers: one call each when chunked.
-  source = chunked._datasets_source  # pylint: disable=protected-access
+  # Two writers: one call each when chunked; one call of two parts in
+  # parallel.
+  # pylint: disable=protected-access
+  source = chunked._datasets_source
   assert [len(s) for s in [source.sequences([0, 1])]] == [2]
+  assert [len(c) for c in parallel._calls(recipes, [0, 1])] == [2]
+  assert [len(c) for c in parallel_chunked._calls(
+      parallel_chunked._datasets_source, [0, 1])] == [2]
 
 
 @pytest.mark.parametrize('eval_on', ['test_split', 'heldout_clients'])

@@ -9,7 +9,6 @@ nothing behind, and the re-run after a restart must finish with the model of
 an uninterrupted run.
 """
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -120,16 +119,8 @@ def two_workers():
   assert [w.stop() for w in workers] == [0, 0]
 
 
-def _final_state(run_dir):
-  """Every leaf of the latest checkpoint, as numpy arrays."""
-  run = training.rebuild_run(str(run_dir))
-  restored, _ = asyncio.run(training.state_manager(
-      run.directory.checkpoint_dir).load_latest(run.state_template()))
-  return [np.asarray(x) for x in tf.nest.flatten(restored)]
-
-
 def _assert_same_model(run_a, run_b):
-  a, b = _final_state(run_a), _final_state(run_b)
+  a, b = fl_testing.final_state(run_a), fl_testing.final_state(run_b)
   assert len(a) == len(b)
   for x, y in zip(a, b):
     np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)

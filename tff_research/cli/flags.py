@@ -155,15 +155,22 @@ _FLAGS = (
      ' report in a round (pure in seed and round); a round where all drop'
      ' leaves the model unchanged.'),
 )
-# Flags of where a run executes, not of what it computes: parsed into the
-# config like the others but not recorded in hparams.json (all_flag_names()
-# lists the recorded ones), so a run may resume on other workers.
+# Flags of where and how a run executes, not of what it computes: parsed into
+# the config like the others but not recorded in hparams.json
+# (all_flag_names() lists the recorded ones), so a run may resume on other
+# workers.
 _EXECUTION_FLAGS = (
     ('execution', 'workers', str,
      'Comma-separated host:port of TFF workers (`python -m'
      " tff_research.cli.worker --port=P` on each) that run each round's client"
      ' work; unset = this machine. Unauthenticated: private network only.'
      ' See docs/scale_out.md.'),
+    ('execution', 'parallel_cohorts', int,
+     "A FedAvg-family round's clients run as this many cohorts at once on"
+     ' each worker, each on one CPU thread; unset or 0 = one per core of'
+     ' this machine on the local worker (the local worker then runs ops on'
+     ' one thread each), one per remote worker. Changes only the order of'
+     ' float additions (results agree to 1e-6).'),
 )
 _ENUMS = {
     'dataset': config_lib.DATASETS,

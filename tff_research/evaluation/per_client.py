@@ -108,6 +108,40 @@ def build_per_client_eval(
   return evaluate_all
 
 
+def build_parallel_eval(per_client_eval: tff.Computation) -> tff.Computation:
+  """`per_client_eval` (`build_per_client_eval`) on several parts of the
+  clients at once: each CLIENTS value is one part's tagged sequence, and
+  the parts' tables and confusion matrices are summed. Parts hold disjoint
+  clients, so every row is one part's row plus zeros: exactly the one-part
+  result. Why: the runtime trains and evaluates its clients concurrently,
+  so P parts use P cores even when each op runs on one thread (the local
+  worker with `parallel_cohorts`); on TFF workers, the parts are split
+  across them.
+
+      (<M@SERVER, {<B, int32>*}@CLIENTS>
+       -> <float64[num_clients, 3], int64[C, C]>@SERVER)
+  """
+  parameter = per_client_eval.type_signature.parameter
+  weights_type, sequence_type = parameter[0], parameter[1]
+
+  @tff.federated_computation(tff.FederatedType(weights_type, tff.SERVER),
+                             tff.FederatedType(sequence_type, tff.CLIENTS))
+  def evaluate_parts(weights, parts):
+    return tff.federated_sum(tff.federated_map(
+        per_client_eval, (tff.federated_broadcast(weights), parts)))
+
+  return evaluate_parts
+
+
+def split_evenly(indices: Sequence[int], parts: int) -> list[list[int]]:
+  """`indices` in at most `parts` contiguous runs, as even as they can be
+  (none empty)."""
+  indices = list(indices)
+  parts = max(1, min(parts, len(indices)))
+  bounds = np.linspace(0, len(indices), parts + 1).round().astype(int)
+  return [indices[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
 # The pooled examples a sequence built from memory may carry: its arrays are
 # constants of the dataset graph TFF serializes into the call, and TFF
 # refuses a dataset over 100 MB (`Serialized size of Dataset ... exceeds
@@ -288,14 +322,18 @@ class Evaluator:
 
   Computations are built once and reused every evaluation round; each set
   of clients' sequences is built once (a run evaluates the same clients
-  every time).
+  every time). With `parts` > 1 the clients are evaluated in that many
+  contiguous parts at once (`build_parallel_eval`); the result is the
+  same.
   """
 
   def __init__(self, model_fn: Callable[[], tff.learning.models.VariableModel],
-               num_classes: int = 0, chunk_bytes: int = CHUNK_BYTES):
+               num_classes: int = 0, chunk_bytes: int = CHUNK_BYTES,
+               parts: int = 1):
     self._model_fn = model_fn
     self._num_classes = num_classes
     self._chunk_bytes = chunk_bytes
+    self._parts = max(1, int(parts))
     # Built on first use for the number of evaluated clients, which is fixed
     # for a run; rebuilt only if it changes.
     self._per_client_eval = None
@@ -335,12 +373,19 @@ class Evaluator:
       self._datasets_source = DatasetSource(datasets, self._chunk_bytes)
     return self._datasets_source
 
-  def _sequences(self, source: EvalSource, indices):
+  def _calls(self, source: EvalSource, indices) -> list[list[tf.data.Dataset]]:
+    """The sequences of `indices`, one list per call: call j holds every
+    part's j-th sequence (a part has several for data pooled in chunks
+    under TFF's serialization limit, or of several kinds)."""
     key = (id(source), tuple(indices))
     if key not in self._inputs:
       if len(self._inputs) >= 8:  # Clustered FL's groups change over time.
         self._inputs.clear()
-      self._inputs[key] = (source, source.sequences(indices))
+      parts = [source.sequences(run)
+               for run in split_evenly(indices, self._parts)]
+      calls = [[p[j] for p in parts if j < len(p)]
+               for j in range(max(len(p) for p in parts))]
+      self._inputs[key] = (source, calls)
     return self._inputs[key][1]
 
   def evaluate_groups(
@@ -357,6 +402,8 @@ class Evaluator:
     if self._num_clients != n_clients:
       self._per_client_eval = build_per_client_eval(
           self._model_fn, n_clients, self._num_classes)
+      if self._parts > 1:
+        self._per_client_eval = build_parallel_eval(self._per_client_eval)
       self._num_clients = n_clients
     table = np.zeros((n_clients, _NUM_METRICS))
     confusion = np.zeros((self._num_classes,) * 2, np.int64)
@@ -364,8 +411,9 @@ class Evaluator:
       indices = list(indices)
       if not indices:
         continue
-      for sequence in self._sequences(source, indices):
-        rows, matrix = self._per_client_eval(weights, sequence)
+      for call in self._calls(source, indices):
+        rows, matrix = self._per_client_eval(
+            weights, call if self._parts > 1 else call[0])
         table += rows
         confusion += np.asarray(matrix, np.int64)
     loss, acc, n = table.T

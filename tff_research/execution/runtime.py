@@ -102,6 +102,7 @@ DEFAULT_STALL_TIMEOUT_SECONDS = monitor_lib.DEFAULT_STALL_TIMEOUT_SECONDS
 _lock = threading.Lock()
 _worker: Optional[subprocess.Popen] = None
 _worker_log: Optional[str] = None
+_worker_threads = 0  # Intra-op threads of the running worker (0: TF's).
 _monitor: Optional['ProcessMonitor'] = None
 _atexit_registered = False
 _excepthook_installed = False
@@ -284,8 +285,14 @@ def _install_process_hooks() -> None:
   _excepthook_installed = True
 
 
-def _start_worker(max_concurrent_computation_calls: int) -> tuple[
-    subprocess.Popen, int]:
+def local_cores() -> int:
+  """The CPU cores this process may run on (its affinity, not the host's)."""
+  return len(os.sched_getaffinity(0))
+
+
+def _start_worker(max_concurrent_computation_calls: int,
+                  intra_op_threads: int) -> tuple[
+                      subprocess.Popen, int]:
   global _worker_log
   port = portpicker.pick_unused_port()
   fd, _worker_log = tempfile.mkstemp(prefix='tff_worker_', suffix='.log')
@@ -302,6 +309,7 @@ def _start_worker(max_concurrent_computation_calls: int) -> tuple[
         stdin=subprocess.DEVNULL,
         stdout=log,
         stderr=subprocess.STDOUT,
+        env=worker_lib.thread_environment(intra_op_threads),
         preexec_fn=worker_lib.die_with_parent,
         close_fds=True,
     )
@@ -335,13 +343,14 @@ def start(
     default_num_clients: int = 0,
     max_concurrent_computation_calls: int = -1,
     stall_timeout: float = DEFAULT_STALL_TIMEOUT_SECONDS,
+    intra_op_threads: Optional[int] = None,
 ) -> None:
   """Starts a managed worker and makes it TFF's default execution context.
 
   Idempotent: a second call while a worker runs starts nothing (it only
-  updates `stall_timeout`). A worker that failed or was stopped is replaced
-  by a new one. Call from the main thread, before any TFF computation is
-  invoked.
+  updates `stall_timeout`), unless it asks for other `intra_op_threads`. A
+  worker that failed or was stopped is replaced by a new one. Call from the
+  main thread, before any TFF computation is invoked.
 
   Args:
     workers: `host:port` addresses of remote TFF workers; empty (the
@@ -354,8 +363,14 @@ def start(
     stall_timeout: seconds a computation may wait on a worker that shows no
       progress (no CPU time, no RPC answered) before the worker is declared
       stuck, killed, and the call raises `WorkerError`. Must be > 0.
+    intra_op_threads: threads each TensorFlow op of the local worker may
+      use; 0 is TensorFlow's default (every core); None (the default) takes
+      a running worker as it is and starts a new one with 0. 1 suits
+      clients trained side by side, one per core (`parallel_cohorts`): this
+      CNN's small convolutions gain less from a second thread than from a
+      second client. A running worker with other threads is replaced.
   """
-  global _worker, _monitor, _stopped_by_signal, _started
+  global _worker, _worker_threads, _monitor, _stopped_by_signal, _started
   if not stall_timeout > 0:
     raise ValueError(f'stall_timeout must be > 0, got {stall_timeout!r}')
   _stopped_by_signal = None  # A new worker: an earlier interrupt is handled.
@@ -367,13 +382,19 @@ def start(
     _started = 'remote'
     return
   remote.stop()
+  running = _worker is not None and _worker.poll() is None
+  threads = intra_op_threads
+  if threads is None:
+    threads = _worker_threads if running else 0
+  if running and threads != _worker_threads:
+    _stop_local_worker()
   with _lock:
     if _worker is not None and _worker.poll() is None:
       if _monitor is not None:
         _monitor.stall_timeout = float(stall_timeout)
       return
-    process, port = _start_worker(max_concurrent_computation_calls)
-    _worker = process
+    process, port = _start_worker(max_concurrent_computation_calls, threads)
+    _worker, _worker_threads = process, threads
     monitor = ProcessMonitor(process, _worker_log, float(stall_timeout))
     _monitor = monitor
   _install_process_hooks()
@@ -386,8 +407,9 @@ def start(
   tff.framework.set_default_context(_SyncContext(
       monitor_lib.worker_context(stub, default_num_clients), monitor))
   _started = 'local'
-  logging.info('TFF worker pid %d on port %d (log %s, stall timeout %g s)',
-               process.pid, port, _worker_log, stall_timeout)
+  logging.info('TFF worker pid %d on port %d (log %s, stall timeout %g s,'
+               ' intra-op threads %s)', process.pid, port, _worker_log,
+               stall_timeout, threads or 'default')
 
 
 def stop(timeout: float = 10.0) -> None:

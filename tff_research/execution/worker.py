@@ -27,6 +27,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Optional
 
 WORKER_BINARY = os.path.join(
     os.path.dirname(importlib.util.find_spec('tensorflow_federated').origin),
@@ -42,14 +43,33 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
   libc.prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
 
 
-def check_arguments(port, max_message_megabytes: int) -> None:
-  """ValueError (one line) for a port or message limit out of range."""
+def thread_environment(intra_op_threads: Optional[int],
+                       environ=None) -> dict[str, str]:
+  """The worker's environment: `environ` (default ours) with TensorFlow's
+  intra-op threads set (None or 0: left as it is). TensorFlow reads
+  `TF_NUM_INTRAOP_THREADS` when a session has no explicit setting, which is
+  how TFF's worker creates its sessions."""
+  env = dict(os.environ if environ is None else environ)
+  # TF logs two INFO lines per graph it optimizes: noise in a worker log.
+  env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
+  if intra_op_threads:
+    env['TF_NUM_INTRAOP_THREADS'] = str(int(intra_op_threads))
+  return env
+
+
+def check_arguments(port, max_message_megabytes: int,
+                    intra_op_threads: Optional[int] = None) -> None:
+  """ValueError (one line) for a port, message limit or thread count out of
+  range."""
   if port is None or not 1 <= port <= 65535:
     raise ValueError(f'--port={port} is not valid: must be in [1, 65535]')
   if not 1 <= max_message_megabytes <= MAX_MESSAGE_MEGABYTES:
     raise ValueError(
         f'--grpc_max_message_length_megabytes={max_message_megabytes} is not'
         f' valid: must be in [1, {MAX_MESSAGE_MEGABYTES}]')
+  if intra_op_threads is not None and intra_op_threads < 1:
+    raise ValueError(f'--intra_op_threads={intra_op_threads} is not valid:'
+                     ' must be >= 1 (or unset: every core)')
 
 
 def _listening(port: int) -> bool:
@@ -77,9 +97,11 @@ def _wait_listening(process: subprocess.Popen, port: int,
 
 def serve(port: int, max_concurrent_computation_calls: int = -1,
           max_message_megabytes: int = MAX_MESSAGE_MEGABYTES,
-          ready_timeout: float = 60.0) -> int:
+          ready_timeout: float = 60.0,
+          intra_op_threads: Optional[int] = None) -> int:
   """Runs the worker until it exits or SIGTERM/SIGINT; returns the exit
-  status for the process (0: stopped by a signal)."""
+  status for the process (0: stopped by a signal). `intra_op_threads`: see
+  `thread_environment` (None: TensorFlow's default)."""
   if _listening(port):
     print(f'error: port {port} is already in use; choose another --port',
           file=sys.stderr)
@@ -89,8 +111,7 @@ def serve(port: int, max_concurrent_computation_calls: int = -1,
        f'--max_concurrent_computation_calls={max_concurrent_computation_calls}',
        f'--grpc_max_message_length_megabytes={max_message_megabytes}'],
       stdin=subprocess.DEVNULL, stdout=sys.stderr, stderr=sys.stderr,
-      # TF logs two INFO lines per graph it optimizes: noise in a worker log.
-      env={'TF_CPP_MIN_LOG_LEVEL': '1', **os.environ},
+      env=thread_environment(intra_op_threads),
       preexec_fn=die_with_parent, close_fds=True)
   stopping = []
 

@@ -37,13 +37,14 @@ class AttackHook:
   def __init__(self, algorithm, attack: attack_config.AttackConfig,
                malicious: Collection[str],
                split: client_split_lib.ClientSplit, model_fn,
-               num_classes: int, batch_size: int):
+               num_classes: int, batch_size: int, parts: int = 1):
     self._algorithm = algorithm
     self._malicious = frozenset(malicious)
     self._eval_ids = split.eval_client_ids
     self._triggered = None
     if attack.kind == 'backdoor':
-      self._evaluator = evaluation.Evaluator(model_fn, num_classes)
+      self._evaluator = evaluation.Evaluator(model_fn, num_classes,
+                                             parts=parts)
       self._triggered = per_client.DatasetSource([
           preprocessing.preprocess_for_eval(backdoor.triggered_test_set(
               split.raw_eval_dataset(cid), attack.backdoor_target),

@@ -100,7 +100,9 @@ def evaluate_checkpoint(
         ' the run that wrote it') from None
   # Each held-out client is evaluated with the model the algorithm assigns it
   # (one global model, or its cluster's), exactly as during training.
-  result = per_client.Evaluator(run.model_fn).evaluate_groups(
+  result = per_client.Evaluator(
+      run.model_fn, parts=training.execution_layout(run.config)[0]
+  ).evaluate_groups(
       run.algorithm.eval_model_groups(restored['state'],
                                       run.split.eval_client_ids),
       run.split.eval_datasets(),

@@ -35,11 +35,12 @@ class HeldOutEvaluation:
   """Evaluates the algorithm's model(s) on the run's held-out clients every
   `every` rounds and after the last, in one federated pass."""
 
-  def __init__(self, algorithm, model_fn, split, every: int, num_classes: int):
+  def __init__(self, algorithm, model_fn, split, every: int, num_classes: int,
+               parts: int = 1):
     self._algorithm = algorithm
     self._split = split
     self._every = every
-    self._evaluator = evaluation.Evaluator(model_fn, num_classes)
+    self._evaluator = evaluation.Evaluator(model_fn, num_classes, parts=parts)
     self._clients = split.eval_datasets()
 
   def due(self, round_num: int, final_round: int) -> bool:

@@ -132,8 +132,32 @@ def build_run(
                                  run_directory_lib.CHECKPOINT_PREFIX)
     algorithm = algorithms.build_algorithm(
         config.algorithm, model_fn, split.train_client_ids, tables,
-        cohorts=max(1, len(config.workers)))
+        cohorts=execution_layout(config)[0])
   return Run(config, data, model_fn, split, algorithm)
+
+
+def execution_layout(config: config_lib.ExperimentConfig
+                     ) -> tuple[int, int]:
+  """(cohorts a FedAvg-family round's clients are packed into, intra-op
+  threads of the local worker: 0 for TensorFlow's default).
+
+  Locally, `parallel_cohorts` cohorts (0: one per core) train side by side,
+  each on one thread: this CNN's small convolutions gain less from a second
+  thread than from a second client (benchmarks/README.md). Held-out
+  evaluation runs in as many parts. With remote workers each gets
+  `parallel_cohorts` (0: 1) contiguous cohorts, and its threads are set
+  where it is started (`cli.worker --intra_op_threads`).
+  """
+  if config.workers:
+    return len(config.workers) * max(1, config.parallel_cohorts), 0
+  cohorts = config.parallel_cohorts or runtime.local_cores()
+  return cohorts, (1 if cohorts > 1 else 0)
+
+
+def start_runtime(config: config_lib.ExperimentConfig) -> None:
+  """Starts (or reuses) the workers `config` executes on."""
+  runtime.start(workers=config.workers,
+                intra_op_threads=execution_layout(config)[1])
 
 
 def state_manager(checkpoint_dir: str, keep_total: int = 3):
@@ -166,7 +190,7 @@ def train(
     raise run_lock.RunDirectoryInUseError(config.run_dir, holder)
   phases = startup.StartupPhases()
   with phases.phase('worker'):
-    runtime.start(workers=config.workers)
+    start_runtime(config)
   run = build_run(config, model=model, client_data=client_data, log=log,
                   phases=phases)
   log(f'Data: {run.data.description}')
@@ -197,10 +221,11 @@ def _train(config, run, sampler, directory, log):
           k: v for k, v in config.algorithm.values.items()
           if k in ('client_learning_rate', 'server_learning_rate')}),
   ]
+  parts = execution_layout(config)[0]
   if attack.active:
     hooks.append(attack_hook.AttackHook(
         run.algorithm, attack, malicious, run.split, run.model_fn,
-        run.data.num_classes, config.evaluation.eval_batch_size))
+        run.data.num_classes, config.evaluation.eval_batch_size, parts))
   rows = loop.run_rounds(
       algorithm=run.algorithm,
       sampler=sampler,
@@ -212,7 +237,7 @@ def _train(config, run, sampler, directory, log):
       release=release,
       evaluation=held_out_evaluation.HeldOutEvaluation(
           run.algorithm, run.model_fn, run.split,
-          config.evaluation.eval_every, run.data.num_classes),
+          config.evaluation.eval_every, run.data.num_classes, parts),
       hooks=hooks,
       total_rounds=config.training.total_rounds,
       rounds_per_checkpoint=config.training.rounds_per_checkpoint,
@@ -237,5 +262,5 @@ def rebuild_run(run_dir: str, **overrides) -> Run:
   except ValueError as e:
     raise run_directory_lib.RunDirError(
         f'{directory.hparams_path}: {e}') from None
-  runtime.start(workers=config.workers)
+  start_runtime(config)
   return build_run(config)
