@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from tff_research.cli import flags
-from tff_research.execution import runtime
 from tff_research.execution import worker
 from tff_research.run import config as config_lib
 from tff_research.run import training
@@ -32,9 +31,10 @@ def _environ(pid: int) -> dict[str, str]:
 
 
 @pytest.mark.parametrize('parallel, workers, expected', [
+    (None, '', (2, 1)),  # The default: the same on every machine.
     (1, '', (1, 0)),
     (3, '', (3, 1)),
-    (0, 'h1:8000,h2:8000', (2, 0)),
+    (None, 'h1:8000,h2:8000', (2, 0)),
     (2, 'h1:8000,h2:8000', (4, 0)),
 ])
 def test_layout_of_cohorts_and_threads(tmp_path, parallel, workers, expected):
@@ -43,20 +43,14 @@ def test_layout_of_cohorts_and_threads(tmp_path, parallel, workers, expected):
   assert training.execution_layout(config) == expected
 
 
-def test_the_default_is_one_cohort_per_core_on_one_thread_each(tmp_path):
-  config = fl_testing.config_for(SMALL, tmp_path, 'x')
-  cores = runtime.local_cores()
-  assert training.execution_layout(config) == (cores, 1 if cores > 1 else 0)
-
-
 def test_not_recorded_and_a_bad_value_is_one_line(tmp_path):
   config = fl_testing.config_for(SMALL, tmp_path, 'x', parallel_cohorts=3)
   assert config.parallel_cohorts == 3
   assert 'parallel_cohorts' not in config_lib.to_hparams(config)
   with pytest.raises(flags.FlagError) as e:
-    flags.config_from_argv(['--experiment_name=x', '--parallel_cohorts=-1'])
-  assert str(e.value) == ('--parallel_cohorts=-1 is not valid: must be an'
-                          ' integer >= 0 (0 = one per core)')
+    flags.config_from_argv(['--experiment_name=x', '--parallel_cohorts=0'])
+  assert str(e.value) == ('--parallel_cohorts=0 is not valid: must be an'
+                          ' integer >= 1')
 
 
 def test_thread_environment():

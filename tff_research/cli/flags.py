@@ -167,10 +167,9 @@ _EXECUTION_FLAGS = (
      ' See docs/scale_out.md.'),
     ('execution', 'parallel_cohorts', int,
      "A FedAvg-family round's clients run as this many cohorts at once on"
-     ' each worker, each on one CPU thread; unset or 0 = one per core of'
-     ' this machine on the local worker (the local worker then runs ops on'
-     ' one thread each), one per remote worker. Changes only the order of'
-     ' float additions (results agree to 1e-6).'),
+     ' each worker, each on one CPU thread (>= 1; unset: 2 on the local'
+     ' worker, 1 per remote worker). Results agree to 1e-6 across values;'
+     " a model with dropout draws other masks (see docs/training.md)."),
 )
 _ENUMS = {
     'dataset': config_lib.DATASETS,

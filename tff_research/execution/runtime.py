@@ -285,11 +285,6 @@ def _install_process_hooks() -> None:
   _excepthook_installed = True
 
 
-def local_cores() -> int:
-  """The CPU cores this process may run on (its affinity, not the host's)."""
-  return len(os.sched_getaffinity(0))
-
-
 def _start_worker(max_concurrent_computation_calls: int,
                   intra_op_threads: int) -> tuple[
                       subprocess.Popen, int]:

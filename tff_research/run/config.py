@@ -181,6 +181,13 @@ def distributed_refusal(algorithm: registry.AlgorithmConfig) -> Optional[str]:
   return None
 
 
+# Cohorts side by side on the local worker when --parallel_cohorts is unset:
+# a constant, not the machine's cores, so that the same flags train the same
+# model on any machine (the layout decides dropout masks; see
+# ExperimentConfig.parallel_cohorts). 2 = the cores of the machines measured.
+LOCAL_PARALLEL_COHORTS = 2
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
   """One run: what it trains, on what, how, and where its outputs go.
@@ -201,9 +208,11 @@ class ExperimentConfig:
       work (`execution.remote`); empty = this machine. Not part of what
       the run computes: not in hparams.json, free to change on resume.
     parallel_cohorts: cohorts a FedAvg-family round's clients run in at
-      once on each worker, each on one CPU thread; 0 = one per core of
-      this machine locally, 1 per remote worker. Changes only the order of
-      float additions (results agree to 1e-6): not in hparams.json either.
+      once on each worker, each on one CPU thread; None =
+      `LOCAL_PARALLEL_COHORTS` on the local worker, 1 per remote worker.
+      Not in hparams.json: it changes the order of float additions
+      (results agree to 1e-6) and, for a model with dropout, its masks
+      (TensorFlow's seeded dropout restarts its sequence in every call).
   """
 
   experiment_name: str = 'experiment'
@@ -217,14 +226,14 @@ class ExperimentConfig:
   evaluation: EvaluationConfig = EvaluationConfig()
   progress: bool = True
   workers: tuple[str, ...] = ()
-  parallel_cohorts: int = 0
+  parallel_cohorts: Optional[int] = None
 
   def __post_init__(self):
     object.__setattr__(self, 'workers', remote.parse_workers(self.workers))
-    _require(isinstance(self.parallel_cohorts, int)
-             and self.parallel_cohorts >= 0,
+    _require(self.parallel_cohorts is None or (
+        isinstance(self.parallel_cohorts, int) and self.parallel_cohorts >= 1),
              f'--parallel_cohorts={self.parallel_cohorts!r} is not valid:'
-             ' must be an integer >= 0 (0 = one per core)')
+             ' must be an integer >= 1')
     if self.workers:
       reason = distributed_refusal(self.algorithm)
       _require(reason is None, f'--workers does not apply: {reason}')
@@ -402,7 +411,7 @@ def from_hparams(
       evaluation=EvaluationConfig(**{n: v[n] for n in _EVAL_FIELDS}),
       progress=v['progress'], workers=remote.parse_workers(
           v.get('workers') or ()),
-      parallel_cohorts=v.get('parallel_cohorts') or 0)
+      parallel_cohorts=v.get('parallel_cohorts'))
 
 
 def _aggregation(v: Mapping[str, Any], given: Optional[Collection[str]]

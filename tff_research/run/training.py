@@ -141,16 +141,17 @@ def execution_layout(config: config_lib.ExperimentConfig
   """(cohorts a FedAvg-family round's clients are packed into, intra-op
   threads of the local worker: 0 for TensorFlow's default).
 
-  Locally, `parallel_cohorts` cohorts (0: one per core) train side by side,
-  each on one thread: this CNN's small convolutions gain less from a second
-  thread than from a second client (benchmarks/README.md). Held-out
-  evaluation runs in as many parts. With remote workers each gets
-  `parallel_cohorts` (0: 1) contiguous cohorts, and its threads are set
-  where it is started (`cli.worker --intra_op_threads`).
+  Locally, `parallel_cohorts` cohorts (unset: `LOCAL_PARALLEL_COHORTS`)
+  train side by side, each on one thread: this CNN's small convolutions
+  gain less from a second thread than from a second client
+  (benchmarks/README.md). Held-out evaluation runs in as many parts. With
+  remote workers each gets `parallel_cohorts` (unset: 1) contiguous
+  cohorts, and its threads are set where it is started
+  (`cli.worker --intra_op_threads`).
   """
   if config.workers:
-    return len(config.workers) * max(1, config.parallel_cohorts), 0
-  cohorts = config.parallel_cohorts or runtime.local_cores()
+    return len(config.workers) * (config.parallel_cohorts or 1), 0
+  cohorts = config.parallel_cohorts or config_lib.LOCAL_PARALLEL_COHORTS
   return cohorts, (1 if cohorts > 1 else 0)
 
 
