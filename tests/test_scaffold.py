@@ -117,12 +117,12 @@ def test_three_rounds_match_numpy_reference(
       np.sqrt(sum(np.sum(c**2) for c in ref_c)), rtol=1e-5)
 
 
-# Local results pinned before SCAFFOLD was composed of TFF's template parts
-# and returned its c_i+ through a federated aggregate, 3 rounds of SCHEDULE
-# with each rule of PINNED_RULES: the pipeline's aggregator (the excluding
-# mean, example-weighted) and the median (uniform, eta_g = 0.7). Per array:
-# its L2 norm and its dot products with two fixed random sign vectors
-# (`_fingerprint`); one value per rule.
+# Local results pinned to 1e-6, so that how the process is composed (its
+# template parts, the aggregate that returns c_i+) cannot move them: 3 rounds
+# of SCHEDULE with each rule of PINNED_RULES, the pipeline's aggregator (the
+# excluding mean, example-weighted) and the median (uniform, eta_g = 0.7).
+# Per array: its L2 norm and its dot products with two fixed random sign
+# vectors (`_fingerprint`); one value per rule.
 PINNED_RULES = ('mean', 'median')
 PINNED = {
     'loss': (2.0298612117767334, 2.788076639175415),
@@ -287,13 +287,15 @@ def test_type_signature_returns_client_controls_at_the_server():
   control_type = server_state.member.global_model_weights.trainable
   assert client_states.member.control.is_equivalent_to(control_type)
   assert client_states.member.slot.is_equivalent_to(tff.TensorType(np.int32))
-  new_state, new_controls, metrics = sig.result
+  new_state, clients, metrics = sig.result
   assert new_state.placement is tff.SERVER
-  assert new_controls.placement is tff.SERVER
+  assert clients.placement is tff.SERVER
   assert metrics.placement is tff.SERVER
-  for table, leaf in zip(new_controls.member, control_type):
+  for table, leaf in zip(clients.member.controls, control_type):
     assert table.dtype == leaf.dtype
     assert table.shape == (None, *leaf.shape)
+  assert clients.member.positions.is_equivalent_to(
+      tff.TensorType(np.int32, [None]))
   assert new_state.is_equivalent_to(server_state)
   assert server_state.member.control_variate.is_equivalent_to(control_type)
   tff.backends.native.compile_to_mergeable_comp_form(alg.process.next)
@@ -329,10 +331,13 @@ def test_aggregator_returns_client_rows_in_slot_order(tff_worker):
   aggregator = scaffold.build_aggregator(None, control_type)
   output = aggregator.next(aggregator.initialize(), _updates([2, 0, 1]),
                            [1.0, 1.0, 1.0])
-  scalar, vector = output.result['controls']
+  scalar, vector = output.result['clients']['controls']
   np.testing.assert_array_equal(scalar, [0.0, 10.0, 20.0])
   np.testing.assert_array_equal(vector, [[0.0, 0.0], [10.0, 10.0],
                                          [20.0, 20.0]])
+  # The order they came in, which a rule's `kept_share` follows.
+  np.testing.assert_array_equal(output.result['clients']['positions'],
+                                [2, 0, 1])
   np.testing.assert_array_equal(output.result['control_delta_sum'][1],
                                 [3.0, 3.0])
   with pytest.raises(Exception, match='slots are not 0..K-1'):

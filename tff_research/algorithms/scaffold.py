@@ -51,12 +51,15 @@ type), batch B, the model aggregator's state A and measurements Ma:
                                        round (0 <= k < K)
     U = <delta=T, control_delta=T, control=T, slot=int32>   a client's result
     T_K = T with a leading dimension [K]: row k is c_k+ of the client in slot k
+    R = <controls=T_K, positions=int32[K]>   the clients' rows, and the slot
+                                       of the client at each position of
+                                       the round's aggregations
 
     initialize: ( -> <global_model_weights=M, control_variate=T,
                       model_aggregator=A>@SERVER)
     next: (<server_state=S@SERVER, client_states={C}@CLIENTS,
             client_data={B*}@CLIENTS>
-           -> <S@SERVER, T_K@SERVER, <train=Mt, scaffold=<control_norm,
+           -> <S@SERVER, R@SERVER, <train=Mt, scaffold=<control_norm,
                update_norm, mean_correction_norm>, model_aggregator=Ma>@SERVER>)
 
 Every result is SERVER-placed and the round has one aggregation level, so
@@ -68,7 +71,9 @@ per-client metrics and the robust rules' updates do. A CLIENTS-placed c_i+
 would also compile, but the compiled form recomputes it after the merge,
 training every client a second time. Split across workers the rows arrive
 in the order the workers finish, so each row carries its slot and the table
-is put in slot order at the server.
+is put in slot order at the server; the arrival order (`positions`) is also
+the order of a robust rule's per-position `kept_share`, so the attack
+metrics name the right clients.
 
 The server state broadcast to clients is <x, c>: SCAFFOLD sends twice the
 model each way (x and c down, Delta y and Delta c up), which
@@ -233,8 +238,8 @@ def build_client_work(
     model_fn: ModelFn, weights_type, data_type, metrics_aggregator, *,
     client_learning_rate: float, weighted: bool,
 ) -> tff.learning.templates.ClientWorkProcess:
-  """SCAFFOLD's client work (Karimireddy et al. 2020, Algorithm 1, lines
-  7-13, option II), stateless:
+  """SCAFFOLD's client work (Karimireddy et al. 2020, Algorithm 1: the
+  local steps and the option-II control update), stateless:
 
       initialize: ( -> <>@SERVER)
       next: (<<>@SERVER, {<server=P, client=C>}@CLIENTS, {B*}@CLIENTS>
@@ -280,19 +285,22 @@ def build_aggregator(
     control_type,
 ) -> tff.templates.AggregationProcess:
   """The server's side of the clients' results (Karimireddy et al. 2020,
-  Algorithm 1, lines 16-17):
+  Algorithm 1: the averages of Delta y_i and Delta c_i):
 
       initialize: ( -> A@SERVER), the model aggregator's state
       next: (<A@SERVER, {U}@CLIENTS, {float32}@CLIENTS>
              -> <state=A@SERVER,
-                 result=<mean_delta=T, control_delta_sum=T, controls=T_K>
-                        @SERVER,
+                 result=<mean_delta=T, control_delta_sum=T,
+                         clients=<controls=T_K, positions=int32[K]>>@SERVER,
                  measurements=Ma@SERVER>)
 
   `mean_delta` is `model_aggregator` (weighted, or an unweighted robust
   rule; TFF's `MeanFactory()` by default) on Delta y_i; `control_delta_sum`
   the exact sum of Delta c_i, since c must stay the mean of every c_i;
-  `controls` every client's c_i+, row k the client of slot k.
+  `controls` every client's c_i+, row k the client of slot k; `positions`
+  the slot of the client at each position of the round's concatenating
+  aggregations, which is how a rule's per-position measurements
+  (`kept_share`) name their clients when the round is split across workers.
   """
   model_process = _weighted_process(model_aggregator, control_type)
   update_type = tff.to_type(collections.OrderedDict(
@@ -315,7 +323,7 @@ def build_aggregator(
     result = tff.federated_zip(collections.OrderedDict(
         mean_delta=model.result,
         control_delta_sum=tff.federated_sum(update.control_delta),
-        controls=tff.federated_map(in_slot_order, stacked)))
+        clients=tff.federated_map(in_slot_order, stacked)))
     return tff.templates.MeasuredProcessOutput(
         state=model.state, result=result, measurements=model.measurements)
 
@@ -323,8 +331,9 @@ def build_aggregator(
 
 
 def _in_slot_order(stacked_type):
-  """(<control=T_?, slot=int32[?]> -> T_K): the rows sorted by slot, which
-  must be 0..K-1 once each."""
+  """(<control=T_?, slot=int32[?]> -> <controls=T_K, positions=int32[K]>):
+  the rows sorted by slot, which must be 0..K-1 once each, and the slots in
+  the order the rows came."""
 
   @tff.tensorflow.computation(stacked_type)
   def in_slot_order(stacked):
@@ -333,7 +342,9 @@ def _in_slot_order(stacked_type):
         tf.gather(stacked['slot'], order), tf.range(tf.size(order)),
         message='SCAFFOLD client slots are not 0..K-1, once each')
     with tf.control_dependencies([check]):
-      return [tf.gather(rows, order) for rows in stacked['control']]
+      return collections.OrderedDict(
+          controls=[tf.gather(rows, order) for rows in stacked['control']],
+          positions=tf.identity(stacked['slot']))
 
   return in_slot_order
 
@@ -341,8 +352,8 @@ def _in_slot_order(stacked_type):
 def build_finalizer(
     weights_type, *, server_learning_rate: float, num_clients: int,
 ) -> tff.learning.templates.FinalizerProcess:
-  """The server update (Karimireddy et al. 2020, Algorithm 1, line 17),
-  stateless:
+  """The server update (Karimireddy et al. 2020, Algorithm 1: x and c
+  moved by the averages), stateless:
 
       x <- x + eta_g mean_delta;   c <- c + control_delta_sum / N
 
@@ -399,7 +410,7 @@ def compose_scaffold(
   """The four parts as one round, the way
   `tff.learning.templates.compose_learning_process` composes a learning
   process, with the clients' own state C as an argument of `next` and
-  their new c_i+ (T_K) as a result (types: the module docstring).
+  their new c_i+ (R) as a result (types: the module docstring).
 
   `initial_server_fn` is a TF computation returning P (x and c at round 0).
   The distributor, client work and finalizer are stateless, so the state
@@ -449,7 +460,7 @@ def compose_scaffold(
             update_norm=final.measurements.update_norm,
             mean_correction_norm=work.measurements.mean_correction_norm)),
         model_aggregator=aggregated.measurements))
-    return new_state, aggregated.result.controls, metrics
+    return new_state, aggregated.result.clients, metrics
 
   return tff.templates.IterativeProcess(initialize, next_fn)
 
@@ -481,7 +492,7 @@ def build_scaffold_process(
 
       initialize: ( -> S@SERVER)
       next: (<S@SERVER, {C}@CLIENTS, {B*}@CLIENTS>
-             -> <S@SERVER, T_K@SERVER, metrics@SERVER>)
+             -> <S@SERVER, R@SERVER, metrics@SERVER>)
 
   Args:
     model_fn: builds a fresh `tff.learning.models.VariableModel` (a wrapped
@@ -616,9 +627,9 @@ class Scaffold(base.FederatedAlgorithm):
         collections.OrderedDict(control=[leaf[k] for leaf in rows],
                                 slot=np.int32(k))
         for k in range(len(positions))]
-    server, new_rows, metrics = self.process.next(
+    server, clients, metrics = self.process.next(
         state['server'], client_states, list(client_datasets))
-    new_rows = [np.asarray(leaf) for leaf in new_rows]
+    new_rows = [np.asarray(leaf) for leaf in clients['controls']]
     controls = self.controls.write(round_num, state['client_controls'],
                                    positions, new_rows)
     new_participation = participation.copy()
@@ -628,10 +639,13 @@ class Scaffold(base.FederatedAlgorithm):
             metrics).items()
         if _has_values(values)
     )
-    # The rule's excluded, kept and (with an attack) malicious counts.
+    # The rule's excluded, kept and (with an attack) malicious counts; its
+    # position p holds the client of slot positions[p].
+    mask = self.round_mask(client_ids)
+    if mask is not None:
+      mask = mask[np.asarray(clients['positions'], np.int64)]
     metrics.update(attack_metrics.round_groups(
-        metrics.pop('model_aggregator', None), len(client_ids),
-        self.round_mask(client_ids)))
+        metrics.pop('model_aggregator', None), len(client_ids), mask))
     metrics['scaffold'] = collections.OrderedDict(
         metrics['scaffold'],
         new_clients=int(np.sum(participation[positions] == 0)),
