@@ -739,7 +739,6 @@ SPEC = spec.AlgorithmSpec(
                      hp.SERVER_LEARNING_RATE),
     check=_check,
     per_client_state=True,
-    distributed=False,
     comparison_client_learning_rate=10**-1,
     docs='docs/scaffold.md',
 )
