@@ -159,12 +159,14 @@ def run_experiment(base_flags, tmp_path, name, **overrides):
 
 
 def final_state(run_dir):
-  """Every leaf of the latest checkpoint of `run_dir`, as numpy arrays."""
+  """Every leaf of the latest checkpoint of `run_dir`, per-client tables
+  read into their rows (SCAFFOLD's c_i), as numpy arrays."""
   import asyncio  # pylint: disable=g-import-not-at-top
   from tff_research.run import training  # pylint: disable=g-import-not-at-top
   run = training.rebuild_run(str(run_dir))
   restored, _ = asyncio.run(training.state_manager(
       run.directory.checkpoint_dir).load_latest(run.state_template()))
+  restored['state'] = with_table_rows(run.algorithm, restored['state'])
   return [np.asarray(x) for x in tf.nest.flatten(restored)]
 
 

@@ -35,7 +35,6 @@ KNOWN_LONG_FUNCTIONS = {
         'ClusteredFedAvg.next': 86,
         'build_clustered_fed_avg': 85,
     },
-    'algorithms/scaffold.py': {'build_scaffold_process': 198},
 }
 
 

@@ -3,6 +3,7 @@ option II, reduces to FedAvg when its control variates are zero, and resumes
 exactly from a checkpoint holding c and every c_i."""
 
 import asyncio
+import collections
 import csv
 
 import numpy as np
@@ -11,6 +12,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research import algorithms
+from tff_research.aggregators import config as aggregation_config
 from tff_research.algorithms import scaffold
 from tff_research.cli import flags
 from tff_research.run import checkpoint_evaluation
@@ -113,6 +115,58 @@ def test_three_rounds_match_numpy_reference(
   np.testing.assert_allclose(
       metrics['scaffold']['control_norm'],
       np.sqrt(sum(np.sum(c**2) for c in ref_c)), rtol=1e-5)
+
+
+# Local results pinned to 1e-6, so that how the process is composed (its
+# template parts, the aggregate that returns c_i+) cannot move them: 3 rounds
+# of SCHEDULE with each rule of PINNED_RULES, the pipeline's aggregator (the
+# excluding mean, example-weighted) and the median (uniform, eta_g = 0.7).
+# Per array: its L2 norm and its dot products with two fixed random sign
+# vectors (`_fingerprint`); one value per rule.
+PINNED_RULES = ('mean', 'median')
+PINNED = {
+    'loss': (2.0298612117767334, 2.788076639175415),
+    'x0': ((1.263937999, 0.517580003, -0.522594107),
+           (0.856368012, 0.317046598, -0.199263885)),
+    'x1': ((0.019786679, -0.03925726, -0.003427829),
+           (0.018180775, -0.036337913, -0.000686225)),
+    'c0': ((1.768259689, 0.304722083, -0.207888796),
+           (1.916120912, 0.124473205, -0.427382451)),
+    'c1': ((0.025251172, 0.035525159, 0.000762214),
+           (0.04818486, 0.114545066, 0.004759295)),
+    'ci0': ((7.545136772, -12.858967514, 6.428854957),
+            (8.147482574, -14.281405145, 9.853274004)),
+    'ci1': ((0.393080077, 0.816982718, 0.779212333),
+            (0.438854412, 0.863044087, 0.858456638)),
+}
+
+
+def _fingerprint(array):
+  x = np.asarray(array, np.float64).ravel()
+  signs = np.random.default_rng(x.size).choice([-1.0, 1.0], size=(2, x.size))
+  return [np.sqrt(x @ x), *(signs @ x)]
+
+
+@pytest.mark.parametrize('rule', PINNED_RULES)
+def test_local_results_are_pinned(tff_worker, rule):
+  config = algorithms.AlgorithmConfig('scaffold', client_learning_rate=LR)
+  if rule == 'median':
+    config = config.replace(
+        weighted=False, server_learning_rate=0.7,
+        aggregation=aggregation_config.AggregationConfig('median'))
+  alg = algorithms.build_algorithm(config, fl_testing.linear_model_fn(), IDS)
+  state, metrics = _run_scaffold(alg, fl_testing.make_clients(SIZES, seed=1),
+                                 SCHEDULE)
+  got = dict(loss=metrics['train']['loss'])
+  arrays = (('x', alg.get_model_weights(state).trainable),
+            ('c', state['server']['control_variate']),
+            ('ci', alg.client_controls(state)))
+  for name, leaves in arrays:
+    for v, leaf in enumerate(leaves):
+      got[f'{name}{v}'] = _fingerprint(leaf)
+  for key, values in PINNED.items():
+    np.testing.assert_allclose(got[key], values[PINNED_RULES.index(rule)],
+                               rtol=1e-6, atol=1e-6, err_msg=key)
 
 
 def test_a_diverged_client_changes_nothing_but_is_counted(tff_worker):
@@ -219,23 +273,76 @@ def test_sends_twice_the_model_each_way():
       2 * model_bytes, 2 * model_bytes)
 
 
-def test_type_signature_places_client_controls_at_clients():
+def test_type_signature_returns_client_controls_at_the_server():
+  """Every result SERVER-placed, so TFF's mergeable execution splits a
+  round across workers; the new c_i+ come back as a [K, ...] table."""
   alg = scaffold.build_scaffold(
       fl_testing.linear_model_fn(), client_ids=IDS, client_learning_rate=LR)
   assert isinstance(alg.process, tff.templates.IterativeProcess)
   sig = alg.process.next.type_signature
-  server_state, client_controls, client_data = sig.parameter
+  server_state, client_states, client_data = sig.parameter
   assert server_state.placement is tff.SERVER
-  assert client_controls.placement is tff.CLIENTS
+  assert client_states.placement is tff.CLIENTS
   assert client_data.placement is tff.CLIENTS
-  new_state, new_controls, metrics = sig.result
+  control_type = server_state.member.global_model_weights.trainable
+  assert client_states.member.control.is_equivalent_to(control_type)
+  assert client_states.member.slot.is_equivalent_to(tff.TensorType(np.int32))
+  new_state, clients, metrics = sig.result
   assert new_state.placement is tff.SERVER
-  assert new_controls.placement is tff.CLIENTS
+  assert clients.placement is tff.SERVER
   assert metrics.placement is tff.SERVER
-  assert new_controls.member.is_equivalent_to(client_controls.member)
+  for table, leaf in zip(clients.member.controls, control_type):
+    assert table.dtype == leaf.dtype
+    assert table.shape == (None, *leaf.shape)
+  assert clients.member.positions.is_equivalent_to(
+      tff.TensorType(np.int32, [None]))
   assert new_state.is_equivalent_to(server_state)
-  assert server_state.member.control_variate.is_equivalent_to(
-      server_state.member.global_model_weights.trainable)
+  assert server_state.member.control_variate.is_equivalent_to(control_type)
+  tff.backends.native.compile_to_mergeable_comp_form(alg.process.next)
+
+
+def test_is_composed_of_tff_template_parts():
+  weights_type = tff.learning.models.weights_type_from_model(
+      fl_testing.linear_model_fn())
+  finalizer = scaffold.build_finalizer(
+      weights_type, server_learning_rate=1.0, num_clients=3)
+  assert isinstance(finalizer, tff.learning.templates.FinalizerProcess)
+  aggregator = scaffold.build_aggregator(None, weights_type.trainable)
+  assert isinstance(aggregator, tff.templates.AggregationProcess)
+  assert aggregator.is_weighted
+  with pytest.raises(TypeError, match='keeps state'):
+    scaffold.compose_scaffold(None, aggregator, None, aggregator, finalizer)
+
+
+def _updates(slots):
+  """Client results U of a two-leaf model whose c_i+ rows are 10 * slot."""
+  return [collections.OrderedDict(
+      delta=[np.float32(1.0), np.ones(2, np.float32)],
+      control_delta=[np.float32(slot), np.full(2, slot, np.float32)],
+      control=[np.float32(10 * slot), np.full(2, 10 * slot, np.float32)],
+      slot=np.int32(slot)) for slot in slots]
+
+
+def test_aggregator_returns_client_rows_in_slot_order(tff_worker):
+  # Split across workers the rows arrive in the order the workers finish:
+  # here the clients come in slot order 2, 0, 1.
+  control_type = tff.to_type([tff.TensorType(np.float32),
+                              tff.TensorType(np.float32, [2])])
+  aggregator = scaffold.build_aggregator(None, control_type)
+  output = aggregator.next(aggregator.initialize(), _updates([2, 0, 1]),
+                           [1.0, 1.0, 1.0])
+  scalar, vector = output.result['clients']['controls']
+  np.testing.assert_array_equal(scalar, [0.0, 10.0, 20.0])
+  np.testing.assert_array_equal(vector, [[0.0, 0.0], [10.0, 10.0],
+                                         [20.0, 20.0]])
+  # The order they came in, which a rule's `kept_share` follows.
+  np.testing.assert_array_equal(output.result['clients']['positions'],
+                                [2, 0, 1])
+  np.testing.assert_array_equal(output.result['control_delta_sum'][1],
+                                [3.0, 3.0])
+  with pytest.raises(Exception, match='slots are not 0..K-1'):
+    aggregator.next(aggregator.initialize(), _updates([0, 0, 1]),
+                    [1.0, 1.0, 1.0])
 
 
 def test_bad_inputs_give_one_line_errors():

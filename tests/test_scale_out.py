@@ -3,12 +3,13 @@
 Real processes: each worker is `python -m tff_research.cli.worker --port=P` on
 127.0.0.1 (ports from portpicker), started and stopped here. A run on two
 workers must train the same model as the same run on this machine (to
-1e-6, every leaf of the checkpointed state), for every algorithm that runs
-distributed; a killed worker must end the run with one line naming it, leave
-nothing behind, and the re-run after a restart must finish with the model of
-an uninterrupted run.
+1e-6, every leaf of the checkpointed state and every per-client row it
+points to), for every algorithm that runs distributed; a killed worker must
+end the run with one line naming it, leave nothing behind, and the re-run
+after a restart must finish with the model of an uninterrupted run.
 """
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -20,6 +21,9 @@ import portpicker
 import pytest
 import tensorflow as tf
 
+from tff_research import algorithms
+from tff_research.algorithms import fed_avg
+from tff_research.algorithms import registry
 from tff_research.cli import flags
 from tff_research.execution import remote
 from tff_research.execution import runtime
@@ -41,6 +45,13 @@ VARIANTS = {
     'fedavg': dict(algorithm='fedavg'),
     'fedadam': dict(algorithm='fedadam'),
     'dp_server': dict(algorithm='fedavg', dp='server', **_DP),
+    'scaffold': dict(algorithm='scaffold'),
+    'scaffold_median': dict(algorithm='scaffold', weight_by_size=False,
+                            robust_aggregation='median'),
+    # A rule's kept share follows the order split workers finish in.
+    'scaffold_label_flip_median': dict(
+        algorithm='scaffold', weight_by_size=False, robust_aggregation='median',
+        attack='label_flip', malicious_fraction=0.25),
     'fedsgd': dict(algorithm='fedsgd', client_learning_rate=None),
     'fedprox': dict(algorithm='fedprox'),
     'fedavgm': dict(algorithm='fedavgm'),
@@ -55,9 +66,10 @@ VARIANTS = {
 # design (privacy/dp_client.py): two local runs differ too. It must run split
 # and finish; its model cannot be compared.
 _UNSEEDED = ('dp_client',)
-# Quick: plain FedAvg and server DP (its seeded noise must survive the
-# split); the server optimizers' state never leaves the server (slow set).
-_QUICK = ('fedavg', 'dp_server')
+# Quick: plain FedAvg, server DP (its seeded noise must survive the split)
+# and SCAFFOLD (its clients' rows must come back to the right clients); the
+# server optimizers' state never leaves the server (slow set).
+_QUICK = ('fedavg', 'dp_server', 'scaffold')
 
 
 class Worker:
@@ -151,6 +163,10 @@ def test_two_workers_train_the_same_model_as_local(two_workers, tmp_path,
     return
   for a, b in zip(local, distributed):
     np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-6)
+    for key in ('robustness_kept_clients', 'attack_kept_malicious'):
+      if key in a:
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6,
+                                   err_msg=key)
   _assert_same_model(tmp_path / 'local', tmp_path / 'distributed')
 
 
@@ -166,14 +182,31 @@ def test_bad_workers_flag_is_one_line(argv, message):
   assert '\n' not in str(e.value)
 
 
-def test_refused_algorithm_is_one_line():
+@pytest.fixture
+def local_only_registered():
+  """FedAvg registered as an algorithm whose spec is not distributed."""
+  algorithms.register(dataclasses.replace(fed_avg.SPEC, name='local_only',
+                                          distributed=False))
+  yield
+  del registry.SPECS['local_only']
+
+
+def test_refused_algorithm_is_one_line(local_only_registered):
+  del local_only_registered
   with pytest.raises(flags.FlagError) as e:
-    flags.config_from_argv(['--experiment_name=x', '--algorithm=scaffold',
+    flags.config_from_argv(['--experiment_name=x', '--algorithm=local_only',
                             '--workers=127.0.0.1:8000'])
   assert str(e.value) == (
-      '--workers does not apply: --algorithm=scaffold keeps per-client state'
-      " across rounds, which TFF's mergeable execution cannot split across"
-      ' workers; run it without --workers')
+      "--workers does not apply: --algorithm=local_only has rounds that TFF's"
+      ' mergeable execution cannot split across workers (one aggregation'
+      ' level, results at the server); run it without --workers')
+
+
+def test_scaffold_is_accepted_with_workers():
+  config = flags.config_from_argv(['--experiment_name=x',
+                                   '--algorithm=scaffold',
+                                   '--workers=127.0.0.1:8000'])
+  assert config.workers == ('127.0.0.1:8000',)
 
 
 def test_clustering_is_refused_with_one_line():

@@ -10,7 +10,9 @@ table, and whose merge concatenates two tables. So the computation keeps the
 shape TFF's mergeable execution needs (`tff.backends.native.
 compile_to_mergeable_comp_form`; the clients of a round are split across
 workers and the partial accumulators merged pairwise) and the rule runs once,
-in `report`, on the server.
+in `report`, on the server. `federated_stack` gathers any per-client
+value the same way and hands the table itself to the server (SCAFFOLD's new
+control variates, `algorithms/scaffold.py`).
 
 Every update is flattened to one float32 vector of the model's d parameters.
 Non-finite updates never enter: a client is excluded, exactly as
@@ -159,11 +161,10 @@ def accumulate(acc, row) -> collections.OrderedDict:
       entered=tf.concat([acc['entered'], row['entered'][tf.newaxis]], axis=0))
 
 
-def merge(a, b) -> collections.OrderedDict:
-  """Concatenation: `a`'s positions, then `b`'s."""
-  return collections.OrderedDict(
-      updates=tf.concat([a['updates'], b['updates']], axis=0),
-      entered=tf.concat([a['entered'], b['entered']], axis=0))
+def merge(a, b):
+  """Concatenation, leaf by leaf, of two accumulators of the same structure
+  (tables with a leading row dimension): `a`'s positions, then `b`'s."""
+  return tf.nest.map_structure(lambda x, y: tf.concat([x, y], axis=0), a, b)
 
 
 def report(acc, rule: Rule, capacity: int):
@@ -192,6 +193,34 @@ def mean_of_rows(rows: tf.Tensor) -> tf.Tensor:
   return tf.math.divide_no_nan(tf.reduce_sum(rows, axis=0), count)
 
 
+def _concatenating_aggregate(rows, acc_type, zero_fn, accumulate_fn,
+                             report_fn):
+  """One `tff.federated_aggregate` of the CLIENTS-placed `rows` whose
+  accumulator (of type `acc_type`) is a table of rows and whose merge is
+  `merge`: the shape TFF's mergeable execution splits across workers.
+  `zero_fn()`, `accumulate_fn(acc, row)` and `report_fn(acc)` are traced
+  into TensorFlow computations."""
+
+  @tff.tensorflow.computation
+  def zero():
+    return zero_fn()
+
+  @tff.tensorflow.computation(acc_type, rows.type_signature.member)
+  def accumulate(acc, row):
+    return accumulate_fn(acc, row)
+
+  @tff.tensorflow.computation(acc_type, acc_type)
+  def merge_tables(a, b):
+    return merge(a, b)
+
+  @tff.tensorflow.computation(acc_type)
+  def report_tables(acc):
+    return report_fn(acc)
+
+  return tff.federated_aggregate(rows, zero(), accumulate, merge_tables,
+                                 report_tables)
+
+
 def federated_collect(rows, width: int, rule: Rule, capacity: int,
                       finish: Callable[[tf.Tensor, Any], Any]):
   """`finish(*report(U, rule, capacity))`@SERVER of the CLIENTS-placed `rows`
@@ -202,25 +231,39 @@ def federated_collect(rows, width: int, rule: Rule, capacity: int,
   acc_type = tff.to_type(collections.OrderedDict(
       updates=tff.TensorType(np.float32, [None, width]),
       entered=tff.TensorType(np.int32, [None])))
+  return _concatenating_aggregate(
+      rows, acc_type, lambda: zero(width), accumulate,
+      lambda acc: finish(*report(acc, rule, capacity)))
 
-  @tff.tensorflow.computation
-  def zero_fn():
-    return zero(width)
 
-  @tff.tensorflow.computation(acc_type, rows.type_signature.member)
-  def accumulate_fn(acc, row):
-    return accumulate(acc, row)
+def federated_stack(rows):
+  """Every client's row of the CLIENTS-placed `rows` (any structure R of
+  tensors, with Python containers), stacked at the server by one
+  `tff.federated_aggregate` whose merge concatenates (`merge`):
 
-  @tff.tensorflow.computation(acc_type, acc_type)
-  def merge_fn(a, b):
-    return merge(a, b)
+      ({R}@CLIENTS -> R_?@SERVER)
 
-  @tff.tensorflow.computation(acc_type)
-  def report_fn(acc):
-    return finish(*report(acc, rule, capacity))
+  where R_? is R with a leading dimension [?], one row a client, in
+  position order (module docstring: the round's client order on one
+  machine, a permutation of it split across workers, so a caller that
+  needs a client's row tags it, e.g. with its index in the round). The
+  accumulator grows with the round instead of holding a fixed capacity:
+  the rows may be model-sized and the round's size is known only at run
+  time. Called while tracing a federated computation.
+  """
+  specs = tff.types.type_to_tf_tensor_specs(rows.type_signature.member)
+  table_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
+      lambda s: tf.TensorSpec([None, *s.shape], s.dtype), specs))
 
-  return tff.federated_aggregate(rows, zero_fn(), accumulate_fn, merge_fn,
-                                 report_fn)
+  def empty():
+    return tf.nest.map_structure(
+        lambda s: tf.zeros([0, *s.shape], s.dtype), specs)
+
+  def append(table, row):
+    return merge(table, tf.nest.map_structure(lambda t: t[tf.newaxis], row))
+
+  return _concatenating_aggregate(rows, table_type, empty, append,
+                                  lambda table: table)
 
 
 class CollectingFactory(tff.aggregators.UnweightedAggregationFactory,

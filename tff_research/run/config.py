@@ -169,9 +169,9 @@ def distributed_refusal(algorithm: registry.AlgorithmConfig) -> Optional[str]:
   """
   spec = algorithm.spec
   if not spec.distributed:
-    return (f'--algorithm={spec.name} keeps per-client state across rounds,'
-            " which TFF's mergeable execution cannot split across workers;"
-            ' run it without --workers')
+    return (f'--algorithm={spec.name} has rounds that TFF\'s mergeable'
+            ' execution cannot split across workers (one aggregation level,'
+            ' results at the server); run it without --workers')
   if algorithm.clustered:
     # Seen in tests/test_scale_out.py history: split across two workers, the
     # per-client values clustering keeps came back different from local.
