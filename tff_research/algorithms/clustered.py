@@ -885,12 +885,24 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
         state, int(np.argmax(self.cluster_sizes(state)))
     )
 
+  def candidate_models(self, state):
+    """(each existing cluster's model, the largest cluster): the models a
+    client that never trained chooses from (IFCA, Ghosh et al. 2020: the
+    one of least loss on its data, `evaluation.model_choice`).
+
+        state -> ([ModelWeights] * num_clusters, int)
+    """
+    total = int(state['num_clusters'])
+    largest = int(np.argmax(self.cluster_sizes(state)[:total]))
+    return [self.cluster_model_weights(state, c) for c in range(total)], largest
+
   def eval_model_groups(self, state, client_ids):
-    """Each held-out client is evaluated with its cluster's model.
+    """Each training client is evaluated with its cluster's model.
 
     Group g is cluster g. A client that is not a training client has no
-    cluster and is evaluated with the largest cluster's model (callers with
-    its data can place it by the metric with `assign_clients`).
+    cluster and is evaluated with the largest cluster's model; a run with
+    held-out clients lets each choose its cluster on its own data instead
+    (`candidate_models`).
     """
     total = int(state['num_clusters'])
     if total == 1:

@@ -228,12 +228,6 @@ class ExperimentConfig:
       _require(actual == value,
                f'--{name}={actual} does not apply to --algorithm='
                f'{spec.name}: {why}')
-    if self.algorithm.clustered:
-      _require(self.evaluation.eval_on == 'test_split',
-               f'--eval_on={self.evaluation.eval_on} is not valid with'
-               ' --clustering: each client is evaluated with its cluster\'s'
-               ' model and held-out clients have no cluster; use'
-               ' --eval_on=test_split')
     self._check_robustness()
     dp = self.algorithm.dp
     if dp is not None:
