@@ -20,6 +20,7 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_research.cli import flags
 from tff_research.execution import remote
@@ -51,14 +52,24 @@ VARIANTS = {
     'dp_server_adaptive': dict(algorithm='fedadam', dp='server',
                                dp_adaptive_clipping=True,
                                **dict(_DP, dp_noise_multiplier=0.2)),
+    # Every path of clustered FL's round: a clustering step that splits
+    # (gamma_max 0) at round 1, a round that keeps projected updates
+    # (round 2, in the window of the step at round 3), and a step whose
+    # clients first walk the split tree (round 3). Its per-client state
+    # (assignments, projected updates, their weights) is compared too.
+    'clustered': dict(algorithm='fedavg', clustering='cosine',
+                      num_clusters=3, cluster_warmup_rounds=0,
+                      recluster_every=2, split_gamma_max=0,
+                      permute_labels_fraction=0.5),
 }
 # Client-level DP draws each client's noise from its own unseeded RNG, by
 # design (privacy/dp_client.py): two local runs differ too. It must run split
 # and finish; its model cannot be compared.
 _UNSEEDED = ('dp_client',)
-# Quick: plain FedAvg and server DP (its seeded noise must survive the
-# split); the server optimizers' state never leaves the server (slow set).
-_QUICK = ('fedavg', 'dp_server')
+# Quick: plain FedAvg, server DP (its seeded noise must survive the split)
+# and clustered FL (its per-client results must come back in the clients'
+# order); the server optimizers' state never leaves the server (slow set).
+_QUICK = ('fedavg', 'dp_server', 'clustered')
 
 
 class Worker:
@@ -120,12 +131,19 @@ def two_workers():
   assert [w.stop() for w in workers] == [0, 0]
 
 
-def _final_state(run_dir):
-  """Every leaf of the latest checkpoint, as numpy arrays."""
+def _latest_state(run_dir):
+  """The latest checkpoint, per-client table rows (clustered FL's projected
+  updates) read in place of their index."""
   run = training.rebuild_run(str(run_dir))
   restored, _ = asyncio.run(training.state_manager(
       run.directory.checkpoint_dir).load_latest(run.state_template()))
-  return [np.asarray(x) for x in tf.nest.flatten(restored)]
+  return dict(restored, state=fl_testing.with_table_rows(run.algorithm,
+                                                         restored['state']))
+
+
+def _final_state(run_dir):
+  """Every leaf of the latest checkpoint, as numpy arrays."""
+  return [np.asarray(x) for x in tf.nest.flatten(_latest_state(run_dir))]
 
 
 def _assert_same_model(run_a, run_b):
@@ -161,6 +179,37 @@ def test_two_workers_train_the_same_model_as_local(two_workers, tmp_path,
   for a, b in zip(local, distributed):
     np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=1e-6)
   _assert_same_model(tmp_path / 'local', tmp_path / 'distributed')
+  if name == 'clustered':  # The split happened, so assignments were tested.
+    state = _latest_state(tmp_path / 'local')['state']
+    assert int(state['num_clusters']) >= 2
+    assert len(set(np.asarray(state['assignments']).tolist())) >= 2
+
+
+def test_per_client_results_come_back_in_the_clients_order(two_workers):
+  """The cause of clustered FL's mismatch on workers: TFF's mergeable
+  context joined the slices of a CLIENTS-placed result in the order the
+  workers finished (clients [0 1 2 | 3 4] came back [3 4 0 1 2] whenever the
+  second slice finished first). The first slice is made the slow one."""
+  runtime.start(workers=two_workers.split(','))
+
+  @tff.tensorflow.computation(np.int32, np.int32)
+  def client_fn(work, tag):
+    m = tf.ones([200, 200]) / 200.0
+    spun = tf.while_loop(lambda i, a: i < work,
+                         lambda i, a: (i + 1, tf.matmul(a, m)), (0, m))[1]
+    return tag + tf.cast(tf.reduce_sum(spun) * 0, tf.int32)
+
+  @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS),
+                             tff.FederatedType(np.int32, tff.CLIENTS))
+  def per_client(work, tag):
+    return tff.federated_map(client_fn, (work, tag))
+
+  before = remote.stats().split_calls
+  for work in ([0] * 5, [2000, 0, 0, 0, 0]):
+    tags = per_client([np.int32(w) for w in work],
+                      [np.int32(t) for t in range(5)])
+    assert [int(t) for t in tags] == [0, 1, 2, 3, 4]
+  assert remote.stats().split_calls == before + 2
 
 
 @pytest.mark.parametrize('argv,message', [
@@ -185,13 +234,11 @@ def test_refused_algorithm_is_one_line():
       ' workers; run it without --workers')
 
 
-def test_clustering_is_refused_with_one_line():
-  with pytest.raises(flags.FlagError) as e:
-    flags.config_from_argv(['--experiment_name=x', '--clustering=cosine',
-                            '--workers=127.0.0.1:8000'])
-  assert str(e.value).startswith(
-      '--workers does not apply: --clustering keeps per-client updates')
-  assert '\n' not in str(e.value)
+def test_clustering_runs_on_workers():
+  config = flags.config_from_argv(['--experiment_name=x', '--clustering=cosine',
+                                   '--workers=127.0.0.1:8000'])
+  assert config.workers == ('127.0.0.1:8000',)
+  assert config.algorithm.clustered
 
 
 def test_workers_are_not_part_of_the_run(tmp_path):

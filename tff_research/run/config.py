@@ -171,12 +171,6 @@ def distributed_refusal(algorithm: registry.AlgorithmConfig) -> Optional[str]:
     return (f'--algorithm={spec.name} keeps per-client state across rounds,'
             " which TFF's mergeable execution cannot split across workers;"
             ' run it without --workers')
-  if algorithm.clustered:
-    # Seen in tests/test_scale_out.py history: split across two workers, the
-    # per-client values clustering keeps came back different from local.
-    return ('--clustering keeps per-client updates and assignments across'
-            ' rounds, which split across workers did not reproduce local'
-            ' execution exactly; run it without --workers')
   return None
 
 
