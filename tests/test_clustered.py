@@ -78,8 +78,8 @@ def test_three_rounds_through_every_path_are_pinned(tff_worker):
   # splits (round 1, gamma_max 0), a round whose returning clients walk the
   # split tree and whose projected updates are kept (round 2), and a step
   # whose clients walk from the root and that splits again (round 3). The
-  # numbers were taken before the module was split into short functions;
-  # a reorganisation must keep them (1e-6).
+  # numbers pin the results: a reorganisation of the module keeps them
+  # (1e-6).
   clients = _teacher_clients(8, {1, 3, 4, 6})
   ids = [f'c{i}' for i in range(8)]
   plan = {1: [0, 1, 2, 3, 4, 5], 2: [2, 3, 4, 5, 6, 7],

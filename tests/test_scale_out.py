@@ -186,10 +186,11 @@ def test_two_workers_train_the_same_model_as_local(two_workers, tmp_path,
 
 
 def test_per_client_results_come_back_in_the_clients_order(two_workers):
-  """The cause of clustered FL's mismatch on workers: TFF's mergeable
-  context joined the slices of a CLIENTS-placed result in the order the
-  workers finished (clients [0 1 2 | 3 4] came back [3 4 0 1 2] whenever the
-  second slice finished first). The first slice is made the slow one."""
+  """TFF's mergeable context joins the slices of a CLIENTS-placed result
+  in the order the workers finish (clients [0 1 2 | 3 4] come back
+  [3 4 0 1 2] when the second slice finishes first), which put clustered FL's
+  per-client state on the wrong clients; the runtime returns them in the
+  clients' order. The first slice is made the slow one."""
   runtime.start(workers=two_workers.split(','))
 
   @tff.tensorflow.computation(np.int32, np.int32)

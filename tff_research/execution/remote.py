@@ -318,14 +318,14 @@ async def _invoke_slices_in_order(form, slices, contexts):
   TFF 0.87 (`mergeable_comp_execution_context._invoke_mergeable_comp_form`)
   merges the partial aggregates and concatenates the slices of a
   CLIENTS-placed result in the order the workers *finish*. A sum does not
-  mind the order; a per-client result does: with clients [0 1 2 | 3 4] on
-  two workers it came back as [3 4 0 1 2] whenever the second slice
-  finished first, and clustered FL stored client 3's projected update and
-  example count as client 0's (the "180 vs 179" of an example count in its
-  state: tests/test_scale_out.py reproduces it). Here every slice runs at
-  once as in TFF, then the partial aggregates are merged and the results
-  joined in slice order, i.e. the clients' order, so a per-client result
-  is the local one and a distributed run is the same every time.
+  mind the order; a per-client result does: clients [0 1 2 | 3 4] on two
+  workers come back as [3 4 0 1 2] when the second slice finishes first,
+  and clustered FL would store client 3's projected update and example
+  count as client 0's (tests/test_scale_out.py makes the first slice the
+  slow one). Here every slice runs at once as in TFF, then the partial
+  aggregates are merged and the results joined in slice order, i.e. the
+  clients' order, so a per-client result is the local one and a
+  distributed run is the same every time.
 
       (MergeableCompForm, [slice] * n, [AsyncContext] * >= n) -> result
   """
