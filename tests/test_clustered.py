@@ -73,6 +73,41 @@ def _numpy_fed_avg_round(w, b, clients, weighted=True, server_lr=1.0):
                                         server_lr)
 
 
+def test_three_rounds_through_every_path_are_pinned(tff_worker):
+  # Every path of a round, 6 of 8 clients a round: a clustering step that
+  # splits (round 1, gamma_max 0), a round whose returning clients walk the
+  # split tree and whose projected updates are kept (round 2), and a step
+  # whose clients walk from the root and that splits again (round 3). The
+  # numbers pin the results: a reorganisation of the module keeps them
+  # (1e-6).
+  clients = _teacher_clients(8, {1, 3, 4, 6})
+  ids = [f'c{i}' for i in range(8)]
+  plan = {1: [0, 1, 2, 3, 4, 5], 2: [2, 3, 4, 5, 6, 7],
+          3: [0, 1, 4, 5, 6, 7]}
+  alg = _build(ids, k=3, warmup=0, recluster_every=2, split_gamma_max=0.0)
+  state, history = _run(alg, clients, ids, 3, sampled=lambda r: plan[r])
+  assert state['assignments'].tolist() == [0, 1, 0, 2, 2, 0, 1, 0]
+  assert state['sketch_round'].tolist() == [3, 3, 2, 2, 3, 3, 3, 3]
+  assert [h['clusters']['num_clusters'] for h in history] == [2, 2, 3]
+  assert [h['clusters']['extra_local_updates'] for h in history] == [0, 2, 6]
+  np.testing.assert_allclose([h['train']['loss'] for h in history],
+                             [2.1170919, 1.5921904, 1.2129875], rtol=1e-6)
+  kernel, bias = (np.asarray(t, np.float64) for t in state['models'].trainable)
+  np.testing.assert_allclose(
+      np.abs(kernel).sum(axis=(1, 2)),
+      [35.160961283662346, 35.17460842854052, 35.64241175666757], rtol=1e-6)
+  np.testing.assert_allclose(bias, [
+      [-0.0043542, 0.0056112, -0.001609, 0.0067126, -0.0033981, 0.0028213,
+       0.0047865, -0.0151703, 0.0030565, 0.0015435],
+      [0.0036842, -0.0058531, -0.001799, 0.0033902, -0.0055542, 0.0059678,
+       0.0046931, -0.0059571, 0.0061027, -0.0046745],
+      [0.008979, 0.0091693, -0.0031574, -0.0060329, 0.0042334, -0.0141661,
+       -0.0042294, -0.0058705, 0.0138103, -0.0027356]], atol=1e-6)
+  np.testing.assert_allclose(
+      np.asarray(state['split_ref_stayed'], np.float64).sum(axis=1),
+      [0.0, -0.3089091673482329, 0.1711383720394224], rtol=1e-6, atol=1e-9)
+
+
 @pytest.mark.parametrize('k,warmup,weighted', [(1, 0, True), (2, 3, False)])
 def test_one_cluster_is_exactly_fed_avg(tff_worker, k, warmup, weighted):
   # K = 1, and K = 2 before its first clustering step, are FedAvg: same

@@ -94,8 +94,6 @@ def _parse(argv):
     (['--clustering=cosine', '--algorithm=fedprox'],
      '--clustering=cosine does not apply to --algorithm=fedprox; it applies'
      ' to --algorithm=fedavg'),
-    (['--clustering=cosine', '--eval_on=heldout_clients'],
-     '--eval_on=heldout_clients is not valid with --clustering'),
     (['--label_permutation_shift=3'],
      '--label_permutation_shift applies only with --permute_labels_fraction'),
     (['--permute_labels_fraction=1.5'],

@@ -557,11 +557,11 @@ def _pairs(measurements, mask):
 @pytest.mark.slow
 def test_split_across_two_workers_the_rules_agree_and_positions_line_up(
     tff_worker):
-  """Real mergeable execution: TFF gives each of two `tff_research.cli.worker`
-  processes a contiguous slice of the clients and merges the partial
-  results in the order the workers finish. The rules' results equal one
-  machine's; positions may be permuted, but a flag collected in the same
-  computation lines up with `kept_share`."""
+  """Real mergeable execution: each of two `tff_research.cli.worker`
+  processes gets a contiguous slice of the clients and the partial results
+  are merged in slice order. The rules' results equal one machine's, and
+  so do the positions: a flag collected in the same computation lines up
+  with `kept_share` in the clients' order."""
   from tff_research.execution import remote  # pylint: disable=g-import-not-at-top
   from tff_research.execution import runtime  # pylint: disable=g-import-not-at-top
   from tests import test_scale_out  # pylint: disable=g-import-not-at-top
@@ -615,10 +615,13 @@ def test_split_across_two_workers_the_rules_agree_and_positions_line_up(
                                err_msg=name)
     for key in ('excluded_clients', 'kept_clients'):
       np.testing.assert_allclose(b_m[key], a_m[key], rtol=1e-6, err_msg=name)
-    # The same (kept share, flag) pairs, whatever the order of positions.
+    # The same (kept share, flag) pairs, position by position.
     assert _pairs(b_m, b_mask) == _pairs(a_m, a_mask), name
-  # On one machine positions are the client order: the flags as given, and
-  # Multi-Krum keeps neither the NaN client (1) nor the outlier (5).
+    np.testing.assert_array_equal(b_mask, a_mask, err_msg=name)
+    np.testing.assert_allclose(b_m['kept_share'], a_m['kept_share'],
+                               rtol=1e-6, err_msg=name)
+  # Positions are the client order: the flags as given, and Multi-Krum
+  # keeps neither the NaN client (1) nor the outlier (5).
   np.testing.assert_array_equal(local[2][2][:7], flags)
   np.testing.assert_array_equal(local[2][1]['kept_share'][[1, 5]], [0, 0])
   _, krum_m, krum_mask = split[2]

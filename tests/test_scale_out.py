@@ -9,6 +9,7 @@ end the run with one line naming it, leave nothing behind, and the re-run
 after a restart must finish with the model of an uninterrupted run.
 """
 
+import asyncio
 import dataclasses
 import os
 import signal
@@ -20,6 +21,7 @@ import numpy as np
 import portpicker
 import pytest
 import tensorflow as tf
+import tensorflow_federated as tff
 
 from tff_research import algorithms
 from tff_research.algorithms import fed_avg
@@ -61,15 +63,25 @@ VARIANTS = {
     'dp_server_adaptive': dict(algorithm='fedadam', dp='server',
                                dp_adaptive_clipping=True,
                                **dict(_DP, dp_noise_multiplier=0.2)),
+    # Every path of clustered FL's round: a clustering step that splits
+    # (gamma_max 0) at round 1, a round that keeps projected updates
+    # (round 2, in the window of the step at round 3), and a step whose
+    # clients first walk the split tree (round 3). Its per-client state
+    # (assignments, projected updates, their weights) is compared too.
+    'clustered': dict(algorithm='fedavg', clustering='cosine',
+                      num_clusters=3, cluster_warmup_rounds=0,
+                      recluster_every=2, split_gamma_max=0,
+                      permute_labels_fraction=0.5),
 }
 # Client-level DP draws each client's noise from its own unseeded RNG, by
 # design (privacy/dp_client.py): two local runs differ too. It must run split
 # and finish; its model cannot be compared.
 _UNSEEDED = ('dp_client',)
-# Quick: plain FedAvg, server DP (its seeded noise must survive the split)
-# and SCAFFOLD (its clients' rows must come back to the right clients); the
-# server optimizers' state never leaves the server (slow set).
-_QUICK = ('fedavg', 'dp_server', 'scaffold')
+# Quick: plain FedAvg, server DP (its seeded noise must survive the split),
+# SCAFFOLD (its clients' rows must come back to the right clients) and
+# clustered FL (its per-client results must come back in the clients'
+# order); the server optimizers' state never leaves the server (slow set).
+_QUICK = ('fedavg', 'dp_server', 'scaffold', 'clustered')
 
 
 class Worker:
@@ -131,6 +143,16 @@ def two_workers():
   assert [w.stop() for w in workers] == [0, 0]
 
 
+def _latest_state(run_dir):
+  """The latest checkpoint, per-client table rows (clustered FL's projected
+  updates) read in place of their index."""
+  run = training.rebuild_run(str(run_dir))
+  restored, _ = asyncio.run(training.state_manager(
+      run.directory.checkpoint_dir).load_latest(run.state_template()))
+  return dict(restored, state=fl_testing.with_table_rows(run.algorithm,
+                                                         restored['state']))
+
+
 def _assert_same_model(run_a, run_b):
   a, b = fl_testing.final_state(run_a), fl_testing.final_state(run_b)
   assert len(a) == len(b)
@@ -168,6 +190,38 @@ def test_two_workers_train_the_same_model_as_local(two_workers, tmp_path,
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6,
                                    err_msg=key)
   _assert_same_model(tmp_path / 'local', tmp_path / 'distributed')
+  if name == 'clustered':  # The split happened, so assignments were tested.
+    state = _latest_state(tmp_path / 'local')['state']
+    assert int(state['num_clusters']) >= 2
+    assert len(set(np.asarray(state['assignments']).tolist())) >= 2
+
+
+def test_per_client_results_come_back_in_the_clients_order(two_workers):
+  """TFF's mergeable context joins the slices of a CLIENTS-placed result
+  in the order the workers finish (clients [0 1 2 | 3 4] come back
+  [3 4 0 1 2] when the second slice finishes first), which put clustered FL's
+  per-client state on the wrong clients; the runtime returns them in the
+  clients' order. The first slice is made the slow one."""
+  runtime.start(workers=two_workers.split(','))
+
+  @tff.tensorflow.computation(np.int32, np.int32)
+  def client_fn(work, tag):
+    m = tf.ones([200, 200]) / 200.0
+    spun = tf.while_loop(lambda i, a: i < work,
+                         lambda i, a: (i + 1, tf.matmul(a, m)), (0, m))[1]
+    return tag + tf.cast(tf.reduce_sum(spun) * 0, tf.int32)
+
+  @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS),
+                             tff.FederatedType(np.int32, tff.CLIENTS))
+  def per_client(work, tag):
+    return tff.federated_map(client_fn, (work, tag))
+
+  before = remote.stats().split_calls
+  for work in ([0] * 5, [2000, 0, 0, 0, 0]):
+    tags = per_client([np.int32(w) for w in work],
+                      [np.int32(t) for t in range(5)])
+    assert [int(t) for t in tags] == [0, 1, 2, 3, 4]
+  assert remote.stats().split_calls == before + 2
 
 
 @pytest.mark.parametrize('argv,message', [
@@ -209,13 +263,11 @@ def test_scaffold_is_accepted_with_workers():
   assert config.workers == ('127.0.0.1:8000',)
 
 
-def test_clustering_is_refused_with_one_line():
-  with pytest.raises(flags.FlagError) as e:
-    flags.config_from_argv(['--experiment_name=x', '--clustering=cosine',
-                            '--workers=127.0.0.1:8000'])
-  assert str(e.value).startswith(
-      '--workers does not apply: --clustering keeps per-client updates')
-  assert '\n' not in str(e.value)
+def test_clustering_runs_on_workers():
+  config = flags.config_from_argv(['--experiment_name=x', '--clustering=cosine',
+                                   '--workers=127.0.0.1:8000'])
+  assert config.workers == ('127.0.0.1:8000',)
+  assert config.algorithm.clustered
 
 
 def test_workers_are_not_part_of_the_run(tmp_path):

@@ -27,14 +27,14 @@ entered the rule, and its update is then row `sum(entered[:p])` of
 `updates`. On one machine TFF 0.87's C++ runtime accumulates the clients in
 the order of the round's CLIENTS-placed value (the datasets given to
 `next`), so position p is the p-th client of the round. Split across
-workers, TFF's mergeable context merges the workers' partial results in the
-order they *finish*, so positions are a permutation of the clients; but
-every aggregation of one computation is merged in the same order (its
-`merge` merges the whole partial result at once), so position p is the same
-client in every concatenating aggregation of the round. A per-client flag
-collected the same way (`attacks.client_work` collects the malicious flag)
-lines up with `kept_share` in both cases (`tests/test_robust_aggregators.py`
-pins the order on one machine and the alignment on two real workers).
+workers, each worker accumulates a contiguous slice of that value and
+`execution.remote` merges the partial results in slice order, so position p
+is again the p-th client; and every aggregation of one computation is
+merged at once (its `merge` merges the whole partial result), so position p
+is the same client in every concatenating aggregation of the round. A
+per-client flag collected the same way (`attacks.client_work` collects the
+malicious flag) lines up with `kept_share` (`tests/test_robust_aggregators.py`
+pins the order on one machine and on two real workers).
 
 Types, for d parameters and a value type V (a structure of float tensors):
 

@@ -44,7 +44,9 @@ class FederatedAlgorithm(abc.ABC):
   Everything else the loop may ask is an optional capability with a
   default: the model to evaluate (`get_model_weights`: the state's
   `global_model_weights`, as in TFF's `LearningAlgorithmState`), which model
-  evaluates which client (`eval_model_groups`: the global one), budget
+  evaluates which client (`eval_model_groups`: the global one) and which
+  models a client that never trained chooses from (`candidate_models`: the
+  global one), budget
   planning (`plan_rounds`: every round), costly reports (`report`: none),
   communication size (`bytes_per_client`: the model down, an update up),
   empty rounds (`runs_empty_rounds`: skipped) and the attack axis
@@ -110,6 +112,16 @@ class FederatedAlgorithm(abc.ABC):
     per cluster.
     """
     return [(self.get_model_weights(state), list(range(len(client_ids))))]
+
+  def candidate_models(
+      self, state: Any
+  ) -> tuple[list[tff.learning.models.ModelWeights], int]:
+    """(the models a client that never trained may be evaluated with, the
+    index of the one for a client that cannot choose). The global model by
+    default; clustered FL offers each cluster's model, and a held-out
+    client takes the one of least loss on its own data
+    (`evaluation.model_choice`, as IFCA assigns a new client)."""
+    return [self.get_model_weights(state)], 0
 
   def plan_rounds(
       self, state: Any, start_round: int, total_rounds: int, sampler: Any

@@ -73,11 +73,15 @@ but clustered FL keeps per-client state (each client's cluster), so this is a
 `base.FederatedAlgorithm`. The federated work is TFF computations built once:
 
     client_updates: (<M^K@SERVER, {int32}@CLIENTS, {B*}@CLIENTS>
-                     -> {<update=U, weight=float32, metrics=T>}@CLIENTS)
-    aggregate:      (<M^K@SERVER, {int32}@CLIENTS, {<U, float32, T>}@CLIENTS>
+                     -> {O}@CLIENTS),
+                    O = <update=U, weight=float32, metrics=T,
+                         sketch=float32[P]>
+    aggregate:      (<M^K@SERVER, {int32}@CLIENTS, {O}@CLIENTS>
                      -> <M^K@SERVER, <train=F, clusters=F^K>@SERVER>)
     train_round:    (<M^K@SERVER, {int32}@CLIENTS, {B*}@CLIENTS>
                      -> <M^K@SERVER, <train=F, clusters=F^K>@SERVER>)
+    train_round_sketched: as train_round, and
+                     {<sketch=float32[P], weight=float32>}@CLIENTS
 
 M^K is the K cluster models stacked on a leading axis. Each client's model
 reaches it with `tff.federated_select` keyed by its cluster (a client
@@ -144,200 +148,264 @@ def _stack_type(tensor_type, k: int):
   return tff.TensorType(tensor_type.dtype, [k] + list(tensor_type.shape))
 
 
-class _Computations:
-  """The federated computations, traced once per (model, K)."""
+@dataclasses.dataclass(frozen=True)
+class _Types:
+  """The types the computations are built from: W (one model's weights),
+  M^K (K models stacked on a leading axis), B* (a client's batches) and the
+  model's metric finalizers."""
 
-  def __init__(self, model_fn: ModelFn, client_optimizer, weighted: bool,
-               num_clusters: int, server_learning_rate: float,
-               projection_dim: int, projection_seed: int, num_clients: int):
-    k = num_clusters
+  weights: Any
+  stacked: Any
+  data: Any
+  finalizers: Any
+  k: int
+
+  @classmethod
+  def of(cls, model_fn: ModelFn, k: int) -> '_Types':
     with tf.Graph().as_default():
       model = model_fn()
       weights_type = tff.learning.models.weights_type_from_model(model)
       finalizers = model.metric_finalizers()
       batch_type = tff.types.tensorflow_to_type(model.input_spec)
-    data_type = tff.SequenceType(batch_type)
-    stacked_type = tff.types.structure_from_tensor_type_tree(
-        lambda t: _stack_type(t, k), weights_type
-    )
-    self.weights_type = weights_type
-    self.stacked_type = stacked_type
+    stacked = tff.types.structure_from_tensor_type_tree(
+        lambda t: _stack_type(t, k), weights_type)
+    return cls(weights_type, stacked, tff.SequenceType(batch_type), finalizers,
+               k)
+
+
+def _build_client_update(types: _Types, model_fn: ModelFn, client_optimizer,
+                         weighted: bool, projection_dim: int,
+                         projection_seed: int):
+  """A client's work: TFF's FedAvg client update (`build_model_delta_update_
+  with_tff_optimizer`) from the one model selected for it, and the update's
+  random projection (clustering.sketch_tf), computed on the client: what the
+  server stores to compare clients across rounds.
+
+      (<W*, B*> -> <update=U, weight=float32, metrics=T, sketch=float32[P]>)
+  """
+  weighting = (tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
+               else tff.learning.ClientWeighting.UNIFORM)
+
+  @tff.tensorflow.computation(tff.SequenceType(types.weights), types.data)
+  def client_update(selected, dataset):
+    # One key per client, so the selected sequence has one element.
+    element = selected.reduce(
+        tf.nest.map_structure(
+            lambda s: tf.zeros(s.shape, s.dtype), selected.element_spec),
+        lambda _, x: x)
+    initial = tff.learning.models.ModelWeights(
+        trainable=list(element[0]), non_trainable=list(element[1]))
+    update_fn = (
+        model_delta_client_work.build_model_delta_update_with_tff_optimizer(
+            model_fn, weighting=weighting,
+            loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE))
+    result, metrics = update_fn(client_optimizer, initial, dataset)
+    flat = tf.concat(
+        [tf.reshape(tf.cast(u, tf.float32), [-1]) for u in result.update],
+        axis=0)
+    return collections.OrderedDict(
+        update=list(result.update), weight=result.update_weight,
+        metrics=metrics,
+        sketch=clustering.sketch_tf(flat, projection_dim, projection_seed))
+
+  return client_update
+
+
+def _build_client_updates(types: _Types, client_update):
+  """Each client trains its cluster's model, sent with
+  `tff.federated_select` keyed by its cluster (one model, not K).
+
+      (<M^K@SERVER, {int32}@CLIENTS, {B*}@CLIENTS> -> {O}@CLIENTS)
+  """
+  k = types.k
+
+  @tff.tensorflow.computation(types.stacked, np.int32)
+  def select_fn(models, key):
+    return tf.nest.map_structure(lambda t: tf.gather(t, key), models)
+
+  @tff.tensorflow.computation(np.int32)
+  def to_keys(cluster):
+    return tf.reshape(cluster, [1])
+
+  @tff.federated_computation(
+      tff.FederatedType(types.stacked, tff.SERVER),
+      tff.FederatedType(np.int32, tff.CLIENTS),
+      tff.FederatedType(types.data, tff.CLIENTS))
+  def client_updates(models, clusters, data):
+    selected = tff.federated_select(
+        tff.federated_map(to_keys, clusters),
+        tff.federated_value(np.int32(k), tff.SERVER), models, select_fn)
+    return tff.federated_map(client_update, (selected, data))
+
+  return client_updates
+
+
+def _in_slot(onehot, t):
+  """`t` in the slot of the cluster `onehot` marks, zeros in the others."""
+  k = onehot.shape[0]
+  mask = tf.reshape(tf.cast(onehot, t.dtype), [k] + [1] * t.shape.rank)
+  return mask * t[tf.newaxis]
+
+
+def _build_to_slots(types: _Types, output_type):
+  """A client's weighted update, weight and metrics in its cluster's slot
+  of K (zeros in the others), so one federated sum averages every cluster
+  over its own clients only.
+
+      (<int32, O> -> <update=U^K, weight=float32[K], metrics=T^K>)
+  """
+  k = types.k
+
+  @tff.tensorflow.computation(np.int32, output_type)
+  def to_slots(cluster, output):
+    onehot = tf.one_hot(cluster, k, dtype=tf.float32)
+    weight = output['weight']
+    # As TFF's MeanFactory: the client sends value * weight and its weight.
+    return collections.OrderedDict(
+        update=[_in_slot(onehot, u * tf.cast(weight, u.dtype))
+                for u in output['update']],
+        weight=onehot * weight,
+        metrics=tf.nest.map_structure(lambda t: _in_slot(onehot, t),
+                                      output['metrics']))
+
+  return to_slots
+
+
+def _build_server_update(types: _Types, slots_type,
+                         server_learning_rate: float):
+  """x_k <- x_k - eta_g * (mean update of cluster k), and the training
+  metrics overall and per cluster.
+
+      (<M^K, <U^K, float32[K], T^K>> -> <M^K, <train=F, clusters=F^K>>)
+  """
+  k, finalizers = types.k, types.finalizers
+  lr = np.float32(server_learning_rate)
+
+  def finalize(unfinalized):
+    return collections.OrderedDict(
+        (name, fn(unfinalized[name])) for name, fn in finalizers.items())
+
+  @tff.tensorflow.computation(types.stacked, slots_type)
+  def server_update(models, sums):
+    weight = sums['weight']
+    trainable = []
+    for w, s in zip(models[0], sums['update']):
+      shape = [k] + [1] * (s.shape.rank - 1)
+      mean = tf.math.divide_no_nan(s, tf.reshape(tf.cast(weight, s.dtype),
+                                                 shape))
+      new = w - tf.cast(lr, w.dtype) * mean
+      # As TFF's finalizer: a non-finite mean update leaves the model as is.
+      finite = tf.reduce_all(
+          tf.math.is_finite(tf.reshape(mean, [k, -1])), axis=1)
+      trainable.append(tf.where(tf.reshape(finite, shape), new, w))
+    new_models = tff.learning.models.ModelWeights(
+        trainable=trainable, non_trainable=list(models[1]))
+    metrics = sums['metrics']
+    total = finalize(tf.nest.map_structure(
+        lambda t: tf.reduce_sum(t, axis=0), metrics))
+    per_cluster = [
+        finalize(tf.nest.map_structure(lambda t, i=i: t[i], metrics))
+        for i in range(k)]
+    clusters = collections.OrderedDict(
+        (name, tf.stack([p[name] for p in per_cluster]))
+        for name in finalizers)
+    return new_models, collections.OrderedDict(train=total, clusters=clusters)
+
+  return server_update
+
+
+def _build_aggregate(types: _Types, output_type, server_learning_rate: float,
+                     num_clients: int):
+  """Each cluster's FedAvg step from its own clients' updates.
+
+      (<M^K@SERVER, {int32}@CLIENTS, {O}@CLIENTS>
+       -> <M^K@SERVER, <train=F, clusters=F^K, per_client,
+                        excluded_clients=float32>@SERVER>)
+  """
+  to_slots = _build_to_slots(types, output_type)
+  server_update = _build_server_update(
+      types, to_slots.type_signature.result, server_learning_rate)
+  per_client_table = client_metrics.per_client_then_finalize(num_clients)(
+      types.finalizers)
+
+  @tff.tensorflow.computation(output_type)
+  def excluded(output):
+    # TFF's client work gives a non-finite update weight 0: it is left out
+    # of its cluster's mean above; count it (robust_aggregation's metric).
+    return 1.0 - tf.cast(output['weight'] > 0, tf.float32)
+
+  @tff.federated_computation(
+      tff.FederatedType(types.stacked, tff.SERVER),
+      tff.FederatedType(np.int32, tff.CLIENTS),
+      tff.FederatedType(output_type, tff.CLIENTS))
+  def aggregate(models, clusters, outputs):
+    sums = tff.federated_sum(tff.federated_map(to_slots, (clusters, outputs)))
+    updated = tff.federated_map(server_update, (models, sums))
+    new_models, metrics = updated[0], updated[1]
+    # The clients' own training metrics, for the dashboard's distribution.
+    per_client = per_client_table(outputs.metrics)[client_metrics.KEY]
+    return new_models, tff.federated_zip(collections.OrderedDict(
+        train=metrics.train, clusters=metrics.clusters,
+        per_client=per_client,
+        excluded_clients=tff.federated_sum(
+            tff.federated_map(excluded, outputs))))
+
+  return aggregate
+
+
+def _build_rounds(types: _Types, client_updates, aggregate, output_type):
+  """A round's work in one call, without and with the clients' projected
+  updates (a few kB each) coming back for later clustering steps; the full
+  updates stay in the computation.
+
+      train_round:         (<M^K@SERVER, {int32}@CLIENTS, {B*}@CLIENTS>
+                            -> <M^K@SERVER, metrics@SERVER>)
+      train_round_sketched: ... -> <M^K@SERVER, metrics@SERVER,
+                                    {<sketch=float32[P], weight>}@CLIENTS>
+  """
+  parameters = (tff.FederatedType(types.stacked, tff.SERVER),
+                tff.FederatedType(np.int32, tff.CLIENTS),
+                tff.FederatedType(types.data, tff.CLIENTS))
+
+  @tff.federated_computation(*parameters)
+  def train_round(models, clusters, data):
+    return aggregate(models, clusters, client_updates(models, clusters, data))
+
+  @tff.tensorflow.computation(output_type)
+  def to_sketch(output):
+    return collections.OrderedDict(
+        sketch=output['sketch'], weight=output['weight'])
+
+  @tff.federated_computation(*parameters)
+  def train_round_sketched(models, clusters, data):
+    outputs = client_updates(models, clusters, data)
+    new_models, metrics = aggregate(models, clusters, outputs)
+    return new_models, metrics, tff.federated_map(to_sketch, outputs)
+
+  return train_round, train_round_sketched
+
+
+class _Computations:
+  """The federated computations, traced once per (model, K) (module doc)."""
+
+  def __init__(self, model_fn: ModelFn, client_optimizer, weighted: bool,
+               num_clusters: int, server_learning_rate: float,
+               projection_dim: int, projection_seed: int, num_clients: int):
+    types = _Types.of(model_fn, num_clusters)
+    self.weights_type = types.weights
+    self.stacked_type = types.stacked
     self.update_size = int(sum(
-        np.prod(t.shape) for t in weights_type.trainable))
+        np.prod(t.shape) for t in types.weights.trainable))
     self.sketch_dim = clustering.sketch_dim(self.update_size, projection_dim)
-    weighting = (
-        tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
-        else tff.learning.ClientWeighting.UNIFORM
-    )
-
-    @tff.tensorflow.computation(stacked_type, np.int32)
-    def select_fn(models, key):
-      return tf.nest.map_structure(lambda t: tf.gather(t, key), models)
-
-    @tff.tensorflow.computation(np.int32)
-    def to_keys(cluster):
-      return tf.reshape(cluster, [1])
-
-    @tff.tensorflow.computation(tff.SequenceType(weights_type), data_type)
-    def client_update(selected, dataset):
-      # One key per client, so the selected sequence has one element.
-      element = selected.reduce(
-          tf.nest.map_structure(
-              lambda s: tf.zeros(s.shape, s.dtype), selected.element_spec
-          ),
-          lambda _, x: x,
-      )
-      initial = tff.learning.models.ModelWeights(
-          trainable=list(element[0]), non_trainable=list(element[1])
-      )
-      update_fn = (
-          model_delta_client_work.build_model_delta_update_with_tff_optimizer(
-              model_fn,
-              weighting=weighting,
-              loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE,
-          )
-      )
-      result, metrics = update_fn(client_optimizer, initial, dataset)
-      # The update's random projection (clustering.sketch_tf), computed on
-      # the client: what the server stores to compare clients across rounds.
-      flat = tf.concat(
-          [tf.reshape(tf.cast(u, tf.float32), [-1]) for u in result.update],
-          axis=0)
-      return collections.OrderedDict(
-          update=list(result.update), weight=result.update_weight,
-          metrics=metrics,
-          sketch=clustering.sketch_tf(flat, projection_dim, projection_seed),
-      )
-
-    max_key = np.int32(k)
-
-    @tff.federated_computation(
-        tff.FederatedType(stacked_type, tff.SERVER),
-        tff.FederatedType(np.int32, tff.CLIENTS),
-        tff.FederatedType(data_type, tff.CLIENTS),
-    )
-    def client_updates(models, clusters, data):
-      selected = tff.federated_select(
-          tff.federated_map(to_keys, clusters),
-          tff.federated_value(max_key, tff.SERVER),
-          models,
-          select_fn,
-      )
-      return tff.federated_map(client_update, (selected, data))
-
-    output_type = client_updates.type_signature.result.member
-
-    def slot(onehot, t):
-      mask = tf.reshape(tf.cast(onehot, t.dtype), [k] + [1] * t.shape.rank)
-      return mask * t[tf.newaxis]
-
-    @tff.tensorflow.computation(np.int32, output_type)
-    def to_slots(cluster, output):
-      onehot = tf.one_hot(cluster, k, dtype=tf.float32)
-      weight = output['weight']
-      # As TFF's MeanFactory: the client sends value * weight and its weight.
-      return collections.OrderedDict(
-          update=[slot(onehot, u * tf.cast(weight, u.dtype))
-                  for u in output['update']],
-          weight=onehot * weight,
-          metrics=tf.nest.map_structure(
-              lambda t: slot(onehot, t), output['metrics']
-          ),
-      )
-
-    def finalize(unfinalized):
-      return collections.OrderedDict(
-          (name, fn(unfinalized[name]))
-          for name, fn in finalizers.items()
-      )
-
-    slots_type = to_slots.type_signature.result
-
-    @tff.tensorflow.computation(output_type)
-    def excluded(output):
-      # TFF's client work gives a non-finite update weight 0: it is left out
-      # of its cluster's mean above; count it (robust_aggregation's metric).
-      return 1.0 - tf.cast(output['weight'] > 0, tf.float32)
-    per_client_table = client_metrics.per_client_then_finalize(num_clients)(
-        finalizers)
-    lr = np.float32(server_learning_rate)
-
-    @tff.tensorflow.computation(stacked_type, slots_type)
-    def server_update(models, sums):
-      weight = sums['weight']
-      trainable = []
-      for w, s in zip(models[0], sums['update']):
-        denom = tf.reshape(tf.cast(weight, s.dtype), [k] + [1] * (s.shape.rank - 1))
-        mean = tf.math.divide_no_nan(s, denom)
-        new = w - tf.cast(lr, w.dtype) * mean
-        # As TFF's finalizer: a non-finite mean update leaves the model as is.
-        finite = tf.reduce_all(
-            tf.math.is_finite(tf.reshape(mean, [k, -1])), axis=1
-        )
-        trainable.append(tf.where(
-            tf.reshape(finite, [k] + [1] * (s.shape.rank - 1)), new, w
-        ))
-      new_models = tff.learning.models.ModelWeights(
-          trainable=trainable, non_trainable=list(models[1])
-      )
-      metrics = sums['metrics']
-      total = finalize(tf.nest.map_structure(
-          lambda t: tf.reduce_sum(t, axis=0), metrics
-      ))
-      per_cluster = [
-          finalize(tf.nest.map_structure(lambda t, i=i: t[i], metrics))
-          for i in range(k)
-      ]
-      clusters = collections.OrderedDict(
-          (name, tf.stack([p[name] for p in per_cluster]))
-          for name in finalizers
-      )
-      return new_models, collections.OrderedDict(train=total, clusters=clusters)
-
-    @tff.federated_computation(
-        tff.FederatedType(stacked_type, tff.SERVER),
-        tff.FederatedType(np.int32, tff.CLIENTS),
-        tff.FederatedType(output_type, tff.CLIENTS),
-    )
-    def aggregate(models, clusters, outputs):
-      sums = tff.federated_sum(
-          tff.federated_map(to_slots, (clusters, outputs))
-      )
-      updated = tff.federated_map(server_update, (models, sums))
-      new_models, metrics = updated[0], updated[1]
-      # The clients' own training metrics, for the dashboard's distribution.
-      per_client = per_client_table(outputs.metrics)[client_metrics.KEY]
-      return new_models, tff.federated_zip(collections.OrderedDict(
-          train=metrics.train, clusters=metrics.clusters,
-          per_client=per_client,
-          excluded_clients=tff.federated_sum(
-              tff.federated_map(excluded, outputs))))
-
-    @tff.federated_computation(
-        tff.FederatedType(stacked_type, tff.SERVER),
-        tff.FederatedType(np.int32, tff.CLIENTS),
-        tff.FederatedType(data_type, tff.CLIENTS),
-    )
-    def train_round(models, clusters, data):
-      return aggregate(models, clusters, client_updates(models, clusters, data))
-
-    @tff.tensorflow.computation(output_type)
-    def to_sketch(output):
-      return collections.OrderedDict(
-          sketch=output['sketch'], weight=output['weight'])
-
-    @tff.federated_computation(
-        tff.FederatedType(stacked_type, tff.SERVER),
-        tff.FederatedType(np.int32, tff.CLIENTS),
-        tff.FederatedType(data_type, tff.CLIENTS),
-    )
-    def train_round_sketched(models, clusters, data):
-      # As train_round, and each client's projected update (a few kB) comes
-      # back to the server for later clustering steps; the full updates stay
-      # in the computation.
-      outputs = client_updates(models, clusters, data)
-      new_models, metrics = aggregate(models, clusters, outputs)
-      return new_models, metrics, tff.federated_map(to_sketch, outputs)
+    client_update = _build_client_update(
+        types, model_fn, client_optimizer, weighted, projection_dim,
+        projection_seed)
+    self.client_updates = _build_client_updates(types, client_update)
+    output_type = self.client_updates.type_signature.result.member
+    self.aggregate = _build_aggregate(types, output_type,
+                                      server_learning_rate, num_clients)
+    self.train_round, self.train_round_sketched = _build_rounds(
+        types, self.client_updates, self.aggregate, output_type)
 
     # As TFF's FedAvg: the initial weights come from a fresh model built in a
     # TF computation, so seeded initialisers give the same values.
@@ -346,10 +414,6 @@ class _Computations:
       return tff.learning.models.ModelWeights.from_model(model_fn())
 
     self.initial_weights = initial_weights
-    self.client_updates = client_updates
-    self.aggregate = aggregate
-    self.train_round = train_round
-    self.train_round_sketched = train_round_sketched
 
 
 def _weights(structure) -> tff.learning.models.ModelWeights:
@@ -383,8 +447,144 @@ def _copy_weights(weights):
   )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Compared:
+  """What a clustering step compares: training-client positions [m], their
+  projected updates float64 [m, P], weights [m] (examples, or 1), the
+  rounds they were computed in [m] and the clients' clusters [m]."""
+
+  members: np.ndarray
+  vectors: np.ndarray
+  weights: np.ndarray
+  rounds: np.ndarray
+  clusters: np.ndarray
+
+
+def _split_references(split: clustering.Split, compared: _Compared,
+                      round_num: int) -> list[np.ndarray]:
+  """[stayed, moved]: the weighted mean projected update of the clients
+  that stayed in the parent and of those that moved to the new cluster.
+
+  Clients placed later compute their update from the split's base model
+  (this round's model), so the updates computed from it (this round's
+  clients) are used where a side has any.
+  """
+  references = []
+  for group in (split.stayed, split.moved):
+    now = compared.rounds[group] == round_num
+    if now.any():
+      group = group[now]
+    w = compared.weights[group] / compared.weights[group].sum()
+    references.append(w @ compared.vectors[group])
+  return references
+
+
+def _check_schedule(metric, num_clusters, recluster_every, warmup_rounds,
+                    update_window, projection_dim, min_split_size) -> None:
+  """ValueError (one line) for a metric or schedule out of range."""
+  if metric not in METRICS:
+    raise ValueError(f'clustering metric {metric!r} is not valid; valid:'
+                     f' {", ".join(METRICS)}')
+  if not 1 <= num_clusters <= MAX_CLUSTERS:
+    raise ValueError(f'num_clusters={num_clusters} is not valid: must be in'
+                     f' [1, {MAX_CLUSTERS}]')
+  if recluster_every < 1:
+    raise ValueError(
+        f'recluster_every={recluster_every} is not valid: must be >= 1')
+  if warmup_rounds < 0:
+    raise ValueError(
+        f'warmup_rounds={warmup_rounds} is not valid: must be >= 0')
+  window = recluster_every if update_window is None else update_window
+  if not 1 <= window <= recluster_every:
+    raise ValueError(
+        f'update_window={update_window} is not valid: must be in'
+        f' [1, recluster_every={recluster_every}]')
+  if projection_dim < 0:
+    raise ValueError(
+        f'projection_dim={projection_dim} is not valid: must be >= 0'
+        ' (0 = store exact updates)')
+  if min_split_size < 1:
+    raise ValueError(
+        f'min_split_size={min_split_size} is not valid: must be >= 1')
+
+
+def _check_split_rule(split_rule, split_mean_norm_max, split_max_norm_min,
+                      split_gamma_max, split_separation) -> None:
+  """ValueError (one line) for a split rule or threshold out of range."""
+  if split_rule not in clustering.SPLIT_RULES:
+    raise ValueError(f'split_rule={split_rule!r} is not valid; valid:'
+                     f' {", ".join(clustering.SPLIT_RULES)}')
+  if not split_mean_norm_max > 0:
+    raise ValueError(
+        f'split_mean_norm_max={split_mean_norm_max} is not valid: must be'
+        ' > 0 (inf = no stationarity condition)')
+  if not 0 <= split_max_norm_min < math.inf:
+    raise ValueError(
+        f'split_max_norm_min={split_max_norm_min} is not valid: must be'
+        ' finite and >= 0')
+  if not 0 <= split_gamma_max < 1:
+    raise ValueError(f'split_gamma_max={split_gamma_max} is not valid: must'
+                     ' be in [0, 1)')
+  if split_separation not in clustering.SEPARATION_STATISTICS:
+    raise ValueError(
+        f'split_separation={split_separation!r} is not valid; valid:'
+        f' {", ".join(clustering.SEPARATION_STATISTICS)}')
+
+
+def _check_clients(client_ids, ground_truth) -> None:
+  if not client_ids:
+    raise ValueError('clustered FL needs the list of training clients')
+  if len(set(client_ids)) != len(client_ids):
+    raise ValueError('client_ids must be distinct')
+  if ground_truth is not None and len(ground_truth) != len(client_ids):
+    raise ValueError(
+        f'ground_truth has {len(ground_truth)} entries, client_ids'
+        f' {len(client_ids)}')
+
+
 class ClusteredFedAvg(base.FederatedAlgorithm):
-  """Clustered FedAvg with cosine or L2 update similarity (see module doc)."""
+  """Clustered FedAvg with cosine or L2 update similarity (see module doc).
+
+  Constructor arguments (keywords after `model_fn`; the computations are
+  built once):
+
+    model_fn: builds a fresh `tff.learning.models.VariableModel`.
+    client_ids: every training client, in a fixed order (assignments are
+      indexed by position in it).
+    client_optimizer: local optimizer, as FedAvg's.
+    metric: 'cosine' (Sattler et al.) or 'l2' (Ghosh et al.).
+    num_clusters: K in [1, 8], the most clusters there may be.
+    recluster_every: rounds between clustering steps (>= 1).
+    warmup_rounds: rounds of plain FedAvg before the first step (>= 0).
+    server_learning_rate: eta_g of each cluster's model update.
+    weighted: weight client updates by number of examples.
+    split_rule: 'sattler' (Sattler et al.'s Algorithm 1: stationarity
+      thresholds, complete-linkage bipartition, gamma_max criterion) or
+      'gap' (stricter: every cross pair farther apart than every
+      within pair; recursive within a step; norm thresholds unused).
+    split_mean_norm_max: eps_1 > 0: a cluster splits only if the norm of its
+      clients' (weighted) mean update is below it; inf = no condition.
+    split_max_norm_min: eps_2 >= 0: ... and its largest client update norm
+      is above it; 0 = no condition.
+    split_gamma_max: gamma_max in [0, 1): assumed relative error of the
+      compared gradient estimates; a split needs gamma_bound =
+      sqrt((1 - alpha) / 2) > gamma_max, i.e. alpha < 1 - 2 gamma_max^2.
+    split_separation: which alpha: 'group_mean' (cosine of the two sides'
+      mean updates) or 'pairwise_max' (Sattler et al.'s max over cross
+      client pairs; needs a smaller gamma_max, e.g. 0.64, see docs).
+    update_window: in [1, recluster_every] (None = recluster_every): a step
+      compares the most recent update of every client sampled in the last
+      `update_window` rounds (1 = only the step's sampled clients).
+    projection_dim: stored updates are projected to this many coordinates
+      (clustering.sketch, a seeded signed fold); 0 or >= the model size =
+      exact updates.
+    projection_seed: seed of the projection's signs.
+    min_split_size: fewest compared clients on each side of a split (>= 1).
+    ground_truth: optional true group of each client (diagnostics only:
+      logs `purity` every round and `purity_compared` at steps).
+    tables: where the clients' projected updates live (memory by default;
+      a run's directory in a run).
+  """
 
   def __init__(
       self,
@@ -410,65 +610,13 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       ground_truth: Sequence[int] | None = None,
       tables: client_state.Tables = client_state.IN_MEMORY,
   ):
-    """Builds the computations (once). Arguments: `build_clustered_fed_avg`."""
-    if metric not in METRICS:
-      raise ValueError(
-          f'clustering metric {metric!r} is not valid; valid:'
-          f' {", ".join(METRICS)}'
-      )
-    if not 1 <= num_clusters <= MAX_CLUSTERS:
-      raise ValueError(
-          f'num_clusters={num_clusters} is not valid: must be in'
-          f' [1, {MAX_CLUSTERS}]'
-      )
-    if recluster_every < 1:
-      raise ValueError(
-          f'recluster_every={recluster_every} is not valid: must be >= 1'
-      )
-    if warmup_rounds < 0:
-      raise ValueError(
-          f'warmup_rounds={warmup_rounds} is not valid: must be >= 0'
-      )
-    if split_rule not in clustering.SPLIT_RULES:
-      raise ValueError(
-          f'split_rule={split_rule!r} is not valid; valid:'
-          f' {", ".join(clustering.SPLIT_RULES)}')
-    if not split_mean_norm_max > 0:
-      raise ValueError(
-          f'split_mean_norm_max={split_mean_norm_max} is not valid: must be'
-          ' > 0 (inf = no stationarity condition)')
-    if not 0 <= split_max_norm_min < math.inf:
-      raise ValueError(
-          f'split_max_norm_min={split_max_norm_min} is not valid: must be'
-          ' finite and >= 0')
-    if not 0 <= split_gamma_max < 1:
-      raise ValueError(
-          f'split_gamma_max={split_gamma_max} is not valid: must be in'
-          ' [0, 1)')
-    if split_separation not in clustering.SEPARATION_STATISTICS:
-      raise ValueError(
-          f'split_separation={split_separation!r} is not valid; valid:'
-          f' {", ".join(clustering.SEPARATION_STATISTICS)}')
+    """Builds the computations (once); the arguments: the class docstring."""
+    _check_schedule(metric, num_clusters, recluster_every, warmup_rounds,
+                    update_window, projection_dim, min_split_size)
+    _check_split_rule(split_rule, split_mean_norm_max, split_max_norm_min,
+                      split_gamma_max, split_separation)
+    _check_clients(client_ids, ground_truth)
     window = recluster_every if update_window is None else update_window
-    if not 1 <= window <= recluster_every:
-      raise ValueError(
-          f'update_window={update_window} is not valid: must be in'
-          f' [1, recluster_every={recluster_every}]')
-    if projection_dim < 0:
-      raise ValueError(
-          f'projection_dim={projection_dim} is not valid: must be >= 0'
-          ' (0 = store exact updates)')
-    if min_split_size < 1:
-      raise ValueError(
-          f'min_split_size={min_split_size} is not valid: must be >= 1')
-    if not client_ids:
-      raise ValueError('clustered FL needs the list of training clients')
-    if len(set(client_ids)) != len(client_ids):
-      raise ValueError('client_ids must be distinct')
-    if ground_truth is not None and len(ground_truth) != len(client_ids):
-      raise ValueError(
-          f'ground_truth has {len(ground_truth)} entries, client_ids'
-          f' {len(client_ids)}')
     self._model_fn = model_fn
     self._client_ids = tuple(client_ids)
     self._pos = {c: i for i, c in enumerate(self._client_ids)}
@@ -630,91 +778,108 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     state['sketch_weight'] = stored_w
 
   def next(self, state, round_num, client_ids, client_datasets):
+    """One round (module doc): the sampled clients walk the split tree to
+    their clusters and train their cluster's model, and each cluster
+    averages its own clients' updates; a clustering step may split
+    clusters first.
+
+        (state, int, [str] * n, [B*] * n) -> (state, metric groups)
+    """
     pos = self._positions(client_ids)
     datasets = list(client_datasets)
-    k_max = self.num_clusters
-    models = _copy_weights(_weights(state['models']))
     state = collections.OrderedDict(state)
-    assignments = np.array(state['assignments'], np.int32)
-    resolved = np.array(state['resolved'], np.int32)
-    before = assignments[pos].copy()
-    clustering_round = self.is_clustering_round(round_num)
-    keep_sketches = self.needs_sketches(state, round_num)
+    before = np.array(state['assignments'], np.int32)[pos]
     cluster_metrics = collections.OrderedDict()
-    if clustering_round:
-      # A clustering step re-checks every sampled client from the root.
+    clusters = self._place(state, pos, before, round_num, datasets,
+                           cluster_metrics)
+    state, assignments, clusters, new_models, metrics = self._train(
+        state, pos, round_num, clusters, datasets, before, cluster_metrics)
+    assignments[pos] = clusters
+    resolved = np.array(state['resolved'], np.int32)
+    resolved[pos] = int(state['num_clusters'])
+    state['models'] = _weights(new_models)
+    state['assignments'] = assignments
+    state['resolved'] = resolved
+    self._add_cluster_metrics(cluster_metrics, state, metrics['clusters'])
+    train = collections.OrderedDict(
+        (name, np.asarray(v)) for name, v in metrics['train'].items())
+    train[client_metrics.KEY] = metrics[client_metrics.KEY]
+    return state, client_metrics.unpack(
+        collections.OrderedDict(train=train, clusters=cluster_metrics,
+                                **robust_aggregation.robustness_group(metrics)))
+
+  def _place(self, state, pos, before, round_num, datasets, cluster_metrics):
+    """The sampled clients' clusters before training: a clustering step
+    re-checks every sampled client from the root; otherwise a client walks
+    only the splits its cluster had since it was placed."""
+    if self.is_clustering_round(round_num):
       clusters, extra = self._descend(
           state, np.zeros(len(pos), np.int32), np.ones(len(pos), np.int32),
-          datasets,
-      )
+          datasets)
     else:
-      clusters, extra = self._descend(
-          state, before, resolved[pos], datasets
-      )
+      resolved = np.asarray(state['resolved'], np.int32)
+      clusters, extra = self._descend(state, before, resolved[pos], datasets)
       cluster_metrics['moved_on_return'] = int(np.sum(clusters != before))
     cluster_metrics['extra_local_updates'] = extra
+    return clusters
 
-    if clustering_round:
+  def _train(self, state, pos, round_num, clusters, datasets, before,
+             cluster_metrics):
+    """The round's training and aggregation: at a clustering step the
+    updates come back to the server, clusters may split, then each cluster
+    aggregates; in a step's window the projected updates come back; else
+    one call does the round.
+
+    Returns (state, every training client's cluster, the round's clients'
+    clusters, the new models, the computation's metrics).
+    """
+    models = _copy_weights(_weights(state['models']))
+    assignments = np.array(state['assignments'], np.int32)
+    if self.is_clustering_round(round_num):
       outputs = self.computations.client_updates(
-          models, _at_clients(clusters), datasets
-      )
+          models, _at_clients(clusters), datasets)
       self._store_sketches(
           state, pos, round_num, [o['sketch'] for o in outputs],
           [float(o['weight']) for o in outputs])
       assignments[pos] = clusters
       state, assignments, step_metrics = self._clustering_step(
-          state, models, assignments, pos, round_num
-      )
+          state, models, assignments, round_num)
       clusters = assignments[pos]
-      models = state['models']
       cluster_metrics['changed'] = int(np.sum(clusters != before))
       cluster_metrics.update(step_metrics)
       new_models, metrics = self.computations.aggregate(
-          models, _at_clients(clusters), outputs
-      )
-    elif keep_sketches:
+          state['models'], _at_clients(clusters), outputs)
+    elif self.needs_sketches(state, round_num):
       new_models, metrics, sketches = self.computations.train_round_sketched(
-          models, _at_clients(clusters), datasets
-      )
+          models, _at_clients(clusters), datasets)
       self._store_sketches(
           state, pos, round_num, [s['sketch'] for s in sketches],
           [float(s['weight']) for s in sketches])
     else:
       new_models, metrics = self.computations.train_round(
-          models, _at_clients(clusters), datasets
-      )
-    total = int(state['num_clusters'])
-    assignments[pos] = clusters
-    resolved = np.array(state['resolved'], np.int32)
-    resolved[pos] = total
-    state['models'] = _weights(new_models)
-    state['assignments'] = assignments
-    state['resolved'] = resolved
+          models, _at_clients(clusters), datasets)
+    return state, assignments, clusters, new_models, metrics
 
-    cluster_metrics['num_clusters'] = total
-    sizes = np.bincount(assignments, minlength=k_max)
-    for c in range(k_max):
-      cluster_metrics[f'size_{c}'] = int(sizes[c])
-    per_cluster = metrics['clusters']
+  def _add_cluster_metrics(self, out, state, per_cluster) -> None:
+    """The clusters' number and sizes, each cluster's training accuracy and
+    loss (clusters that trained), the unresolved clients and the purity
+    against the ground truth (when given), added to `out`."""
+    total = int(state['num_clusters'])
+    assignments = state['assignments']
+    out['num_clusters'] = total
+    sizes = np.bincount(assignments, minlength=self.num_clusters)
+    for c in range(self.num_clusters):
+      out[f'size_{c}'] = int(sizes[c])
     for c in range(total):
       n_c = float(np.asarray(per_cluster['num_examples'])[c])
       if n_c > 0:
-        cluster_metrics[f'train_accuracy_{c}'] = float(
+        out[f'train_accuracy_{c}'] = float(
             np.asarray(per_cluster['sparse_categorical_accuracy'])[c])
-        cluster_metrics[f'train_loss_{c}'] = float(
-            np.asarray(per_cluster['loss'])[c])
-    cluster_metrics['unresolved'] = self.unresolved_clients(state)
+        out[f'train_loss_{c}'] = float(np.asarray(per_cluster['loss'])[c])
+    out['unresolved'] = self.unresolved_clients(state)
     if self.ground_truth is not None:
-      cluster_metrics['purity'] = clustering.purity(
-          assignments, self.ground_truth)
-    cluster_metrics.move_to_end('num_clusters', last=False)
-    train = collections.OrderedDict(
-        (name, np.asarray(v)) for name, v in metrics['train'].items()
-    )
-    train[client_metrics.KEY] = metrics[client_metrics.KEY]
-    return state, client_metrics.unpack(
-        collections.OrderedDict(train=train, clusters=cluster_metrics,
-                                **robust_aggregation.robustness_group(metrics)))
+      out['purity'] = clustering.purity(assignments, self.ground_truth)
+    out.move_to_end('num_clusters', last=False)
 
   def _window_members(self, state, round_num):
     """Training-client positions whose stored update is recent enough:
@@ -723,136 +888,157 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     return np.flatnonzero(
         (rounds > round_num - self.update_window) & (rounds > 0))
 
-  def _clustering_step(self, state, models, assignments, sampled, round_num):
+  def _compared(self, state, assignments, round_num) -> '_Compared':
+    """The updates the clustering step of `round_num` compares."""
+    members = self._window_members(state, round_num)
+    (vectors,) = self.sketches.read(state['sketches'], members)
+    weights = np.asarray(state['sketch_weight'], np.float64)[members]
+    if not self.weighted:
+      weights = np.ones_like(weights)
+    return _Compared(members, vectors.astype(np.float64), weights,
+                     np.asarray(state['sketch_round'])[members],
+                     assignments[members])
+
+  def _clustering_step(self, state, models, assignments, round_num):
     """Decides splits on the window's updates (module doc).
 
     Returns the new state (models with new clusters initialised from their
     parents, split tree), every training client's cluster and the step's
     metrics.
     """
-    members = self._window_members(state, round_num)
-    (vectors,) = self.sketches.read(state['sketches'], members)
-    vectors = vectors.astype(np.float64)
-    weights = np.asarray(state['sketch_weight'], np.float64)[members]
-    rounds = np.asarray(state['sketch_round'])[members]
-    if not self.weighted:
-      weights = np.ones_like(weights)
-    clusters = assignments[members]
+    compared = self._compared(state, assignments, round_num)
+    clusters = compared.clusters
     total = int(state['num_clusters'])
-    d = clustering.dissimilarity(vectors, self.metric)
-    new_sub = np.array(clusters, np.int32)
-    splits = []
+    d = clustering.dissimilarity(compared.vectors, self.metric)
     metrics = collections.OrderedDict()
     self.last_decisions = {}
     if self.split_rule == 'gap':
       new_sub, splits, best_gap = clustering.divisive_clustering(
-          d, clusters, weights, num_clusters=total,
+          d, clusters, compared.weights, num_clusters=total,
           max_clusters=self.num_clusters, min_size=self.min_split_size,
       )
     else:
-      candidates = []
-      for c in range(total):
-        idx = np.flatnonzero(clusters == c)
-        dec = clustering.split_decision(
-            vectors[idx], weights[idx], metric=self.metric, rule='sattler',
-            mean_norm_max=self.split_mean_norm_max,
-            max_norm_min=self.split_max_norm_min,
-            gamma_max=self.split_gamma_max,
-            separation=self.split_separation, min_size=self.min_split_size,
-            can_split=total < self.num_clusters)
-        self.last_decisions[c] = dec
-        if dec.split:
-          candidates.append((dec.margin, -c, c, idx, dec))
-      # Most clearly separated first; at most one split per cluster and
-      # step (the halves must approach stationarity again before splitting).
-      for _, _, c, idx, dec in sorted(candidates, reverse=True):
-        if total + len(splits) >= self.num_clusters:
-          self.last_decisions[c] = dataclasses.replace(
-              dec, code=clustering.CLUSTER_CAP)
-          continue
-        first, second = idx[dec.bipartition.first], idx[dec.bipartition.second]
-        if weights[second].sum() > weights[first].sum():
-          first, second = second, first
-        child = total + len(splits)
-        new_sub[second] = child
-        splits.append(clustering.Split(c, child, np.sort(first),
-                                       np.sort(second)))
-      gaps = [dec.bipartition.normalized_gap
-              for dec in self.last_decisions.values()
-              if dec.bipartition is not None]
-      best_gap = max(gaps) if gaps else float('nan')
-      for c, dec in self.last_decisions.items():
-        metrics[f'compared_{c}'] = dec.num_clients
-        metrics[f'mean_update_norm_{c}'] = dec.mean_norm
-        metrics[f'max_update_norm_{c}'] = dec.max_norm
-        metrics[f'alpha_max_cross_{c}'] = dec.alpha_max_cross
-        metrics[f'alpha_mean_cross_{c}'] = dec.alpha_mean_cross
-        metrics[f'gamma_bound_{c}'] = dec.gamma_bound
-        metrics[f'split_decision_{c}'] = dec.code
-        logging.info(
-            'clustering step, round %d, cluster %d: %s (%d clients compared,'
-            ' |mean update| %.4g (eps_1 %.4g), max |update| %.4g (eps_2'
-            ' %.4g), alpha_max_cross %.4f, alpha_mean_cross %.4f,'
-            ' gamma_bound (%s) %.4f (gamma_max %.4f))', round_num, c,
-            dec.reason, dec.num_clients, dec.mean_norm,
-            self.split_mean_norm_max, dec.max_norm, self.split_max_norm_min,
-            dec.alpha_max_cross, dec.alpha_mean_cross, self.split_separation,
-            dec.gamma_bound, self.split_gamma_max)
+      new_sub, splits, best_gap = self._sattler_splits(
+          compared, total, round_num, metrics)
     new_assignments = np.array(assignments, np.int32)
-    new_assignments[members] = new_sub
+    new_assignments[compared.members] = new_sub
     if splits:
-      state = collections.OrderedDict(state)
-      models = _copy_weights(models)
-      base_w = _copy_weights(_weights(state['split_base']))
-      ref_stayed = np.array(state['split_ref_stayed'], np.float32)
-      ref_moved = np.array(state['split_ref_moved'], np.float32)
-      parent = np.array(state['split_parent'], np.int32)
-      for split in splits:
-        p, c = split.parent, split.child
-        for ts in (models.trainable, models.non_trainable):
-          for t in ts:
-            t[c] = t[p]
-        for src, dst in ((models.trainable, base_w.trainable),
-                         (models.non_trainable, base_w.non_trainable)):
-          for s, t in zip(src, dst):
-            t[c] = s[p]
-        # References for clients placed later: they compute their update
-        # from the base model (this round's model), so use the updates
-        # computed from it (this round's clients) where a side has any.
-        current = (rounds[split.stayed] == round_num,
-                   rounds[split.moved] == round_num)
-        for group, now, refs in ((split.stayed, current[0], ref_stayed),
-                                 (split.moved, current[1], ref_moved)):
-          if now.any():
-            group = group[now]
-          w = weights[group] / weights[group].sum()
-          refs[c] = w @ vectors[group]
-        parent[c] = p
-      state['split_base'] = base_w
-      state['split_ref_stayed'] = ref_stayed
-      state['split_ref_moved'] = ref_moved
-      state['split_parent'] = parent
-      state['num_clusters'] = np.int32(total + len(splits))
-      state['models'] = models
-      # Every client compared at this step is placed: it accounts for the
-      # new splits (the others walk the split tree when next sampled).
-      resolved = np.array(state['resolved'], np.int32)
-      resolved[members] = total + len(splits)
-      state['resolved'] = resolved
+      state = self._apply_splits(state, models, splits, compared, total,
+                                 round_num)
     else:
       state = collections.OrderedDict(state, models=models)
     comparable = clusters[:, None] == clusters[None, :]
     order = np.lexsort((np.arange(len(clusters)), new_sub))
     metrics['splits'] = len(splits)
     metrics['split_gap'] = float(best_gap)
-    metrics['compared'] = len(members)
+    metrics['compared'] = len(compared.members)
     metrics['moved_at_split'] = int(np.sum(new_sub != clusters))
-    if self.ground_truth is not None and len(members):
+    if self.ground_truth is not None and len(compared.members):
       metrics['purity_compared'] = clustering.purity(
-          new_sub, self.ground_truth[members])
+          new_sub, self.ground_truth[compared.members])
     metrics['similarity'] = clustering.similarity_image(
         d, self.metric, order, comparable)
     return state, new_assignments, metrics
+
+  def _sattler_splits(self, compared, total, round_num, metrics):
+    """Sattler et al.'s Algorithm 1 on each cluster's compared updates
+    (module doc). Keeps each cluster's decision in `last_decisions` and its
+    values in `metrics`.
+
+    Returns (each compared client's new cluster, the splits, the largest
+    normalised gap of a bipartition).
+    """
+    vectors, weights, clusters = (compared.vectors, compared.weights,
+                                  compared.clusters)
+    new_sub = np.array(clusters, np.int32)
+    candidates = []
+    for c in range(total):
+      idx = np.flatnonzero(clusters == c)
+      dec = clustering.split_decision(
+          vectors[idx], weights[idx], metric=self.metric, rule='sattler',
+          mean_norm_max=self.split_mean_norm_max,
+          max_norm_min=self.split_max_norm_min,
+          gamma_max=self.split_gamma_max,
+          separation=self.split_separation, min_size=self.min_split_size,
+          can_split=total < self.num_clusters)
+      self.last_decisions[c] = dec
+      if dec.split:
+        candidates.append((dec.margin, -c, c, idx, dec))
+    # Most clearly separated first; at most one split per cluster and
+    # step (the halves must approach stationarity again before splitting).
+    splits = []
+    for _, _, c, idx, dec in sorted(candidates, reverse=True):
+      if total + len(splits) >= self.num_clusters:
+        self.last_decisions[c] = dataclasses.replace(
+            dec, code=clustering.CLUSTER_CAP)
+        continue
+      first, second = idx[dec.bipartition.first], idx[dec.bipartition.second]
+      if weights[second].sum() > weights[first].sum():
+        first, second = second, first
+      child = total + len(splits)
+      new_sub[second] = child
+      splits.append(clustering.Split(c, child, np.sort(first),
+                                     np.sort(second)))
+    gaps = [dec.bipartition.normalized_gap
+            for dec in self.last_decisions.values()
+            if dec.bipartition is not None]
+    for c, dec in self.last_decisions.items():
+      self._report_decision(metrics, round_num, c, dec)
+    return new_sub, splits, max(gaps) if gaps else float('nan')
+
+  def _report_decision(self, metrics, round_num, c, dec) -> None:
+    """Cluster c's split decision: its values in `metrics`, and a log line."""
+    metrics[f'compared_{c}'] = dec.num_clients
+    metrics[f'mean_update_norm_{c}'] = dec.mean_norm
+    metrics[f'max_update_norm_{c}'] = dec.max_norm
+    metrics[f'alpha_max_cross_{c}'] = dec.alpha_max_cross
+    metrics[f'alpha_mean_cross_{c}'] = dec.alpha_mean_cross
+    metrics[f'gamma_bound_{c}'] = dec.gamma_bound
+    metrics[f'split_decision_{c}'] = dec.code
+    logging.info(
+        'clustering step, round %d, cluster %d: %s (%d clients compared,'
+        ' |mean update| %.4g (eps_1 %.4g), max |update| %.4g (eps_2'
+        ' %.4g), alpha_max_cross %.4f, alpha_mean_cross %.4f,'
+        ' gamma_bound (%s) %.4f (gamma_max %.4f))', round_num, c,
+        dec.reason, dec.num_clients, dec.mean_norm,
+        self.split_mean_norm_max, dec.max_norm, self.split_max_norm_min,
+        dec.alpha_max_cross, dec.alpha_mean_cross, self.split_separation,
+        dec.gamma_bound, self.split_gamma_max)
+
+  def _apply_splits(self, state, models, splits, compared, total, round_num):
+    """The state after `splits`: each new cluster starts from its parent's
+    model, which is also its split's base model, and keeps the split's
+    reference updates (`_split_references`); every compared client is
+    placed (it accounts for the new splits; the others walk the split tree
+    when next sampled)."""
+    state = collections.OrderedDict(state)
+    models = _copy_weights(models)
+    base_w = _copy_weights(_weights(state['split_base']))
+    ref_stayed = np.array(state['split_ref_stayed'], np.float32)
+    ref_moved = np.array(state['split_ref_moved'], np.float32)
+    parent = np.array(state['split_parent'], np.int32)
+    for split in splits:
+      p, c = split.parent, split.child
+      for ts in (models.trainable, models.non_trainable):
+        for t in ts:
+          t[c] = t[p]
+      for src, dst in ((models.trainable, base_w.trainable),
+                       (models.non_trainable, base_w.non_trainable)):
+        for s, t in zip(src, dst):
+          t[c] = s[p]
+      ref_stayed[c], ref_moved[c] = _split_references(split, compared,
+                                                      round_num)
+      parent[c] = p
+    state['split_base'] = base_w
+    state['split_ref_stayed'] = ref_stayed
+    state['split_ref_moved'] = ref_moved
+    state['split_parent'] = parent
+    state['num_clusters'] = np.int32(total + len(splits))
+    state['models'] = models
+    resolved = np.array(state['resolved'], np.int32)
+    resolved[compared.members] = total + len(splits)
+    state['resolved'] = resolved
+    return state
 
   # --- models and evaluation ----------------------------------------------
 
@@ -885,12 +1071,24 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
         state, int(np.argmax(self.cluster_sizes(state)))
     )
 
+  def candidate_models(self, state):
+    """(each existing cluster's model, the largest cluster): the models a
+    client that never trained chooses from (IFCA, Ghosh et al. 2020: the
+    one of least loss on its data, `evaluation.model_choice`).
+
+        state -> ([ModelWeights] * num_clusters, int)
+    """
+    total = int(state['num_clusters'])
+    largest = int(np.argmax(self.cluster_sizes(state)[:total]))
+    return [self.cluster_model_weights(state, c) for c in range(total)], largest
+
   def eval_model_groups(self, state, client_ids):
-    """Each held-out client is evaluated with its cluster's model.
+    """Each training client is evaluated with its cluster's model.
 
     Group g is cluster g. A client that is not a training client has no
-    cluster and is evaluated with the largest cluster's model (callers with
-    its data can place it by the metric with `assign_clients`).
+    cluster and is evaluated with the largest cluster's model; a run with
+    held-out clients lets each choose its cluster on its own data instead
+    (`candidate_models`).
     """
     total = int(state['num_clusters'])
     if total == 1:
@@ -915,79 +1113,13 @@ def build_clustered_fed_avg(
     num_clusters: int,
     recluster_every: int,
     warmup_rounds: int,
-    server_learning_rate: float = 1.0,
-    weighted: bool = True,
-    split_rule: str = DEFAULT_SPLIT_RULE,
-    split_mean_norm_max: float = DEFAULT_SPLIT_MEAN_NORM_MAX,
-    split_max_norm_min: float = DEFAULT_SPLIT_MAX_NORM_MIN,
-    split_gamma_max: float = DEFAULT_SPLIT_GAMMA_MAX,
-    split_separation: str = DEFAULT_SPLIT_SEPARATION,
-    update_window: int | None = None,
-    projection_dim: int = DEFAULT_PROJECTION_DIM,
-    projection_seed: int = 0,
-    min_split_size: int = MIN_SPLIT_SIZE,
-    ground_truth: Sequence[int] | None = None,
-    tables: client_state.Tables = client_state.IN_MEMORY,
+    **options,
 ) -> ClusteredFedAvg:
-  """Clustered FedAvg (see the module docstring).
-
-  Args:
-    model_fn: builds a fresh `tff.learning.models.VariableModel`.
-    client_ids: every training client, in a fixed order (assignments are
-      indexed by position in it).
-    client_optimizer: local optimizer, as FedAvg's.
-    metric: 'cosine' (Sattler et al.) or 'l2' (Ghosh et al.).
-    num_clusters: K in [1, 8], the most clusters there may be.
-    recluster_every: rounds between clustering steps (>= 1).
-    warmup_rounds: rounds of plain FedAvg before the first step (>= 0).
-    server_learning_rate: eta_g of each cluster's model update.
-    weighted: weight client updates by number of examples.
-    split_rule: 'sattler' (Sattler et al.'s Algorithm 1: stationarity
-      thresholds, complete-linkage bipartition, gamma_max criterion) or
-      'gap' (stricter: every cross pair farther apart than every
-      within pair; recursive within a step; norm thresholds unused).
-    split_mean_norm_max: eps_1 > 0: a cluster splits only if the norm of its
-      clients' (weighted) mean update is below it; inf = no condition.
-    split_max_norm_min: eps_2 >= 0: ... and its largest client update norm
-      is above it; 0 = no condition.
-    split_gamma_max: gamma_max in [0, 1): assumed relative error of the
-      compared gradient estimates; a split needs gamma_bound =
-      sqrt((1 - alpha) / 2) > gamma_max, i.e. alpha < 1 - 2 gamma_max^2.
-    split_separation: which alpha: 'group_mean' (cosine of the two sides'
-      mean updates) or 'pairwise_max' (Sattler et al.'s max over cross
-      client pairs; needs a smaller gamma_max, e.g. 0.64, see docs).
-    update_window: in [1, recluster_every] (None = recluster_every): a step
-      compares the most recent update of every client sampled in the last
-      `update_window` rounds (1 = only the step's sampled clients).
-    projection_dim: stored updates are projected to this many coordinates
-      (clustering.sketch, a seeded signed fold); 0 or >= the model size =
-      exact updates.
-    projection_seed: seed of the projection's signs.
-    min_split_size: fewest compared clients on each side of a split (>= 1).
-    ground_truth: optional true group of each client (diagnostics only:
-      logs `purity` every round and `purity_compared` at steps).
-    tables: where the clients' projected updates live (memory by default;
-      a run's directory in a run).
-  """
+  """Clustered FedAvg (see the module docstring): a `ClusteredFedAvg` whose
+  metric and schedule are given; `options` are its other keyword arguments
+  (its docstring)."""
   return ClusteredFedAvg(
-      model_fn,
-      client_ids=client_ids,
-      client_optimizer=client_optimizer,
-      metric=metric,
-      num_clusters=num_clusters,
-      recluster_every=recluster_every,
-      warmup_rounds=warmup_rounds,
-      server_learning_rate=server_learning_rate,
-      weighted=weighted,
-      split_rule=split_rule,
-      split_mean_norm_max=split_mean_norm_max,
-      split_max_norm_min=split_max_norm_min,
-      split_gamma_max=split_gamma_max,
-      split_separation=split_separation,
-      update_window=update_window,
-      projection_dim=projection_dim,
-      projection_seed=projection_seed,
-      min_split_size=min_split_size,
-      tables=tables,
-      ground_truth=ground_truth,
-  )
+      model_fn, client_ids=client_ids, client_optimizer=client_optimizer,
+      metric=metric, num_clusters=num_clusters,
+      recluster_every=recluster_every, warmup_rounds=warmup_rounds,
+      **options)

@@ -101,7 +101,8 @@ _FLAGS = (
      'Evaluate on held-out data every this many rounds (and at the end).'),
     ('evaluation', 'eval_on', str,
      "test_split: each client's test examples; heldout_clients: clients"
-     ' never trained on.'),
+     ' never trained on (with --clustering each chooses the cluster of least'
+     ' loss on its train split and is evaluated on its test split).'),
     ('evaluation', 'heldout_client_fraction', float,
      'With --eval_on=heldout_clients: fraction of clients held out.'),
     ('evaluation', 'validation_fraction', float,

@@ -341,17 +341,22 @@ class StoreClientData(tff.simulation.datasets.ClientData):
         c: (dataclasses.replace(r, label_shift=shift, num_classes=num_classes)
             if c in chosen else r) for c, r in self._recipes.items()})
 
-  def concat_clients(self, other: 'StoreClientData',
-                     client_ids) -> 'StoreClientData':
+  def concat_clients(self, other: 'StoreClientData', client_ids,
+                     apart=()) -> 'StoreClientData':
     """`client_ids`, each with its data here followed by its data in `other`
-    where it has some there."""
+    where it has some there; those in `apart` with their data here only."""
     recipes, counts = {}, {}
+    apart = set(apart)
     for cid in client_ids:
-      both = cid in other._recipes  # pylint: disable=protected-access
+      both = cid in other._recipes and cid not in apart  # pylint: disable=protected-access
       recipes[cid] = self.concat(other, cid) if both else self.recipe(cid)
       counts[cid] = self.num_examples(cid) + (
           other.num_examples(cid) if both else 0)
     return self._view(recipes, counts)
+
+  def subset(self, client_ids) -> 'StoreClientData':
+    """The clients `client_ids`, as they are here."""
+    return self._view({cid: self.recipe(cid) for cid in client_ids})
 
   def concat(self, other: 'StoreClientData', client_id: str) -> Recipe:
     """The recipe of this client's data followed by `other`'s (a held-out

@@ -2,8 +2,9 @@
 
 * `per_client`: one federated pass giving every held-out client's loss,
   accuracy and count, and the confusion matrix (`Evaluator`).
-* `checkpoint`: a saved run re-evaluated on exactly its held-out clients
-  (`experiments/evaluate.py`).
+* `model_choice`: which of several models (clustered FL's) evaluates a
+  client that never trained: the one of least loss on its selection data
+  (IFCA).
 """
 
 from tff_research.evaluation.per_client import build_per_client_eval

@@ -7,7 +7,9 @@ talks to it through TFF's own `RemoteExecutor`, and TFF's
 `MergeableCompExecutionContext` splits the CLIENTS-placed values of a call
 (the round's client datasets) into one contiguous slice per worker, runs the
 computation up to its aggregation on every worker, and merges the partial
-aggregates. The wheel of TFF 0.87 lacks the C++ remote executor stack, so
+aggregates; here the partial aggregates are merged, and a per-client result
+joined, in slice order, which is the clients' order
+(`_invoke_slices_in_order`). The wheel of TFF 0.87 lacks the C++ remote executor stack, so
 this is built from the public Python pieces (see docs/scale_out.md).
 
 Routing, per computation (decided once, cached):
@@ -46,6 +48,7 @@ written before the round is intact, and re-running the same command resumes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
 import threading
@@ -56,6 +59,12 @@ from typing import Optional
 from absl import logging
 import grpc
 import tensorflow_federated as tff
+# Private TFF: the steps of a mergeable call (split the argument into slices,
+# run `merge` and `after_merge` on a context, join CLIENTS-placed slices),
+# which TFF exports only inside `MergeableCompExecutionContext.invoke`; that
+# invoke joins the slices in the order the workers finish
+# (`_invoke_slices_in_order` says why that is wrong).
+from tensorflow_federated.python.core.impl.execution_contexts import mergeable_comp_execution_context as mergeable
 
 from tff_research.execution import monitor as monitor_lib
 from tff_research.execution import worker as worker_lib
@@ -268,7 +277,7 @@ class _DistributedContext(tff.framework.MergeableCompExecutionContext):
     try:
       if split:
         stats.split_calls += 1
-        return super().invoke(comp, arg)
+        return self._invoke_split(comp, arg)
       stats.single_worker_calls += 1
       return self._async_runner.run_coro_and_return_result(
           self._single_context.invoke(comp, arg))
@@ -281,8 +290,66 @@ class _DistributedContext(tff.framework.MergeableCompExecutionContext):
       entry[1] += now_sent - sent
       entry[2] += now_received - received
 
+  def _invoke_split(self, comp, arg):
+    """TFF's mergeable invocation (`MergeableCompExecutionContext.invoke`),
+    with the slices kept in the clients' order (`_invoke_slices_in_order`)."""
+    form = comp if isinstance(comp, tff.framework.MergeableCompForm) else (
+        self._compiler_pipeline.compile(comp))
+    contexts = self._async_execution_contexts
+    if arg is None:
+      slices = [None] * len(contexts)
+    else:
+      slices = mergeable.MergeableCompExecutionContextValue(
+          arg, form.up_to_merge.type_signature.parameter,
+          self._num_subrounds).value()
+    result = self._async_runner.run_coro_and_return_result(
+        _invoke_slices_in_order(form, slices, contexts))
+    return tff.types.type_to_py_container(
+        result, form.after_merge.type_signature.result)
+
   def close(self):
     self._async_runner.close()
+
+
+async def _invoke_slices_in_order(form, slices, contexts):
+  """Runs a `MergeableCompForm` on one contiguous slice of the clients per
+  worker; returns what the whole computation returns on one machine.
+
+  TFF 0.87 (`mergeable_comp_execution_context._invoke_mergeable_comp_form`)
+  merges the partial aggregates and concatenates the slices of a
+  CLIENTS-placed result in the order the workers *finish*. A sum does not
+  mind the order; a per-client result does: clients [0 1 2 | 3 4] on two
+  workers come back as [3 4 0 1 2] when the second slice finishes first,
+  and clustered FL would store client 3's projected update and example
+  count as client 0's (tests/test_scale_out.py makes the first slice the
+  slow one). Here every slice runs at once as in TFF, then the partial
+  aggregates are merged and the results joined in slice order, i.e. the
+  clients' order, so a per-client result is the local one and a
+  distributed run is the same every time.
+
+      (MergeableCompForm, [slice] * n, [AsyncContext] * >= n) -> result
+  """
+  if len(slices) > len(contexts):
+    raise ValueError(f'{len(slices)} slices for {len(contexts)} workers')
+  partials = await asyncio.gather(*(
+      context.invoke(form.up_to_merge, arg)
+      for arg, context in zip(slices, contexts)))
+  merged = partials[0]
+  for partial, context in zip(partials[1:], contexts[1:]):
+    merged = await mergeable._merge_results(  # pylint: disable=protected-access
+        form, merged, partial, context)
+  result_type = form.after_merge.type_signature.result
+  if tff.types.contains_only(result_type, lambda t: not isinstance(
+      t, tff.FederatedType) or t.all_equal):
+    # No per-client part: every slice would compute the same value.
+    return await mergeable._compute_after_merged(  # pylint: disable=protected-access
+        form, slices[0], merged, contexts[0])
+  results = await asyncio.gather(*(
+      mergeable._compute_after_merged(  # pylint: disable=protected-access
+          form, arg, merged, context)
+      for arg, context in zip(slices, contexts)))
+  return mergeable._repackage_partitioned_values(  # pylint: disable=protected-access
+      list(results), result_type)
 
 
 @dataclasses.dataclass

@@ -11,7 +11,7 @@ whether a backdoor took.
   the model classifies as the target (Bagdasaryan et al. 2020). It is the
   held-out accuracy on `attacks.backdoor.triggered_test_set` of every
   evaluation client (labels set to the target), evaluated with the same
-  model(s) as the run's evaluation (`eval_model_groups`).
+  model(s) as the run's evaluation (its `MODEL_GROUPS`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from tff_research.attacks import config as attack_config
 from tff_research.attacks import metrics as attack_metrics
 from tff_research.data import preprocessing
 from tff_research.run import client_split as client_split_lib
+from tff_research.run import held_out_evaluation
 
 GROUP = attack_metrics.ATTACK
 
@@ -56,10 +57,12 @@ class AttackHook:
     return {GROUP: collections.OrderedDict(malicious_clients=float(count))}
 
   def on_evaluation(self, record, result):
-    del result
     if self._triggered is None:
       return {}
-    groups = self._algorithm.eval_model_groups(record.state, self._eval_ids)
+    # The evaluation's own choice of model per client (held-out clients of
+    # a clustered run choose theirs on data this hook does not have).
+    groups = result.get(held_out_evaluation.MODEL_GROUPS) or (
+        self._algorithm.eval_model_groups(record.state, self._eval_ids))
     success = self._evaluator.evaluate_groups(groups, self._triggered)
     return {GROUP: collections.OrderedDict(
         backdoor_success=success['accuracy'])}

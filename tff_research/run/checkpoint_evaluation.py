@@ -20,6 +20,7 @@ from typing import Any, Optional
 
 
 from tff_research.evaluation import per_client
+from tff_research.run import held_out_evaluation
 from tff_research.run import run_directory
 from tff_research.run import safe_checkpoints
 from tff_research.run import training
@@ -99,14 +100,15 @@ def evaluate_checkpoint(
         f' ({e.reason}); it is intact: evaluate it with the hparams.json of'
         ' the run that wrote it') from None
   # Each held-out client is evaluated with the model the algorithm assigns it
-  # (one global model, or its cluster's), exactly as during training.
-  result = per_client.Evaluator(
-      run.model_fn, parts=training.execution_layout(run.config)[0]
-  ).evaluate_groups(
-      run.algorithm.eval_model_groups(restored['state'],
-                                      run.split.eval_client_ids),
-      run.split.eval_datasets(),
-  )
+  # (one global model, or its cluster's, or the cluster it chooses),
+  # exactly as during training.
+  evaluator = per_client.Evaluator(
+      run.model_fn, parts=training.execution_layout(run.config)[0])
+  groups, sizes = held_out_evaluation.EvalModels(
+      run.algorithm, run.split, evaluator).groups(restored['state'])
+  result = evaluator.evaluate_groups(groups, run.split.eval_datasets())
+  result.update(held_out_evaluation.group_metrics(groups, result))
+  result.update(sizes)
   out = collections.OrderedDict(
       round=int(restored['round']), eval_on=run.config.evaluation.eval_on
   )

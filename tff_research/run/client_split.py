@@ -23,19 +23,41 @@ class ClientSplit:
   evaluated, in the training clients' order; a writer with test examples
   but none to train on (possible in a cache built from other sources)
   trains never and is evaluated after them (`test_only_client_ids`).
+
+  With `eval_on='heldout_clients'` a held-out client is evaluated on all
+  its data, unless it must choose its model (`choose_model`: clustered FL,
+  where a client that never trained has no cluster). Then, as IFCA assigns
+  a new client (Ghosh et al. 2020, "An Efficient Framework for Clustered
+  Federated Learning"), its train split chooses the model
+  (`selection_datasets`) and its test split, disjoint from it, is what is
+  evaluated (`eval_datasets`), so the reported metric carries no selection
+  bias; a held-out client without test examples is not evaluated
+  (`untested_client_ids`).
   """
 
   def __init__(self, data: federated_data_lib.FederatedData,
-               evaluation: config_lib.EvaluationConfig, seed: int):
+               evaluation: config_lib.EvaluationConfig, seed: int,
+               choose_model: bool = False):
     all_ids = list(data.client_ids)
     test_ids = set(data.test.client_ids)
     known = set(all_ids)
     self.test_only_client_ids = sorted(test_ids - known)
-    if evaluation.eval_on == 'heldout_clients':
+    heldout = evaluation.eval_on == 'heldout_clients'
+    self.chooses_model = heldout and choose_model
+    self.untested_client_ids = []
+    if heldout:
       train_ids, heldout_ids = partition.heldout_split(
           all_ids, evaluation.heldout_client_fraction, seed)
       self.train_client_ids = list(train_ids)
       eval_ids = list(heldout_ids)
+      if self.chooses_model:
+        self.untested_client_ids = [c for c in eval_ids if c not in test_ids]
+        eval_ids = [c for c in eval_ids if c in test_ids]
+        if not eval_ids:
+          raise ValueError(
+              f'none of the {len(heldout_ids)} held-out clients has test'
+              ' examples to evaluate after choosing its cluster on its train'
+              ' split; use --eval_on=test_split')
     else:
       self.train_client_ids = all_ids
       eval_ids = [c for c in all_ids if c in test_ids]
@@ -54,47 +76,76 @@ class ClientSplit:
     self._test_ids = test_ids
 
   def describe_left_out(self) -> str:
-    """One line on writers with test examples but no training examples, or
-    '' if there are none."""
+    """One line on the clients whose data is not evaluated and on writers
+    with test examples but no training examples; '' if there are none."""
+    parts = []
+    untested = len(self.untested_client_ids)
+    if untested:
+      parts.append(
+          f'{untested} held-out clients without test examples are not'
+          ' evaluated (a held-out client chooses its cluster on its train'
+          ' split and is evaluated on its test split)')
     n = len(self.test_only_client_ids)
-    if not n:
-      return ''
-    examples = sum(_count(self._data.test, c) for c in self.test_only_client_ids)
-    if self._evaluation.eval_on == 'heldout_clients':
-      return (f'{n} writers with test examples but no training examples'
-              f' ({examples} test examples) are not evaluated: held-out'
-              ' clients are drawn from the training writers')
-    return (f'{n} writers with test examples but no training examples'
+    if n:
+      examples = sum(_count(self._data.test, c)
+                     for c in self.test_only_client_ids)
+      if self._evaluation.eval_on == 'heldout_clients':
+        parts.append(
+            f'{n} writers with test examples but no training examples'
+            f' ({examples} test examples) are not evaluated: held-out'
+            ' clients are drawn from the training writers')
+      else:
+        parts.append(
+            f'{n} writers with test examples but no training examples'
             f' ({examples} test examples) never train and are evaluated')
+    return '; '.join(parts)
 
   def eval_datasets(self) -> per_client.EvalSource:
-    """The held-out data: each client's test split, or all of a held-out
-    client's data (it never trained). Data in an array store is read by
-    the worker that evaluates (`RecipeSource`); other data is pooled in
-    memory (`DatasetSource`)."""
+    """The evaluated data: each client's test split, or all of a held-out
+    client's data (it never trained), or a held-out client's test split
+    when it chooses its model. Data in an array store is read by the worker
+    that evaluates (`RecipeSource`); other data is pooled in memory
+    (`DatasetSource`)."""
+    return self._source(self._eval_recipe, self.raw_eval_dataset)
+
+  def selection_datasets(self) -> per_client.EvalSource:
+    """The data on which each evaluation client chooses its model: its
+    train split (only when `chooses_model`; disjoint from `eval_datasets`)."""
+    if not self.chooses_model:
+      raise ValueError('selection data exists only for held-out clients that'
+                       ' choose their model')
+    train = self._data.train
+    return self._source(
+        lambda cid: train.recipe(cid),
+        lambda cid: train.create_tf_dataset_for_client(cid))
+
+  def _source(self, recipe_of, raw_of) -> per_client.EvalSource:
+    """The evaluation clients' data, each client's given by `recipe_of` (an
+    array store) or `raw_of` (any `ClientData`)."""
     train, test = self._data.train, self._data.test
-    heldout = self._evaluation.eval_on == 'heldout_clients'
     batch_size = self._evaluation.eval_batch_size
     if isinstance(train, store_client_data.StoreClientData) and isinstance(
         test, store_client_data.StoreClientData):
-      recipes = []
-      for cid in self.eval_client_ids:
-        if heldout:
-          recipes.append(train.concat(test, cid) if cid in self._test_ids
-                         else train.recipe(cid))
-        else:
-          recipes.append(test.recipe(cid))
-      return per_client.RecipeSource(recipes, batch_size)
+      return per_client.RecipeSource(
+          [recipe_of(cid) for cid in self.eval_client_ids], batch_size)
     return per_client.DatasetSource([
-        preprocessing.preprocess_for_eval(self.raw_eval_dataset(cid),
-                                          batch_size)
+        preprocessing.preprocess_for_eval(raw_of(cid), batch_size)
         for cid in self.eval_client_ids])
 
-  def raw_eval_dataset(self, client_id: str):
-    """An evaluation client's held-out examples before preprocessing (its
-    test split, or all its data if it is a held-out client)."""
+  def _eval_recipe(self, client_id: str) -> store_client_data.Recipe:
     train, test = self._data.train, self._data.test
-    if self._evaluation.eval_on != 'heldout_clients':
+    if self._evaluation.eval_on != 'heldout_clients' or self.chooses_model:
+      return test.recipe(client_id)
+    if client_id in self._test_ids:
+      return train.concat(test, client_id)
+    return train.recipe(client_id)
+
+  def raw_eval_dataset(self, client_id: str):
+    """An evaluation client's evaluated examples before preprocessing (its
+    test split, or all its data if it is a held-out client that does not
+    choose its model)."""
+    train, test = self._data.train, self._data.test
+    if self._evaluation.eval_on != 'heldout_clients' or self.chooses_model:
       return test.create_tf_dataset_for_client(client_id)
     ds = train.create_tf_dataset_for_client(client_id)
     if client_id in self._test_ids:

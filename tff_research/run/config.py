@@ -172,12 +172,6 @@ def distributed_refusal(algorithm: registry.AlgorithmConfig) -> Optional[str]:
     return (f'--algorithm={spec.name} has rounds that TFF\'s mergeable'
             ' execution cannot split across workers (one aggregation level,'
             ' results at the server); run it without --workers')
-  if algorithm.clustered:
-    # Seen in tests/test_scale_out.py history: split across two workers, the
-    # per-client values clustering keeps came back different from local.
-    return ('--clustering keeps per-client updates and assignments across'
-            ' rounds, which split across workers did not reproduce local'
-            ' execution exactly; run it without --workers')
   return None
 
 
@@ -247,12 +241,6 @@ class ExperimentConfig:
       _require(actual == value,
                f'--{name}={actual} does not apply to --algorithm='
                f'{spec.name}: {why}')
-    if self.algorithm.clustered:
-      _require(self.evaluation.eval_on == 'test_split',
-               f'--eval_on={self.evaluation.eval_on} is not valid with'
-               ' --clustering: each client is evaluated with its cluster\'s'
-               ' model and held-out clients have no cluster; use'
-               ' --eval_on=test_split')
     self._check_robustness()
     dp = self.algorithm.dp
     if dp is not None:

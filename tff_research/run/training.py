@@ -122,7 +122,10 @@ def build_run(
     evaluation = config.evaluation
     if evaluation.validation_fraction:
       data, evaluation = validation_split.carve(data, evaluation, config.seed)
-    split = client_split.ClientSplit(data, evaluation, config.seed)
+    # Clustered FL's held-out clients have no cluster: each chooses one.
+    split = client_split.ClientSplit(
+        data, evaluation, config.seed,
+        choose_model=config.algorithm.clustered)
   with phases.phase('algorithm'):
     directory = run_directory_lib.RunDirectory(config.run_dir)
     # Per-client rows (SCAFFOLD's c_i, clustered FL's sketches) live beside

@@ -10,8 +10,9 @@ run evaluates on validation data taken from its *training* data only:
   least one example stays for training). The test splits are never read.
 * `eval_on=heldout_clients`: the run's held-out clients
   (`heldout_client_fraction`) are dropped; a seeded `validation_fraction` of
-  the remaining clients become validation clients, evaluated on all their
-  data.
+  the remaining clients become validation clients, evaluated as held-out
+  clients are (on all their data, or, choosing their cluster, on their
+  test split).
 
     carve: (FederatedData, EvaluationConfig, seed)
            -> (FederatedData, EvaluationConfig for its ClientSplit)
@@ -31,6 +32,7 @@ import zlib
 import numpy as np
 
 from tff_research.data import federated_data as federated_data_lib
+from tff_research.data import partition
 from tff_research.data import store_client_data
 from tff_research.run import client_split as client_split_lib
 from tff_research.run import config as config_lib
@@ -70,10 +72,12 @@ def carve(
   heldout = evaluation.eval_on == 'heldout_clients'
   rng = _rng(seed)
   test_ids = set(data.test.client_ids)
+  apart = _validation_clients(train_ids, evaluation, seed)
   pixels, labels, train_idx, val_idx = [], [], {}, {}
   for cid in train_ids:
     px, lb = _arrays(data.train, cid)
-    if heldout and cid in test_ids:  # A validation client's data is all of it.
+    num_train = len(lb)
+    if heldout and cid in test_ids:  # A training client's data is all of it.
       more_px, more_lb = _arrays(data.test, cid)
       px, lb = px + more_px, lb + more_lb
     start = len(labels)
@@ -81,7 +85,10 @@ def carve(
     labels += lb
     idx = np.arange(start, len(labels))
     if heldout:
-      train_idx[cid] = idx
+      if cid in apart and idx.size > num_train:
+        train_idx[cid], val_idx[cid] = idx[:num_train], idx[num_train:]
+      else:
+        train_idx[cid] = idx
       continue
     n_val = min(int(round(fraction * idx.size)), idx.size - 1)
     perm = rng.permutation(idx)
@@ -92,17 +99,33 @@ def carve(
   labels = np.array(labels, np.int32)
   train = federated_data_lib.ArrayClientData(pixels, labels, train_idx)
   if heldout:
-    test = _NO_TEST
+    test = (federated_data_lib.ArrayClientData(pixels, labels, val_idx)
+            if val_idx else _NO_TEST)
   else:
     _check_some(val_idx, evaluation)
     test = federated_data_lib.ArrayClientData(pixels, labels, val_idx)
   return _validation_data(data, evaluation, train, test)
 
 
-# ClientSplit draws the validation clients from `train` by seed and appends
-# a client's `test` data to it; held-out validation clients' data is whole
-# in `train`, so `test` has no clients.
+# Validation on held-out clients with no validation client that has test
+# examples: `test` has no clients.
 _NO_TEST = store_client_data.StoreClientData({}, description='no test split')
+
+
+def _validation_clients(train_ids, evaluation, seed) -> set[str]:
+  """The validation clients of held-out validation, drawn as `ClientSplit`
+  draws them from the carved data (empty for `test_split`).
+
+  Their test split stays apart, in the carved `test`: ClientSplit evaluates
+  a held-out client on its train split followed by its test split, the
+  whole of its data as before, and a client that chooses its model (a
+  clustered run) chooses on the train split and is evaluated on the test
+  split. Every other training client trains on all of its data.
+  """
+  if evaluation.eval_on != 'heldout_clients':
+    return set()
+  return set(partition.heldout_split(
+      list(train_ids), evaluation.validation_fraction, seed)[1])
 
 
 def _rng(seed: int) -> np.random.Generator:
@@ -136,9 +159,14 @@ def _carve_store(data, evaluation, seed, train_ids):
   """
   train, test = data.train, data.test
   if evaluation.eval_on == 'heldout_clients':
-    # A training client's data is all of its data, test split included.
-    return _validation_data(data, evaluation,
-                            train.concat_clients(test, train_ids), _NO_TEST)
+    # A training client's data is all of its data, test split included; a
+    # validation client's test split stays apart (`_validation_clients`).
+    chosen = _validation_clients(train_ids, evaluation, seed)
+    tested = set(test.client_ids)
+    apart = [c for c in train_ids if c in chosen and c in tested]
+    return _validation_data(
+        data, evaluation, train.concat_clients(test, train_ids, apart=apart),
+        test.subset(apart) if apart else _NO_TEST)
   rng = _rng(seed)
   train_rows, val_rows = {}, {}
   for cid in train_ids:
