@@ -244,9 +244,9 @@ def federated_stack(rows):
       ({R}@CLIENTS -> R_?@SERVER)
 
   where R_? is R with a leading dimension [?], one row a client, in
-  position order (module docstring: the round's client order on one
-  machine, a permutation of it split across workers, so a caller that
-  needs a client's row tags it, e.g. with its index in the round). The
+  position order (module docstring: the round's client order, on one
+  machine and split across workers alike; a caller that must not depend
+  on it tags each row, e.g. with its index in the round). The
   accumulator grows with the round instead of holding a fixed capacity:
   the rows may be model-sized and the round's size is known only at run
   time. Called while tracing a federated computation.

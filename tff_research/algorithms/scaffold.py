@@ -69,11 +69,13 @@ workers (`execution/remote.py`). The clients' c_i+ come back through one
 merge concatenates (`aggregators.collection.federated_stack`), as the
 per-client metrics and the robust rules' updates do. A CLIENTS-placed c_i+
 would also compile, but the compiled form recomputes it after the merge,
-training every client a second time. Split across workers the rows arrive
-in the order the workers finish, so each row carries its slot and the table
-is put in slot order at the server; the arrival order (`positions`) is also
-the order of a robust rule's per-position `kept_share`, so the attack
-metrics name the right clients.
+training every client a second time. The rows arrive in position order,
+which `execution.remote` keeps equal to the clients' order when a round is
+split; each row also carries its slot and the table is put in slot order at
+the server, so the rows cannot land on the wrong clients whatever order the
+partial tables are merged in, and the arrival order (`positions`) is the
+order of a robust rule's per-position `kept_share`, so the attack metrics
+name the right clients in either case.
 
 The server state broadcast to clients is <x, c>: SCAFFOLD sends twice the
 model each way (x and c down, Delta y and Delta c up), which
@@ -620,9 +622,8 @@ class Scaffold(base.FederatedAlgorithm):
     positions = self._positions(client_ids)
     participation = np.asarray(state['participation'])
     rows = self.controls.read(state['client_controls'], positions)
-    # Slot k tags the k-th client's row: split across workers the new rows
-    # come back in the order the workers finish, and are put back in slot
-    # order inside the computation.
+    # Slot k tags the k-th client's row, so the new rows are put in slot
+    # order inside the computation whatever order they were merged in.
     client_states = [
         collections.OrderedDict(control=[leaf[k] for leaf in rows],
                                 slot=np.int32(k))

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_research.algorithms import cohort_client_work
 from tff_research.data import store_client_data
 from tff_research.data import tagged
 
@@ -131,15 +132,6 @@ def build_parallel_eval(per_client_eval: tff.Computation) -> tff.Computation:
         per_client_eval, (tff.federated_broadcast(weights), parts)))
 
   return evaluate_parts
-
-
-def split_evenly(indices: Sequence[int], parts: int) -> list[list[int]]:
-  """`indices` in at most `parts` contiguous runs, as even as they can be
-  (none empty)."""
-  indices = list(indices)
-  parts = max(1, min(parts, len(indices)))
-  bounds = np.linspace(0, len(indices), parts + 1).round().astype(int)
-  return [indices[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 # The pooled examples a sequence built from memory may carry: its arrays are
@@ -381,8 +373,10 @@ class Evaluator:
     if key not in self._inputs:
       if len(self._inputs) >= 8:  # Clustered FL's groups change over time.
         self._inputs.clear()
-      parts = [source.sequences(run)
-               for run in split_evenly(indices, self._parts)]
+      # Contiguous, as even as they can be: the cohorts' split.
+      parts = [source.sequences(indices[run.start:run.stop])
+               for run in cohort_client_work.split_cohorts(len(indices),
+                                                           self._parts)]
       calls = [[p[j] for p in parts if j < len(p)]
                for j in range(max(len(p) for p in parts))]
       self._inputs[key] = (source, calls)

@@ -104,11 +104,9 @@ def evaluate_checkpoint(
   # exactly as during training.
   evaluator = per_client.Evaluator(
       run.model_fn, parts=training.execution_layout(run.config)[0])
-  groups, sizes = held_out_evaluation.EvalModels(
-      run.algorithm, run.split, evaluator).groups(restored['state'])
-  result = evaluator.evaluate_groups(groups, run.split.eval_datasets())
-  result.update(held_out_evaluation.group_metrics(groups, result))
-  result.update(sizes)
+  result, _ = held_out_evaluation.EvalModels(
+      run.algorithm, run.split, evaluator).evaluate(
+          restored['state'], run.split.eval_datasets())
   out = collections.OrderedDict(
       round=int(restored['round']), eval_on=run.config.evaluation.eval_on
   )

@@ -115,9 +115,9 @@ class ClientSplit:
       raise ValueError('selection data exists only for held-out clients that'
                        ' choose their model')
     train = self._data.train
-    return self._source(
-        lambda cid: train.recipe(cid),
-        lambda cid: train.create_tf_dataset_for_client(cid))
+    # Looked up when used: only an array store has recipes.
+    return self._source(lambda cid: train.recipe(cid),
+                        train.create_tf_dataset_for_client)
 
   def _source(self, recipe_of, raw_of) -> per_client.EvalSource:
     """The evaluation clients' data, each client's given by `recipe_of` (an
@@ -132,9 +132,16 @@ class ClientSplit:
         preprocessing.preprocess_for_eval(raw_of(cid), batch_size)
         for cid in self.eval_client_ids])
 
+  @property
+  def _evaluates_test_split(self) -> bool:
+    """Whether an evaluation client is evaluated on its test split only
+    (else on all its data: a held-out client that does not choose)."""
+    return (self._evaluation.eval_on != 'heldout_clients'
+            or self.chooses_model)
+
   def _eval_recipe(self, client_id: str) -> store_client_data.Recipe:
     train, test = self._data.train, self._data.test
-    if self._evaluation.eval_on != 'heldout_clients' or self.chooses_model:
+    if self._evaluates_test_split:
       return test.recipe(client_id)
     if client_id in self._test_ids:
       return train.concat(test, client_id)
@@ -145,7 +152,7 @@ class ClientSplit:
     test split, or all its data if it is a held-out client that does not
     choose its model)."""
     train, test = self._data.train, self._data.test
-    if self._evaluation.eval_on != 'heldout_clients' or self.chooses_model:
+    if self._evaluates_test_split:
       return test.create_tf_dataset_for_client(client_id)
     ds = train.create_tf_dataset_for_client(client_id)
     if client_id in self._test_ids:

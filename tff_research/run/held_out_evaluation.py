@@ -72,6 +72,15 @@ class EvalModels:
     sizes['heldout_by_default'] = int(choice.by_default.sum())
     return model_choice.groups(models, choice.choice), sizes
 
+  def evaluate(self, state, clients) -> tuple[dict[str, Any], list]:
+    """(the evaluator's result on `clients`, each with its model, with the
+    per-group metrics and the held-out sizes; the model groups)."""
+    groups, sizes = self.groups(state)
+    result = self._evaluator.evaluate_groups(groups, clients)
+    result.update(group_metrics(groups, result))
+    result.update(sizes)
+    return result, groups
+
 
 class HeldOutEvaluation:
   """Evaluates the algorithm's model(s) on the run's held-out clients every
@@ -82,8 +91,9 @@ class HeldOutEvaluation:
   def __init__(self, algorithm, model_fn, split, every: int, num_classes: int,
                parts: int = 1):
     self._every = every
-    self._evaluator = evaluation.Evaluator(model_fn, num_classes, parts=parts)
-    self._models = EvalModels(algorithm, split, self._evaluator)
+    self._models = EvalModels(
+        algorithm, split,
+        evaluation.Evaluator(model_fn, num_classes, parts=parts))
     self._clients = split.eval_datasets()
 
   def due(self, round_num: int, final_round: int) -> bool:
@@ -93,10 +103,7 @@ class HeldOutEvaluation:
     """(the `eval` group, the full result incl. per-client arrays, the
     confusion matrix and the model groups under `MODEL_GROUPS`)."""
     start = time.monotonic()
-    groups, sizes = self._models.groups(state)
-    result = self._evaluator.evaluate_groups(groups, self._clients)
-    result.update(group_metrics(groups, result))
-    result.update(sizes)
+    result, groups = self._models.evaluate(state, self._clients)
     result['seconds'] = time.monotonic() - start
     group = collections.OrderedDict(
         (k, v) for k, v in result.items()
