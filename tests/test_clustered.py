@@ -13,6 +13,7 @@ from tff_research.algorithms import base
 from tff_research.algorithms import clustered
 from tff_research.algorithms import clustering
 from tff_research.algorithms import fed_avg
+from tff_research.aggregators import registry as aggregator_registry
 from tests import fl_testing
 
 LR = 0.05
@@ -175,6 +176,78 @@ def test_each_cluster_averages_only_its_own_clients(tff_worker):
         c[f'train_loss_{cluster}'], fl_testing.pre_step_train_loss(
             before[0][cluster], before[1][cluster],
             [clients[i] for i in members], LR, BATCH), rtol=1e-5)
+
+
+@pytest.mark.parametrize('rule', ['median', 'norm_bound'])
+def test_each_cluster_takes_the_model_aggregator_over_its_own_clients(
+    tff_worker, rule):
+  # Clients a, c, e in cluster 0, b, d in cluster 2, cluster 1 empty. The
+  # median (uniform) of cluster 0's three updates is their coordinate-wise
+  # middle value, of cluster 2's two their mean; norm bounding (weighted by
+  # examples) projects each update onto the ball of radius 0.05 first.
+  clients = fl_testing.make_clients([8, 5, 7, 6, 9], seed=3)
+  ids = ['a', 'b', 'c', 'd', 'e']
+  weighted = rule == 'norm_bound'
+  factory = (aggregator_registry.build('median', {}, capacity=5)
+             if rule == 'median' else
+             aggregator_registry.build('norm_bound', {'norm_bound': 0.05},
+                                       capacity=5))
+  alg = _build(ids, k=3, warmup=100, weighted=weighted,
+               model_aggregator=factory)
+  state = alg.initialize()
+  rng = np.random.default_rng(5)
+  for t in state['models'].trainable:
+    t[...] = 0.01 * rng.standard_normal(t.shape)
+  state['num_clusters'] = np.int32(3)
+  state['assignments'] = np.array([0, 2, 0, 2, 0], np.int32)
+  state['resolved'] = np.full(5, 3, np.int32)
+  before = [np.array(t, np.float64) for t in state['models'].trainable]
+  new_state, metrics = alg.next(state, 1, ids, _datasets(clients))
+  kept_factors = []
+  for cluster, members in ((0, [0, 2, 4]), (2, [1, 3])):
+    w0, b0 = before[0][cluster], before[1][cluster]
+    deltas, sizes = [], []
+    for i in members:
+      x, y = clients[i]
+      w, b = fl_testing.local_sgd(w0, b0, x, y, LR, BATCH)
+      deltas.append(np.concatenate([(w - w0).ravel(), b - b0]))
+      sizes.append(len(y))
+    deltas = np.array(deltas)
+    if rule == 'median':
+      step = np.median(deltas, axis=0)
+    else:
+      norms = np.linalg.norm(deltas, axis=1, keepdims=True)
+      clipped = deltas * np.minimum(1.0, 0.05 / norms)
+      kept_factors.extend(np.minimum(1.0, 0.05 / norms).ravel())
+      step = np.average(clipped, axis=0, weights=sizes)
+    got = alg.cluster_model_weights(new_state, cluster)
+    np.testing.assert_allclose(
+        np.concatenate([got.trainable[0].ravel(), got.trainable[1]]),
+        np.concatenate([w0.ravel(), b0]) + step, atol=2e-6)
+  np.testing.assert_array_equal(
+      alg.cluster_model_weights(new_state, 1).trainable[0], before[0][1])
+  robustness = metrics['robustness']
+  assert robustness['excluded_clients'] == 0
+  if rule == 'median':
+    # One middle value in cluster 0 (odd), two in cluster 2 (even).
+    assert robustness['kept_clients'] == pytest.approx(3.0)
+    assert robustness['trimmed_clients'] == pytest.approx(2.0)
+  else:
+    assert robustness['clipped_clients'] == 5
+    # Each update kept the factor it was scaled by: 0.05 / its norm.
+    assert robustness['kept_clients'] == pytest.approx(
+        sum(kept_factors), rel=1e-4)
+
+
+def test_a_stateful_model_aggregator_is_refused_in_one_line():
+  adaptive = tff.aggregators.clipping_factory(
+      tff.aggregators.PrivateQuantileEstimationProcess.no_noise(
+          initial_estimate=1.0, target_quantile=0.5, learning_rate=0.2),
+      tff.aggregators.MeanFactory())
+  with pytest.raises(ValueError, match='clustered FL takes only a model'
+                     ' aggregator without state') as error:
+    _build(['a', 'b'], model_aggregator=adaptive)
+  assert '\n' not in str(error.value)
 
 
 def test_cosine_splits_an_incongruent_federation(tff_worker):

@@ -87,9 +87,8 @@ def test_an_old_hparams_json_without_the_new_keys_loads_with_defaults():
       '--trim_fraction=0.5'], '--trim_fraction=0.5 is not valid'),
     (['--robust_aggregation=mode'],
      '--robust_aggregation=mode is not valid; valid: mean, median'),
-    (['--robust_aggregation=median', '--noweight_by_size',
-      '--clustering=cosine'],
-     '--robust_aggregation=median is not valid with --clustering'),
+    (['--robust_aggregation=median', '--clustering=cosine'],
+     '--robust_aggregation=median is not valid with --weight_by_size'),
     (['--attack=sign_flip', '--algorithm=scaffold'],
      '--attack=sign_flip is not valid with --algorithm=scaffold'),
     (['--attack=gaussian', '--clustering=l2'],
@@ -119,6 +118,9 @@ def test_unsound_combinations_are_refused_in_one_line(argv, line):
      '--dp=server', '--dp_clip=1', '--dp_noise_multiplier=1'],
     ['--robust_aggregation=norm_bound', '--algorithm=fedsgd'],
     ['--attack=label_flip', '--malicious_fraction=0.3', '--clustering=cosine'],
+    ['--robust_aggregation=median', '--noweight_by_size', '--clustering=l2',
+     '--attack=label_flip'],
+    ['--robust_aggregation=norm_bound', '--clustering=cosine'],
     ['--attack=backdoor', '--algorithm=scaffold'],
     ['--robust_aggregation=multi_krum', '--noweight_by_size',
      '--multi_krum_m=5', '--algorithm=fedadam', '--attack=gaussian'],
@@ -216,6 +218,9 @@ def test_a_sign_flip_attacker_turns_the_mean_and_not_the_median(
     ['--robust_aggregation=norm_bound', '--norm_bound=1000'],
     ['--robust_aggregation=median', '--attack=sign_flip',
      '--malicious_fraction=0'],
+    ['--robust_aggregation=median', '--clustering=cosine'],
+    ['--robust_aggregation=krum', '--byzantine_clients=1', '--clustering=l2',
+     '--attack=label_flip', '--malicious_fraction=0.2'],
 ])
 def test_every_rule_is_the_mean_when_all_clients_are_honest_and_identical(
     honest_update, argv):

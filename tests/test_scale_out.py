@@ -72,6 +72,14 @@ VARIANTS = {
                       num_clusters=3, cluster_warmup_rounds=0,
                       recluster_every=2, split_gamma_max=0,
                       permute_labels_fraction=0.5),
+    # Each cluster's rule runs over its own clients: one process per cluster.
+    'clustered_median': dict(algorithm='fedavg', clustering='cosine',
+                             num_clusters=3, cluster_warmup_rounds=0,
+                             recluster_every=2, split_gamma_max=0,
+                             permute_labels_fraction=0.5,
+                             weight_by_size=False,
+                             robust_aggregation='median',
+                             attack='label_flip', malicious_fraction=0.25),
 }
 # Client-level DP draws each client's noise from its own unseeded RNG, by
 # design (privacy/dp_client.py): two local runs differ too. It must run split
@@ -190,7 +198,7 @@ def test_two_workers_train_the_same_model_as_local(two_workers, tmp_path,
         np.testing.assert_allclose(a[key], b[key], rtol=1e-6, atol=1e-6,
                                    err_msg=key)
   _assert_same_model(tmp_path / 'local', tmp_path / 'distributed')
-  if name == 'clustered':  # The split happened, so assignments were tested.
+  if name.startswith('clustered'):  # A split happened: assignments tested.
     state = _latest_state(tmp_path / 'local')['state']
     assert int(state['num_clusters']) >= 2
     assert len(set(np.asarray(state['assignments']).tolist())) >= 2

@@ -89,7 +89,9 @@ receives one model, not K); the client update is TFF's FedAvg client update
 (`build_model_delta_update_with_tff_optimizer`), so with K = 1 (or before
 the first split) this is exactly FedAvg. `aggregate` places each client's
 weighted update in its cluster's slot and sums, so each cluster's mean uses
-only its own clients. `client_updates` returns updates at CLIENTS because a
+only its own clients. With a model aggregator (the run's robust rule), each
+cluster's update is instead that rule over its own clients
+(`_build_rule_aggregation`). `client_updates` returns updates at CLIENTS because a
 clustering step needs them on the server to compare (as in Sattler et al.).
 
 State (saved by the training loop's `FileProgramStateManager`; fixed shapes,
@@ -129,6 +131,7 @@ from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import client_state
 from tff_research.aggregators import excluding_mean as robust_aggregation
+from tff_research.attacks import metrics as attack_metrics
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 METRICS = clustering.METRICS
@@ -247,12 +250,14 @@ def _in_slot(onehot, t):
   return mask * t[tf.newaxis]
 
 
-def _build_to_slots(types: _Types, output_type):
+def _build_to_slots(types: _Types, output_type, with_updates: bool = True):
   """A client's weighted update, weight and metrics in its cluster's slot
   of K (zeros in the others), so one federated sum averages every cluster
-  over its own clients only.
+  over its own clients only; without the update when a model aggregator
+  aggregates it (`_build_rule_aggregation`).
 
       (<int32, O> -> <update=U^K, weight=float32[K], metrics=T^K>)
+      (<int32, O> -> <weight=float32[K], metrics=T^K>)  (no updates)
   """
   k = types.k
 
@@ -260,23 +265,128 @@ def _build_to_slots(types: _Types, output_type):
   def to_slots(cluster, output):
     onehot = tf.one_hot(cluster, k, dtype=tf.float32)
     weight = output['weight']
-    # As TFF's MeanFactory: the client sends value * weight and its weight.
-    return collections.OrderedDict(
-        update=[_in_slot(onehot, u * tf.cast(weight, u.dtype))
-                for u in output['update']],
-        weight=onehot * weight,
-        metrics=tf.nest.map_structure(lambda t: _in_slot(onehot, t),
-                                      output['metrics']))
+    slots = collections.OrderedDict()
+    if with_updates:
+      # As TFF's MeanFactory: the client sends value * weight and its weight.
+      slots['update'] = [_in_slot(onehot, u * tf.cast(weight, u.dtype))
+                         for u in output['update']]
+    slots['weight'] = onehot * weight
+    slots['metrics'] = tf.nest.map_structure(
+        lambda t: _in_slot(onehot, t), output['metrics'])
+    return slots
 
   return to_slots
 
 
+def _stateless_process(factory, update_type, weighted: bool):
+  """The model aggregator's process for one cluster's updates; ValueError
+  (one line) if its state holds a tensor: clustered FL starts every
+  cluster's process from `initialize()` each round, which is exact only for
+  a rule whose state carries nothing (every registered rule: fixed
+  parameters)."""
+  process = (factory.create(update_type, tff.TensorType(np.float32))
+             if weighted else factory.create(update_type))
+  state_type = process.initialize.type_signature.result.member
+  if tf.nest.flatten(tff.types.type_to_tf_tensor_specs(state_type)):
+    raise ValueError(
+        f'{type(factory).__name__} keeps state ({state_type}): clustered FL'
+        ' takes only a model aggregator without state (one process per'
+        ' cluster, restarted every round)')
+  return process
+
+
+def _build_rule_aggregation(types: _Types, output_type, factory,
+                            weighted: bool):
+  """Each cluster's update aggregated by the model aggregator `factory`
+  (the run's robust rule, `AlgorithmConfig.model_aggregator`): K runs of
+  its process, run k seeing each client of cluster k with its update and
+  weight, every other client with a zero update of weight 0. Every rule
+  leaves such an update out (an all-zero unweighted update or a zero
+  weight is excluded, `aggregators.collection.enters`), so each cluster's
+  aggregate is the rule over its own clients only.
+
+  Measurements are summed over the K runs (each position is kept by its
+  own cluster's run alone, so `kept_share` and `kept_clients` add up), and
+  the (K - 1) * n exclusions of the other clusters' zeros are taken off
+  `excluded_clients`.
+
+      (<{int32}@CLIENTS, {O}@CLIENTS> -> <U^K@SERVER, measurements@SERVER>)
+  """
+  k = types.k
+  update_type = output_type['update']
+  process = _stateless_process(factory, update_type, weighted)
+
+  def member_fn(cluster_id):
+    @tff.tensorflow.computation(np.int32, output_type)
+    def member(cluster, output):
+      inside = tf.equal(cluster, cluster_id)
+      return collections.OrderedDict(
+          update=[tf.where(inside, u, tf.zeros_like(u))
+                  for u in output['update']],
+          weight=tf.where(inside, output['weight'], 0.0))
+    return member
+
+  members = [member_fn(c) for c in range(k)]
+  result_type = process.next.type_signature.result
+  run_type = tff.StructWithPythonType(
+      [result_type.result.member, result_type.measurements.member], tuple)
+  results_type = tff.StructWithPythonType([run_type] * k, list)
+
+  @tff.tensorflow.computation(results_type, np.float32)
+  def combine(results, clients):
+    stacked = tf.nest.map_structure(
+        lambda *ts: tf.stack(ts), *[r[0] for r in results])
+    measurements = tf.nest.map_structure(
+        lambda *ts: tf.add_n(ts), *[r[1] for r in results])
+    if robust_aggregation.MEASUREMENT in measurements:
+      measurements[robust_aggregation.MEASUREMENT] -= (k - 1) * clients
+    return stacked, measurements
+
+  @tff.tensorflow.computation(np.int32)
+  def one(cluster):
+    del cluster
+    return np.float32(1.0)
+
+  @tff.federated_computation(tff.FederatedType(np.int32, tff.CLIENTS),
+                             tff.FederatedType(output_type, tff.CLIENTS))
+  def aggregate_by_rule(clusters, outputs):
+    runs = []
+    for member in members:
+      values = tff.federated_map(member, (clusters, outputs))
+      args = [process.initialize(), values.update]
+      if weighted:
+        args.append(values.weight)
+      output = process.next(*args)
+      runs.append(tff.federated_zip((output.result, output.measurements)))
+    clients = tff.federated_sum(tff.federated_map(one, clusters))
+    return tff.federated_map(combine, (tff.federated_zip(runs), clients))
+
+  return aggregate_by_rule
+
+
+def _step(types: _Types, models, updates, lr):
+  """x_k <- x_k - eta_g * update_k for every cluster k; as TFF's finalizer,
+  a non-finite update leaves its cluster's model as is."""
+  k = types.k
+  trainable = []
+  for w, u in zip(models[0], updates):
+    shape = [k] + [1] * (u.shape.rank - 1)
+    new = w - tf.cast(lr, w.dtype) * u
+    finite = tf.reduce_all(tf.math.is_finite(tf.reshape(u, [k, -1])), axis=1)
+    trainable.append(tf.where(tf.reshape(finite, shape), new, w))
+  return tff.learning.models.ModelWeights(
+      trainable=trainable, non_trainable=list(models[1]))
+
+
 def _build_server_update(types: _Types, slots_type,
-                         server_learning_rate: float):
+                         server_learning_rate: float, aggregated_type=None):
   """x_k <- x_k - eta_g * (mean update of cluster k), and the training
-  metrics overall and per cluster.
+  metrics overall and per cluster. The update of cluster k is the mean of
+  the slots' sums, or, with a model aggregator, its aggregate (of type
+  U^K, `_build_rule_aggregation`).
 
       (<M^K, <U^K, float32[K], T^K>> -> <M^K, <train=F, clusters=F^K>>)
+      (<M^K, <float32[K], T^K>, U^K> -> (same))  (a model aggregator)
   """
   k, finalizers = types.k, types.finalizers
   lr = np.float32(server_learning_rate)
@@ -285,21 +395,19 @@ def _build_server_update(types: _Types, slots_type,
     return collections.OrderedDict(
         (name, fn(unfinalized[name])) for name, fn in finalizers.items())
 
-  @tff.tensorflow.computation(types.stacked, slots_type)
-  def server_update(models, sums):
+  def update(models, sums, aggregated):
+    if aggregated is not None:
+      return _step(types, models, aggregated, lr)
     weight = sums['weight']
-    trainable = []
-    for w, s in zip(models[0], sums['update']):
+    means = []
+    for s in sums['update']:
       shape = [k] + [1] * (s.shape.rank - 1)
-      mean = tf.math.divide_no_nan(s, tf.reshape(tf.cast(weight, s.dtype),
-                                                 shape))
-      new = w - tf.cast(lr, w.dtype) * mean
-      # As TFF's finalizer: a non-finite mean update leaves the model as is.
-      finite = tf.reduce_all(
-          tf.math.is_finite(tf.reshape(mean, [k, -1])), axis=1)
-      trainable.append(tf.where(tf.reshape(finite, shape), new, w))
-    new_models = tff.learning.models.ModelWeights(
-        trainable=trainable, non_trainable=list(models[1]))
+      means.append(tf.math.divide_no_nan(
+          s, tf.reshape(tf.cast(weight, s.dtype), shape)))
+    return _step(types, models, means, lr)
+
+  def server_update(models, sums, aggregated=None):
+    new_models = update(models, sums, aggregated)
     metrics = sums['metrics']
     total = finalize(tf.nest.map_structure(
         lambda t: tf.reduce_sum(t, axis=0), metrics))
@@ -311,20 +419,37 @@ def _build_server_update(types: _Types, slots_type,
         for name in finalizers)
     return new_models, collections.OrderedDict(train=total, clusters=clusters)
 
-  return server_update
+  if aggregated_type is None:
+    @tff.tensorflow.computation(types.stacked, slots_type)
+    def mean_update(models, sums):
+      return server_update(models, sums)
+    return mean_update
+
+  @tff.tensorflow.computation(types.stacked, slots_type, aggregated_type)
+  def rule_update(models, sums, aggregated):
+    return server_update(models, sums, aggregated)
+  return rule_update
 
 
 def _build_aggregate(types: _Types, output_type, server_learning_rate: float,
-                     num_clients: int):
-  """Each cluster's FedAvg step from its own clients' updates.
+                     num_clients: int, model_aggregator=None,
+                     weighted: bool = True):
+  """Each cluster's step from its own clients' updates: their mean (FedAvg
+  per cluster; `model_aggregator` None), or the model aggregator's
+  aggregate (`_build_rule_aggregation`), whose measurements are returned
+  as `aggregator`.
 
       (<M^K@SERVER, {int32}@CLIENTS, {O}@CLIENTS>
        -> <M^K@SERVER, <train=F, clusters=F^K, per_client,
-                        excluded_clients=float32>@SERVER>)
+                        excluded_clients=float32 | aggregator=A>@SERVER>)
   """
-  to_slots = _build_to_slots(types, output_type)
+  by_rule = model_aggregator is not None
+  to_slots = _build_to_slots(types, output_type, with_updates=not by_rule)
+  rule = (_build_rule_aggregation(types, output_type, model_aggregator,
+                                  weighted) if by_rule else None)
   server_update = _build_server_update(
-      types, to_slots.type_signature.result, server_learning_rate)
+      types, to_slots.type_signature.result, server_learning_rate,
+      rule.type_signature.result.member[0] if by_rule else None)
   per_client_table = client_metrics.per_client_then_finalize(num_clients)(
       types.finalizers)
 
@@ -340,15 +465,21 @@ def _build_aggregate(types: _Types, output_type, server_learning_rate: float,
       tff.FederatedType(output_type, tff.CLIENTS))
   def aggregate(models, clusters, outputs):
     sums = tff.federated_sum(tff.federated_map(to_slots, (clusters, outputs)))
-    updated = tff.federated_map(server_update, (models, sums))
+    if by_rule:
+      aggregated = rule(clusters, outputs)
+      updated = tff.federated_map(server_update,
+                                  (models, sums, aggregated[0]))
+      robustness = ('aggregator', aggregated[1])
+    else:
+      updated = tff.federated_map(server_update, (models, sums))
+      robustness = ('excluded_clients', tff.federated_sum(
+          tff.federated_map(excluded, outputs)))
     new_models, metrics = updated[0], updated[1]
     # The clients' own training metrics, for the dashboard's distribution.
     per_client = per_client_table(outputs.metrics)[client_metrics.KEY]
-    return new_models, tff.federated_zip(collections.OrderedDict(
-        train=metrics.train, clusters=metrics.clusters,
-        per_client=per_client,
-        excluded_clients=tff.federated_sum(
-            tff.federated_map(excluded, outputs))))
+    return new_models, tff.federated_zip(collections.OrderedDict([
+        ('train', metrics.train), ('clusters', metrics.clusters),
+        ('per_client', per_client), robustness]))
 
   return aggregate
 
@@ -390,7 +521,8 @@ class _Computations:
 
   def __init__(self, model_fn: ModelFn, client_optimizer, weighted: bool,
                num_clusters: int, server_learning_rate: float,
-               projection_dim: int, projection_seed: int, num_clients: int):
+               projection_dim: int, projection_seed: int, num_clients: int,
+               model_aggregator=None):
     types = _Types.of(model_fn, num_clusters)
     self.weights_type = types.weights
     self.stacked_type = types.stacked
@@ -403,7 +535,8 @@ class _Computations:
     self.client_updates = _build_client_updates(types, client_update)
     output_type = self.client_updates.type_signature.result.member
     self.aggregate = _build_aggregate(types, output_type,
-                                      server_learning_rate, num_clients)
+                                      server_learning_rate, num_clients,
+                                      model_aggregator, weighted)
     self.train_round, self.train_round_sketched = _build_rounds(
         types, self.client_updates, self.aggregate, output_type)
 
@@ -584,6 +717,10 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       logs `purity` every round and `purity_compared` at steps).
     tables: where the clients' projected updates live (memory by default;
       a run's directory in a run).
+    model_aggregator: None (each cluster's weighted or uniform mean, non-
+      finite updates excluded) or a `tff.aggregators` factory without
+      state, run once per cluster on its clients' updates (the run's
+      robust rule: `_build_rule_aggregation`).
   """
 
   def __init__(
@@ -609,6 +746,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       projection_seed: int = 0,
       ground_truth: Sequence[int] | None = None,
       tables: client_state.Tables = client_state.IN_MEMORY,
+      model_aggregator: tff.aggregators.AggregationFactory | None = None,
   ):
     """Builds the computations (once); the arguments: the class docstring."""
     _check_schedule(metric, num_clusters, recluster_every, warmup_rounds,
@@ -637,7 +775,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     self.computations = _Computations(
         model_fn, client_optimizer, weighted, num_clusters,
         server_learning_rate, projection_dim, projection_seed,
-        len(self._client_ids),
+        len(self._client_ids), model_aggregator,
     )
     self.sketch_dim = self.computations.sketch_dim
     self.sketches = tables.table('cluster_sketches', len(self._client_ids),
@@ -804,9 +942,12 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     train = collections.OrderedDict(
         (name, np.asarray(v)) for name, v in metrics['train'].items())
     train[client_metrics.KEY] = metrics[client_metrics.KEY]
-    return state, client_metrics.unpack(
-        collections.OrderedDict(train=train, clusters=cluster_metrics,
-                                **robust_aggregation.robustness_group(metrics)))
+    # The rule's measurements, or the mean's count of excluded clients.
+    aggregator = metrics.get('aggregator', metrics)
+    return state, client_metrics.unpack(collections.OrderedDict(
+        train=train, clusters=cluster_metrics,
+        **attack_metrics.round_groups(aggregator, len(client_ids),
+                                      self.round_mask(client_ids))))
 
   def _place(self, state, pos, before, round_num, datasets, cluster_metrics):
     """The sampled clients' clusters before training: a clustering step

@@ -14,8 +14,8 @@ combination rules, and the two axes that wrap an algorithm:
 * aggregation (`aggregation`, an `aggregators.config.AggregationConfig`):
   the robust rule of the model aggregator, composed before DP
   (`model_aggregator()`); every algorithm that aggregates model deltas
-  through a factory takes it (the FedAvg family, FedSGD, SCAFFOLD);
-  clustered FL refuses any rule but the mean (see `_check_axes`);
+  through a factory takes it (the FedAvg family, FedSGD, SCAFFOLD, and
+  clustered FL once per cluster);
 * attack (`attack`, an `attacks.config.AttackConfig`): data attacks act in
   the run's data path and apply to every algorithm; update attacks wrap the
   client work of specs with `update_attacks`.
@@ -143,7 +143,7 @@ CLUSTERING_HYPERPARAMETERS = (
 def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids, tables):
   # Clustered FL keeps each client's cluster: state indexed by client_ids.
   h = config.values
-  return clustered.build_clustered_fed_avg(
+  algorithm = clustered.build_clustered_fed_avg(
       model_fn,
       client_ids,
       tables=tables,
@@ -159,7 +159,11 @@ def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids, tables):
       split_gamma_max=h['split_gamma_max'],
       split_mean_norm_max=h['split_mean_norm_max'],
       split_max_norm_min=h['split_max_norm_min'],
+      model_aggregator=(None if config.aggregation.is_mean else
+                        config.model_aggregator(len(client_ids))),
   )
+  algorithm.set_attack(config.attack, client_ids)
+  return algorithm
 
 
 for _spec in (
@@ -317,13 +321,6 @@ class AlgorithmConfig:
                            dp=None if self.dp is None else self.dp.mode)
     if refusal:
       raise ValueError(refusal)
-    if self.clustered and not rule.is_mean:
-      raise ValueError(
-          f'--robust_aggregation={rule.name} is not valid with --clustering:'
-          ' clustered FL averages every cluster at once with one federated'
-          ' sum over K one-hot cluster slots (algorithms/clustered.py), which'
-          ' has no per-cluster aggregation factory to put a rule in; valid'
-          ' with --clustering: mean')
     attack = self.attack
     if attack.attacks_updates and (self.clustered
                                    or not self.spec.update_attacks):
