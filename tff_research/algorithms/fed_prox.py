@@ -39,7 +39,7 @@ term.
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import tensorflow as tf
 import tensorflow_federated as tff
@@ -57,26 +57,18 @@ def build_fed_prox(
     *,
     client_optimizer: tff.learning.optimizers.Optimizer,
     proximal_strength: float = DEFAULT_PROXIMAL_STRENGTH,
-    server_optimizer: Optional[tff.learning.optimizers.Optimizer] = None,
-    weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
-    metrics_aggregator=None,
-    cohort_capacity: Optional[int] = None,
-    attack_capacity: Optional[int] = None,
-    update_fn=None,
+    **fed_avg_arguments,
 ) -> tff.learning.templates.LearningProcess:
-  """FedProx as a `LearningProcess`, example-weighted or uniform.
+  """FedProx as a `LearningProcess`, example-weighted or uniform: FedAvg
+  whose client optimizer adds the proximal term.
 
   Args:
     model_fn: builds a fresh `tff.learning.models.VariableModel`.
     client_optimizer: local optimizer (e.g. `build_sgdm(eta_l)`).
     proximal_strength: mu >= 0.
-    server_optimizer: applied to the averaged delta; defaults to SGD with
-      learning rate 1.0.
-    weighted: weight clients by number of examples (True) or uniformly.
-    model_aggregator: aggregation of client deltas; TFF's mean by default.
-    metrics_aggregator, cohort_capacity, attack_capacity, update_fn: as
-      `fed_avg.build_fed_avg`'s.
+    **fed_avg_arguments: the other arguments of `fed_avg.build_fed_avg`
+      (server optimizer, weighting, model and metrics aggregators, cohort
+      and attack capacities, the update attack).
 
   Raises:
     ValueError: if `proximal_strength` is negative.
@@ -89,14 +81,7 @@ def build_fed_prox(
   return fed_avg.build_fed_avg(
       model_fn,
       client_optimizer=proximal_optimizer(client_optimizer, proximal_strength),
-      server_optimizer=server_optimizer,
-      weighted=weighted,
-      model_aggregator=model_aggregator,
-      metrics_aggregator=metrics_aggregator,
-      cohort_capacity=cohort_capacity,
-      attack_capacity=attack_capacity,
-      update_fn=update_fn,
-  )
+      **fed_avg_arguments)
 
 
 _MU_KEY = 'proximal_strength'

@@ -50,6 +50,7 @@ optimizer's hyperparameters and moment estimates):
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Callable, Optional
 
 import tensorflow_federated as tff
@@ -136,30 +137,19 @@ def build_fed_adaptive(
     algorithm: str,
     model_fn: ModelFn,
     *,
-    client_optimizer: tff.learning.optimizers.Optimizer,
-    weighted: bool = True,
-    model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
-    metrics_aggregator=None,
-    cohort_capacity: Optional[int] = None,
-    attack_capacity: Optional[int] = None,
-    update_fn=None,
-    **hyperparameters,
+    server_hyperparameters: Optional[Mapping[str, float]] = None,
+    **fed_avg_arguments,
 ) -> tff.learning.templates.LearningProcess:
-  """FedAvg with `algorithm`'s server optimizer (`build_server_optimizer`:
-  FedAvgM, Hsu et al. 2019; FedAdam, FedYogi, FedAdagrad, Reddi et al. 2021
-  Algorithm 2, `epsilon` being the paper's tau). The other arguments are
-  `fed_avg.build_fed_avg`'s."""
+  """FedAvg with `algorithm`'s server optimizer (`build_server_optimizer`
+  with `server_hyperparameters`: FedAvgM, Hsu et al. 2019; FedAdam,
+  FedYogi, FedAdagrad, Reddi et al. 2021 Algorithm 2, `epsilon` being the
+  paper's tau). `fed_avg_arguments` are the other arguments of
+  `fed_avg.build_fed_avg` (client optimizer, weighting, aggregators, ...)."""
   return fed_avg.build_fed_avg(
       model_fn,
-      client_optimizer=client_optimizer,
-      server_optimizer=build_server_optimizer(algorithm, **hyperparameters),
-      weighted=weighted,
-      model_aggregator=model_aggregator,
-      metrics_aggregator=metrics_aggregator,
-      cohort_capacity=cohort_capacity,
-      attack_capacity=attack_capacity,
-      update_fn=update_fn,
-  )
+      server_optimizer=build_server_optimizer(
+          algorithm, **(server_hyperparameters or {})),
+      **fed_avg_arguments)
 
 
 def _unit_interval(v):
@@ -204,8 +194,10 @@ def _spec(algorithm: str) -> spec.AlgorithmSpec:
 
   def build(config, model_fn, client_ids):
     return base.LearningProcessAlgorithm(build_fed_adaptive(
-        algorithm, model_fn, **fed_avg.config_arguments(config, client_ids),
-        **{arg: config.values[_HYPERPARAMETERS[arg].name] for arg in used}))
+        algorithm, model_fn,
+        server_hyperparameters={
+            arg: config.values[_HYPERPARAMETERS[arg].name] for arg in used},
+        **fed_avg.config_arguments(config, client_ids)))
 
   return spec.AlgorithmSpec(
       name=algorithm,
