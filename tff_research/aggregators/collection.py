@@ -11,8 +11,9 @@ shape TFF's mergeable execution needs (`tff.backends.native.
 compile_to_mergeable_comp_form`; the clients of a round are split across
 workers and the partial accumulators merged pairwise) and the rule runs once,
 in `report`, on the server. `federated_stack` gathers any per-client
-value the same way and hands the table itself to the server (SCAFFOLD's new
-control variates, `algorithms/scaffold.py`).
+value the same way and hands the table itself to the server, and
+`federated_concat` tables of rows (SCAFFOLD's new control variates, one row
+a client or one table a cohort, `algorithms/scaffold.py`).
 
 Every update is flattened to one float32 vector of the model's d parameters.
 Non-finite updates never enter: a client is excluded, exactly as
@@ -263,6 +264,29 @@ def federated_stack(rows):
     return merge(table, tf.nest.map_structure(lambda t: t[tf.newaxis], row))
 
   return _concatenating_aggregate(rows, table_type, empty, append,
+                                  lambda table: table)
+
+
+def federated_concat(tables):
+  """The CLIENTS-placed `tables` (any structure of tensors with a leading
+  dimension of rows, with Python containers) concatenated at the server,
+  one client's rows after another's, by one `tff.federated_aggregate` whose
+  merge concatenates (`merge`):
+
+      ({R_?}@CLIENTS -> R_?@SERVER)
+
+  in position order, as `federated_stack` (which stacks one row a client);
+  one append per client. Called while tracing a federated computation.
+  """
+  specs = tff.types.type_to_tf_tensor_specs(tables.type_signature.member)
+  table_type = tff.types.tensorflow_to_type(tf.nest.map_structure(
+      lambda s: tf.TensorSpec([None, *s.shape[1:]], s.dtype), specs))
+
+  def empty():
+    return tf.nest.map_structure(
+        lambda s: tf.zeros([0, *s.shape[1:]], s.dtype), specs)
+
+  return _concatenating_aggregate(tables, table_type, empty, merge,
                                   lambda table: table)
 
 

@@ -162,14 +162,6 @@ class _CohortTrainer:
                           tf.logical_not(excluding_mean.all_zero(delta)))
     return keep, tf.where(keep, 1.0, 0.0)
 
-  def _member_metrics(self, finite, delta):
-    # As TFF's client work: a diverged client reports no metrics.
-    with tf.control_dependencies(delta):
-      reset = tf.cond(finite, lambda: tf.constant(True),
-                      lambda: _reset(self.model))
-    with tf.control_dependencies([reset]):
-      return self.model.report_local_unfinalized_metrics()
-
   def _finish(self, acc, num_examples):
     """Adds the member just trained to the cohort's sums."""
     delta = [w - v.read_value() for w, v in zip(
@@ -177,7 +169,7 @@ class _CohortTrainer:
     finite = excluding_mean.all_finite(delta)
     delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
     keep, weight = self._keep_and_weight(finite, delta, num_examples)
-    member_metrics = self._member_metrics(finite, delta)
+    member_metrics = member_metrics_after(self.model, finite, delta)
     row = client_metrics.row(self.finalizers, member_metrics)
     table = client_metrics.append_row(acc['table'], acc['count'], row,
                                       self.capacity)
@@ -221,14 +213,31 @@ def _reset(model) -> tf.Tensor:
   return tf.constant(False)
 
 
-def _measurement_sums(finalizers, unfinalized_specs, capacity: int):
-  """TFF computations (zero, merge, report) that sum the cohorts' metrics,
-  concatenate their per-client rows and count the left-out members."""
-  table_type = tff.types.tensorflow_to_type(collections.OrderedDict(
+def member_metrics_after(model, finite, delta):
+  """A member's unfinalized metrics, read once its `delta` is: reset first
+  when its update is not `finite`, as TFF's client work reports no metrics
+  for a diverged client (inside a `tf.function`)."""
+  with tf.control_dependencies(delta):
+    reset = tf.cond(finite, lambda: tf.constant(True), lambda: _reset(model))
+  with tf.control_dependencies([reset]):
+    return model.report_local_unfinalized_metrics()
+
+
+def measurement_sums(finalizers, unfinalized_specs, capacity: int,
+                     scalars: Sequence[str], report_scalars):
+  """TFF computations (zero, merge, report) over the cohorts' measurement
+  sums S = <metrics=U, table=float32[capacity, 3], count=int32, one float32
+  per name of `scalars`>: the metrics and scalars summed, the per-client
+  rows concatenated;
+
+      report: (S -> <train=<F..., per_client=<table, count>>, X...>)
+
+  with X... = `report_scalars(S)`, an OrderedDict of measurements."""
+  sums_type = tff.types.tensorflow_to_type(collections.OrderedDict(
       metrics=unfinalized_specs,
       table=tf.TensorSpec([capacity, 3], tf.float32),
       count=tf.TensorSpec([], tf.int32),
-      excluded=tf.TensorSpec([], tf.float32)))
+      **{name: tf.TensorSpec([], tf.float32) for name in scalars}))
 
   @tff.tensorflow.computation
   def zero():
@@ -236,27 +245,36 @@ def _measurement_sums(finalizers, unfinalized_specs, capacity: int):
         metrics=tf.nest.map_structure(lambda s: tf.zeros(s.shape, s.dtype),
                                       unfinalized_specs),
         table=tf.zeros([capacity, 3]), count=tf.constant(0, tf.int32),
-        excluded=tf.constant(0.0))
+        **{name: tf.constant(0.0) for name in scalars})
 
-  @tff.tensorflow.computation(table_type, table_type)
+  @tff.tensorflow.computation(sums_type, sums_type)
   def merge(a, b):
     table = client_metrics.concat_tables(a['table'], a['count'], b['table'],
                                          b['count'], capacity)
     return collections.OrderedDict(
         metrics=tf.nest.map_structure(tf.add, a['metrics'], b['metrics']),
         table=table, count=a['count'] + b['count'],
-        excluded=a['excluded'] + b['excluded'])
+        **{name: a[name] + b[name] for name in scalars})
 
-  @tff.tensorflow.computation(table_type)
+  @tff.tensorflow.computation(sums_type)
   def report(acc):
     finalized = collections.OrderedDict(
         client_metrics.finalize(finalizers, acc['metrics']))
     finalized[client_metrics.KEY] = collections.OrderedDict(
         table=acc['table'], count=acc['count'])
-    return collections.OrderedDict(train=finalized,
-                                   **{EXCLUDED: acc['excluded']})
+    return collections.OrderedDict(train=finalized, **report_scalars(acc))
 
   return zero, merge, report
+
+
+def data_type(batch_type) -> tff.Type:
+  """One cohort's client data, `cohort_data`'s type:
+  <batches=<B, int32>*, members=int32*>."""
+  return tff.StructWithPythonType([
+      ('batches', tff.SequenceType(tff.StructWithPythonType(
+          [batch_type, tff.TensorType(np.int32)], tuple))),
+      ('members', tff.SequenceType(tff.TensorType(np.int32))),
+  ], collections.OrderedDict)
 
 
 def build_cohort_client_work(
@@ -278,11 +296,7 @@ def build_cohort_client_work(
     unfinalized_specs = tf.nest.map_structure(
         lambda t: tf.TensorSpec.from_tensor(tf.convert_to_tensor(t)),
         model.report_local_unfinalized_metrics())
-  data_type = tff.StructWithPythonType([
-      ('batches', tff.SequenceType(tff.StructWithPythonType(
-          [batch_type, tff.TensorType(np.int32)], tuple))),
-      ('members', tff.SequenceType(tff.TensorType(np.int32))),
-  ], collections.OrderedDict)
+  cohort_type = data_type(batch_type)
   hparams = optimizer.get_hparams(
       optimizer.initialize(tf.TensorSpec([], tf.float32)))
 
@@ -292,19 +306,20 @@ def build_cohort_client_work(
 
   state_type = init_fn.type_signature.result.member
 
-  @tff.tensorflow.computation(state_type, weights_type, data_type)
+  @tff.tensorflow.computation(state_type, weights_type, cohort_type)
   def cohort_update(state, initial_weights, data):
     trainer = _CohortTrainer(model_fn, weighted, capacity)
     return tf.function(trainer.run)(optimizer, initial_weights,
                                     data['batches'], data['members'], state)
 
-  zero, merge, report = _measurement_sums(finalizers, unfinalized_specs,
-                                          capacity)
+  zero, merge, report = measurement_sums(
+      finalizers, unfinalized_specs, capacity, ('excluded',),
+      lambda acc: collections.OrderedDict([(EXCLUDED, acc['excluded'])]))
 
   @tff.federated_computation(
       init_fn.type_signature.result,
       tff.FederatedType(weights_type, tff.CLIENTS),
-      tff.FederatedType(data_type, tff.CLIENTS))
+      tff.FederatedType(cohort_type, tff.CLIENTS))
   def next_fn(state, weights, data):
     result, outputs = tff.federated_map(
         cohort_update, (tff.federated_broadcast(state), weights, data))
