@@ -169,6 +169,112 @@ def test_local_results_are_pinned(tff_worker, rule):
                                rtol=1e-6, atol=1e-6, err_msg=key)
 
 
+# Cohorts: clients of different sizes, an empty one (2) and, in one case, a
+# diverged one (4: NaN pixels from round 2 on); every round has a client
+# that trains after the empty one in its cohort.
+COHORT_SIZES = [7, 4, 0, 6, 9]
+COHORT_SCHEDULE = [[0, 1, 2, 3], [4, 2, 0, 1, 3], [3, 4, 1, 2]]
+COHORT_IDS = ['a', 'b', 'c', 'd', 'e']
+
+
+def _cohort_rounds(alg, clients, diverged):
+  """Three rounds of COHORT_SCHEDULE; (the state after each, the metrics
+  of each)."""
+  state, out = alg.initialize(), []
+  for r, members in enumerate(COHORT_SCHEDULE, start=1):
+    data = [fl_testing.to_dataset(*clients[i], BATCH, epochs=EPOCHS)
+            for i in members]
+    if diverged and r > 1:
+      data[members.index(4)] = data[members.index(4)].map(
+          lambda b: collections.OrderedDict(x=b['x'] * np.nan, y=b['y']))
+    state, metrics = alg.next(state, r, [COHORT_IDS[i] for i in members],
+                              data)
+    out.append((state, metrics))
+  return out
+
+
+@pytest.mark.parametrize('weighted,diverged', [
+    (True, False), (False, False), (True, True)])
+def test_cohorts_equal_the_per_client_work(tff_worker, weighted, diverged):
+  """The pipeline's plain mean trains SCAFFOLD in cohorts
+  (`scaffold_cohorts`): one cohort and two end every round within 1e-6 of
+  the per-client work with the excluding mean (the path it replaces), on
+  x, c and every c_i row, with the same training metrics, per-client rows
+  and counts of excluded clients."""
+  clients = fl_testing.make_clients(COHORT_SIZES, seed=3)
+  config = algorithms.AlgorithmConfig(
+      'scaffold', client_learning_rate=LR, server_learning_rate=0.7,
+      weighted=weighted)
+  model_fn = fl_testing.linear_model_fn()
+  reference = scaffold.build_scaffold(
+      model_fn, client_ids=COHORT_IDS, client_learning_rate=LR,
+      server_learning_rate=0.7, weighted=weighted,
+      model_aggregator=config.model_aggregator(len(COHORT_IDS)))
+  cohorts = algorithms.build_algorithm(config, model_fn, COHORT_IDS)
+  assert cohorts.in_cohorts and not reference.in_cohorts
+  want = _cohort_rounds(reference, clients, diverged)
+  for count in (1, 2):
+    cohorts.cohorts = count
+    got = _cohort_rounds(cohorts, clients, diverged)
+    for (state_g, metrics_g), (state_w, metrics_w) in zip(got, want):
+      _assert_same_round(cohorts, state_g, metrics_g, reference, state_w,
+                         metrics_w)
+  # The corrections moved the model, and the empty client kept a zero c_i.
+  assert np.abs(cohorts.get_model_weights(got[-1][0]).trainable[0]).max() > 0
+  assert not any(np.any(c) for c in cohorts.get_client_control(
+      got[-1][0], 'c'))
+  excluded = [m['robustness']['excluded_clients'] for _, m in got]
+  assert excluded == ([1.0, 2.0, 2.0] if diverged else [1.0, 1.0, 1.0])
+
+
+def _assert_same_round(alg_a, state_a, metrics_a, alg_b, state_b, metrics_b):
+  for a, b in zip(tf.nest.flatten(state_a['server']),
+                  tf.nest.flatten(state_b['server'])):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  for a, b in zip(alg_a.client_controls(state_a),
+                  alg_b.client_controls(state_b)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-6)
+  np.testing.assert_array_equal(state_a['participation'],
+                                state_b['participation'])
+  assert metrics_a['robustness'] == metrics_b['robustness']
+  for group in ('train', 'scaffold'):
+    assert list(metrics_a[group]) == list(metrics_b[group])
+    for key in metrics_a[group]:
+      np.testing.assert_allclose(metrics_a[group][key],
+                                 metrics_b[group][key], rtol=1e-6, atol=1e-6,
+                                 err_msg=f'{group}/{key}')
+  for key in ('loss', 'accuracy', 'examples'):
+    np.testing.assert_allclose(np.sort(metrics_a['clients'][key]),
+                               np.sort(metrics_b['clients'][key]), rtol=1e-6)
+
+
+def test_cohorts_only_with_the_plain_mean():
+  """A robust rule or an attack keeps the per-client work; the cohorts'
+  count comes from the registry (one per TFF worker)."""
+  config = algorithms.AlgorithmConfig('scaffold', client_learning_rate=LR)
+  alg = algorithms.build_algorithm(config, fl_testing.linear_model_fn(), IDS,
+                                   cohorts=2)
+  assert alg.in_cohorts and alg.cohorts == 2
+  sig = alg.process.next.type_signature
+  _, client_states, client_data = sig.parameter
+  for table, leaf in zip(client_states.member.controls,
+                         sig.parameter[0].member.control_variate):
+    assert table.shape == (None, *leaf.shape)
+  assert [name for name, _ in tff.structure.iter_elements(
+      client_data.member)] == ['batches', 'members']
+  # Still one aggregation level, every result at the server.
+  assert all(t.placement is tff.SERVER for t in sig.result)
+  tff.backends.native.compile_to_mergeable_comp_form(alg.process.next)
+  median = algorithms.build_algorithm(config.replace(
+      weighted=False, aggregation=aggregation_config.AggregationConfig(
+          'median')), fl_testing.linear_model_fn(), IDS, cohorts=2)
+  assert not median.in_cohorts
+  with pytest.raises(ValueError, match='takes no model_aggregator'):
+    scaffold.build_scaffold_process(
+        fl_testing.linear_model_fn(), num_clients=3, client_learning_rate=LR,
+        model_aggregator=tff.aggregators.MeanFactory(), in_cohorts=True)
+
+
 def test_a_diverged_client_changes_nothing_but_is_counted(tff_worker):
   clients = fl_testing.make_clients(SIZES, seed=5)
   bad_x = clients[1][0].copy()

@@ -57,6 +57,10 @@ class FederatedAlgorithm(abc.ABC):
   # Whether a round in which no client reports still runs `next` (server
   # DP adds its noise to the empty sum); otherwise the loop skips it.
   runs_empty_rounds: bool = False
+  # How many cohorts an algorithm that trains cohorts of clients (one TFF
+  # client, one call each) packs a round's clients into: one per TFF
+  # worker (`registry.build_algorithm` sets it); others ignore it.
+  cohorts: int = 1
   # The run's attack and its malicious training clients (`set_attack`).
   attack: attack_config.AttackConfig = attack_config.AttackConfig()
   malicious: frozenset[str] = frozenset()

@@ -440,8 +440,10 @@ def build_algorithm(
       indexed by position in it).
     tables: where per-client rows live (a run's directory; memory by
       default).
-    cohorts: the number of cohorts a FedAvg-family round's clients run in
-      (`cohort_client_work`): one per TFF worker.
+    cohorts: the number of cohorts a round's clients run in, for the
+      algorithms that train cohorts (the FedAvg family's
+      `cohort_client_work`, SCAFFOLD's `scaffold_cohorts`): one per TFF
+      worker.
   """
   client_ids = tuple(client_ids)
   if config.clustered:
@@ -454,8 +456,7 @@ def build_algorithm(
     algorithm = config.spec.build(config, model_fn, client_ids, tables)
   else:
     algorithm = config.spec.build(config, model_fn, client_ids)
-  if isinstance(algorithm, base.LearningProcessAlgorithm):
-    algorithm.cohorts = max(1, int(cohorts))
+  algorithm.cohorts = max(1, int(cohorts))
   algorithm.set_attack(config.attack, client_ids)
   if config.dp is not None:
     algorithm = private.PrivateAlgorithm(algorithm, config.dp, client_ids)

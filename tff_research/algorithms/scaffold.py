@@ -77,6 +77,25 @@ partial tables are merged in, and the arrival order (`positions`) is the
 order of a robust rule's per-position `kept_share`, so the attack metrics
 name the right clients in either case.
 
+Cohorts. With the plain mean as the model aggregator (the pipeline's
+excluding mean, no robust rule, no attack) the round's clients train in
+cohorts, as FedAvg's do: one TFF client a cohort of contiguous clients
+(`cohort_client_work.split_cohorts`, one per TFF worker), its data the
+members' batches tagged with their slots and its client state the members'
+c_i rows as one table, C_c = <controls=T_?>; one call trains the members in
+turn exactly as the per-client work trains each (`scaffold_cohorts`: the
+same steps and option-II update, shared) and returns the sums of w_i Delta
+y_i, w_i and Delta c_i, and the members' c_i+ as one table. The aggregator
+(`build_cohort_aggregator`) divides the sums and concatenates the tables by
+one aggregation (`aggregators.collection.federated_concat`: one append per
+cohort, not per client), so R, the metrics and every result stay
+SERVER-placed and mergeable as above; the distributor and finalizer are
+the same. Why: per client, a round of K clients of the EMNIST CNN allocated
+K^2 / 2 model-sized rows through the appends and held ~100 MB a TFF client
+until the call ended (12 GB at 50 clients). A cohort's aggregator keeps no
+state (the excluding mean's state has no leaves either, so checkpoints keep
+their leaves).
+
 The server state broadcast to clients is <x, c>: SCAFFOLD sends twice the
 model each way (x and c down, Delta y and Delta c up), which
 `Scaffold.bytes_per_client` reports to the loop's communication metrics.
@@ -101,29 +120,26 @@ from typing import Callable, Optional
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
-# Private TFF, each because TFF exports no equivalent: `factory_utils`
-# turns an unweighted factory (a robust rule) into the weighted form the
-# model delta's aggregation takes, exactly as TFF's unweighted FedAvg does;
-# `tensor_utils.zero_all_if_any_non_finite` is the rule TFF's client work
-# applies to a diverged client, reused so SCAFFOLD's is the same.
+# Private TFF, because TFF exports no equivalent: `factory_utils` turns an
+# unweighted factory (a robust rule) into the weighted form the model
+# delta's aggregation takes, exactly as TFF's unweighted FedAvg does.
 from tensorflow_federated.python.aggregators import factory_utils
-from tensorflow_federated.python.learning import tensor_utils
 
 from tff_research.aggregators import collection
+from tff_research.aggregators import excluding_mean
 from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import client_state
+from tff_research.algorithms import cohort_client_work
 from tff_research.algorithms import hyperparameters as hp
+from tff_research.algorithms import scaffold_cohorts
 from tff_research.algorithms import spec
 from tff_research.attacks import metrics as attack_metrics
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
 
-def _global_norm(tensors) -> tf.Tensor:
-  return tf.linalg.global_norm(
-      [tf.cast(t, tf.float32) for t in tf.nest.flatten(tensors)]
-  )
+_global_norm = scaffold_cohorts.global_norm
 
 
 def _weighted_process(factory, value_type):
@@ -180,14 +196,11 @@ def _local_steps(model, weights, correction, dataset, eta_l: float):
   batches; (K, examples) as int64 (inside a `tf.function`)."""
 
   def step(counts, batch):
-    with tf.GradientTape() as tape:
-      output = model.forward_pass(batch, training=True)
-    grads = tape.gradient(output.loss, weights.trainable)
-    for v, g, corr in zip(weights.trainable, grads, correction):
-      v.assign_sub(eta_l * (g + corr))
+    batch_examples = scaffold_cohorts.corrected_step(
+        model, weights.trainable, correction, batch, eta_l)
     num_batches, num_examples = counts
     return (num_batches + 1,
-            num_examples + tf.cast(output.num_examples, tf.int64))
+            num_examples + tf.cast(batch_examples, tf.int64))
 
   # dataset.reduce, as TFF's own client work (loop_builder's
   # DATASET_REDUCE): measured here 2.5x faster in TFF's C++ runtime than
@@ -210,20 +223,9 @@ def _train_client(model, server, client, dataset, eta_l: float,
   num_batches, num_examples = _local_steps(model, weights, correction,
                                            dataset, eta_l)
   delta = [v - x for v, x in zip(weights.trainable, initial.trainable)]
-  k = tf.cast(num_batches, tf.float32)
-  took_steps = tf.cast(num_batches > 0, tf.float32)
-  # c_i+ - c_i = -c + (x - y) / (K eta_l); zero when K = 0.
-  control_delta = [
-      took_steps * (tf.math.divide_no_nan(-d, k * eta_l) - c)
-      for d, c in zip(delta, control)
-  ]
-  # As TFF's FedAvg: a diverged client contributes nothing.
-  (delta, control_delta), non_finite = (
-      tensor_utils.zero_all_if_any_non_finite((delta, control_delta)))
-  finite = tf.cast(tf.equal(non_finite, 0), tf.float32)
-  weight = (tf.cast(num_examples, tf.float32) if weighted
-            else tf.constant(1.0)) * finite * took_steps
-  if tf.not_equal(non_finite, 0):
+  delta, control_delta, weight, finite = scaffold_cohorts.option_two(
+      delta, control, num_batches, num_examples, eta_l, weighted)
+  if tf.logical_not(finite):
     model.reset_metrics()
   update = collections.OrderedDict(
       delta=delta, control_delta=control_delta,
@@ -349,6 +351,61 @@ def _in_slot_order(stacked_type):
           positions=tf.identity(stacked['slot']))
 
   return in_slot_order
+
+
+def build_cohort_aggregator(control_type) -> tff.templates.AggregationProcess:
+  """The server's side of the cohorts' results (Karimireddy et al. 2020,
+  Algorithm 1: the averages of Delta y_i and Delta c_i), when the model
+  aggregator is the plain mean (U_c: `scaffold_cohorts`):
+
+      initialize: ( -> <>@SERVER)
+      next: (<<>@SERVER, {U_c}@CLIENTS, {float32}@CLIENTS>
+             -> <state=<>@SERVER,
+                 result=<mean_delta=T, control_delta_sum=T,
+                         clients=<controls=T_K, positions=int32[K]>>@SERVER,
+                 measurements=<excluded_clients=float32>@SERVER>)
+
+  `mean_delta` = sum of the cohorts' sums of w_i Delta y_i / sum of their
+  weights (0 when every client was left out), the pipeline's excluding
+  mean over the cohorts' members; `control_delta_sum` the exact sum of
+  Delta c_i; the cohorts' c_i+ tables concatenated by one aggregation (one
+  append per cohort) and put in slot order as `build_aggregator` does.
+  """
+  cohort_type = scaffold_cohorts.update_type(control_type)
+
+  @tff.tensorflow.computation(cohort_type)
+  def table_rows(update):
+    return collections.OrderedDict(control=update['controls'],
+                                   slot=update['slots'])
+
+  @tff.tensorflow.computation(control_type, tff.TensorType(np.float32))
+  def mean(delta_sum, weight):
+    return [tf.math.divide_no_nan(d, weight) for d in delta_sum]
+
+  @tff.federated_computation
+  def init_fn():
+    return tff.federated_value((), tff.SERVER)
+
+  @tff.federated_computation(
+      init_fn.type_signature.result,
+      tff.FederatedType(cohort_type, tff.CLIENTS),
+      tff.FederatedType(tff.TensorType(np.float32), tff.CLIENTS))
+  def next_fn(state, update, weight):
+    stacked = collection.federated_concat(tff.federated_map(table_rows,
+                                                            update))
+    in_slot_order = _in_slot_order(stacked.type_signature.member)
+    result = tff.federated_zip(collections.OrderedDict(
+        mean_delta=tff.federated_map(mean, (
+            tff.federated_sum(update.weighted_delta_sum),
+            tff.federated_sum(weight))),
+        control_delta_sum=tff.federated_sum(update.control_delta_sum),
+        clients=tff.federated_map(in_slot_order, stacked)))
+    measurements = tff.federated_zip(collections.OrderedDict([
+        (excluding_mean.MEASUREMENT, tff.federated_sum(update.excluded))]))
+    return tff.templates.MeasuredProcessOutput(
+        state=state, result=result, measurements=measurements)
+
+  return tff.templates.AggregationProcess(init_fn, next_fn)
 
 
 def build_finalizer(
@@ -487,6 +544,7 @@ def build_scaffold_process(
     server_learning_rate: float = 1.0,
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
+    in_cohorts: bool = False,
 ) -> tff.templates.IterativeProcess:
   """SCAFFOLD (Karimireddy et al. 2020) as an `IterativeProcess`, composed
   of a distributor, client work, aggregator and finalizer
@@ -494,6 +552,12 @@ def build_scaffold_process(
 
       initialize: ( -> S@SERVER)
       next: (<S@SERVER, {C}@CLIENTS, {B*}@CLIENTS>
+             -> <S@SERVER, R@SERVER, metrics@SERVER>)
+
+  or, `in_cohorts`, one TFF client a cohort of clients (C_c, D_c:
+  `scaffold_cohorts`):
+
+      next: (<S@SERVER, {C_c}@CLIENTS, {D_c}@CLIENTS>
              -> <S@SERVER, R@SERVER, metrics@SERVER>)
 
   Args:
@@ -506,7 +570,14 @@ def build_scaffold_process(
       or uniformly (False, as in the paper).
     model_aggregator: aggregation of the model deltas (weighted, or an
       unweighted robust rule); TFF's `MeanFactory()` by default.
+    in_cohorts: train the round's clients in cohorts
+      (`scaffold_cohorts.build_cohort_client_work`) and average their
+      deltas with the excluding mean (`build_cohort_aggregator`); only
+      without a `model_aggregator`.
   """
+  if in_cohorts and model_aggregator is not None:
+    raise ValueError('SCAFFOLD in cohorts averages with the plain mean: it'
+                     ' takes no model_aggregator')
   if num_clients < 1:
     raise ValueError(f'num_clients={num_clients} is not valid: must be >= 1')
   for name, value in (('client_learning_rate', client_learning_rate),
@@ -523,15 +594,22 @@ def build_scaffold_process(
         global_model_weights=weights,
         control_variate=[tf.zeros_like(v) for v in weights.trainable])
 
+  if in_cohorts:
+    client_work = scaffold_cohorts.build_cohort_client_work(
+        model_fn, _server_type(weights_type),
+        client_learning_rate=client_learning_rate, weighted=weighted,
+        capacity=num_clients)
+    aggregator = build_cohort_aggregator(weights_type.trainable)
+  else:
+    client_work = build_client_work(
+        model_fn, weights_type, data_type, metrics_aggregator,
+        client_learning_rate=client_learning_rate, weighted=weighted)
+    aggregator = build_aggregator(model_aggregator, weights_type.trainable)
   return compose_scaffold(
       initial_server,
       tff.learning.templates.build_broadcast_process(
           _server_type(weights_type)),
-      build_client_work(model_fn, weights_type, data_type,
-                        metrics_aggregator,
-                        client_learning_rate=client_learning_rate,
-                        weighted=weighted),
-      build_aggregator(model_aggregator, weights_type.trainable),
+      client_work, aggregator,
       build_finalizer(weights_type, server_learning_rate=server_learning_rate,
                       num_clients=num_clients))
 
@@ -558,6 +636,10 @@ class Scaffold(base.FederatedAlgorithm):
 
   Position k is the k-th id in `client_ids`; a client seen for the first
   time has a zero c_i.
+
+  Built `in_cohorts`, a round's clients are packed into `cohorts`
+  contiguous cohorts (`cohort_client_work.split_cohorts`, as FedAvg's;
+  the registry sets one per TFF worker), each one TFF client.
   """
 
   def __init__(
@@ -571,6 +653,7 @@ class Scaffold(base.FederatedAlgorithm):
       model_aggregator: Optional[
           tff.aggregators.WeightedAggregationFactory] = None,
       tables: client_state.Tables = client_state.IN_MEMORY,
+      in_cohorts: bool = False,
   ):
     self.client_ids = tuple(client_ids)
     if not self.client_ids:
@@ -588,9 +671,11 @@ class Scaffold(base.FederatedAlgorithm):
         server_learning_rate=server_learning_rate,
         weighted=weighted,
         model_aggregator=model_aggregator,
+        in_cohorts=in_cohorts,
     )
+    self.in_cohorts = in_cohorts
     control_type = (
-        self.process.next.type_signature.parameter[1].member.control)
+        self.process.next.type_signature.parameter[0].member.control_variate)
     self.controls = tables.table(
         'scaffold_controls', len(self.client_ids),
         [t.shape for t in control_type], [t.dtype for t in control_type])
@@ -622,14 +707,8 @@ class Scaffold(base.FederatedAlgorithm):
     positions = self._positions(client_ids)
     participation = np.asarray(state['participation'])
     rows = self.controls.read(state['client_controls'], positions)
-    # Slot k tags the k-th client's row, so the new rows are put in slot
-    # order inside the computation whatever order they were merged in.
-    client_states = [
-        collections.OrderedDict(control=[leaf[k] for leaf in rows],
-                                slot=np.int32(k))
-        for k in range(len(positions))]
     server, clients, metrics = self.process.next(
-        state['server'], client_states, list(client_datasets))
+        state['server'], *self._round_inputs(rows, list(client_datasets)))
     new_rows = [np.asarray(leaf) for leaf in clients['controls']]
     controls = self.controls.write(round_num, state['client_controls'],
                                    positions, new_rows)
@@ -658,6 +737,23 @@ class Scaffold(base.FederatedAlgorithm):
         participation=new_participation,
     )
     return new_state, metrics
+
+  def _round_inputs(self, rows, datasets):
+    """(client states, client data) of a round's clients, their c_i `rows`
+    [K, ...] per leaf: one of each per client, or per cohort."""
+    if not self.in_cohorts:
+      # Slot k tags the k-th client's row, so the new rows are put in slot
+      # order inside the computation whatever order they were merged in.
+      return [collections.OrderedDict(control=[leaf[k] for leaf in rows],
+                                      slot=np.int32(k))
+              for k in range(len(datasets))], datasets
+    # A cohort's members are tagged with their slots (its data's tags).
+    runs = cohort_client_work.split_cohorts(len(datasets), self.cohorts)
+    return ([collections.OrderedDict(
+        controls=[leaf[run.start:run.stop] for leaf in rows])
+             for run in runs],
+            [cohort_client_work.cohort_data(datasets[run.start:run.stop], run)
+             for run in runs])
 
   def get_model_weights(self, state) -> tff.learning.models.ModelWeights:
     return state['server']['global_model_weights']
@@ -694,10 +790,13 @@ def build_scaffold(
     model_aggregator: Optional[
         tff.aggregators.WeightedAggregationFactory] = None,
     tables: client_state.Tables = client_state.IN_MEMORY,
+    in_cohorts: bool = False,
+    cohorts: int = 1,
 ) -> Scaffold:
   """SCAFFOLD over the training clients `client_ids` (fixed order), their
-  c_i in `tables` (in memory by default)."""
-  return Scaffold(
+  c_i in `tables` (in memory by default); `in_cohorts`, a round's clients
+  train in `cohorts` cohorts (`Scaffold`)."""
+  algorithm = Scaffold(
       model_fn,
       client_ids=client_ids,
       client_learning_rate=client_learning_rate,
@@ -705,7 +804,10 @@ def build_scaffold(
       weighted=weighted,
       model_aggregator=model_aggregator,
       tables=tables,
+      in_cohorts=in_cohorts,
   )
+  algorithm.cohorts = max(1, int(cohorts))
+  return algorithm
 
 
 def _check(config):
@@ -719,14 +821,20 @@ def _check(config):
 
 
 def _build(config, model_fn, client_ids, tables=client_state.IN_MEMORY):
+  # The plain mean of a run without an attack trains in cohorts, as
+  # FedAvg's (`fed_avg.config_arguments`); a robust rule and an attack's
+  # accounting need each client's own update.
+  in_cohorts = config.aggregation.is_mean and not config.attack.active
   return build_scaffold(
       model_fn,
       client_ids=client_ids,
       client_learning_rate=config.client_learning_rate,
       server_learning_rate=config.server_learning_rate,
       weighted=config.weighted,
-      model_aggregator=config.model_aggregator(len(client_ids)),
+      model_aggregator=(None if in_cohorts else
+                        config.model_aggregator(len(client_ids))),
       tables=tables,
+      in_cohorts=in_cohorts,
   )
 
 
