@@ -257,11 +257,26 @@ def test_cohorts_only_with_the_plain_mean():
   assert alg.in_cohorts and alg.cohorts == 2
   sig = alg.process.next.type_signature
   _, client_states, client_data = sig.parameter
-  for table, leaf in zip(client_states.member.controls,
-                         sig.parameter[0].member.control_variate):
-    assert table.shape == (None, *leaf.shape)
+  # Each cohort's c_i: one table of flat rows, d = 784 * 10 + 10.
+  assert client_states.member.is_equivalent_to(
+      tff.TensorType(np.float32, [None, 7850]))
   assert [name for name, _ in tff.structure.iter_elements(
       client_data.member)] == ['batches', 'members']
+  assert sig.result[1].member.controls.is_equivalent_to(
+      tff.TensorType(np.float32, [None, 7850]))
+  # Rows come back in the order the cohorts were merged, each with its
+  # slot: each is written to the client of its slot, as leaves of the model.
+  rows = np.arange(3 * 7850, dtype=np.float32).reshape(3, 7850)
+  written, leaves = alg._new_rows(  # pylint: disable=protected-access
+      dict(controls=rows, positions=np.array([2, 0, 1], np.int32)),
+      [10, 11, 12])
+  assert written == [12, 10, 11]
+  np.testing.assert_array_equal(leaves[0][1], rows[1, :7840].reshape(784, 10))
+  np.testing.assert_array_equal(leaves[1][2], rows[2, 7840:])
+  with pytest.raises(RuntimeError, match='slots are not 0..K-1'):
+    alg._new_rows(  # pylint: disable=protected-access
+        dict(controls=rows, positions=np.array([0, 0, 1], np.int32)),
+        [10, 11, 12])
   # Still one aggregation level, every result at the server.
   assert all(t.placement is tff.SERVER for t in sig.result)
   tff.backends.native.compile_to_mergeable_comp_form(alg.process.next)

@@ -82,19 +82,25 @@ excluding mean, no robust rule, no attack) the round's clients train in
 cohorts, as FedAvg's do: one TFF client a cohort of contiguous clients
 (`cohort_client_work.split_cohorts`, one per TFF worker), its data the
 members' batches tagged with their slots and its client state the members'
-c_i rows as one table, C_c = <controls=T_?>; one call trains the members in
-turn exactly as the per-client work trains each (`scaffold_cohorts`: the
-same steps and option-II update, shared) and returns the sums of w_i Delta
-y_i, w_i and Delta c_i, and the members' c_i+ as one table. The aggregator
-(`build_cohort_aggregator`) divides the sums and concatenates the tables by
-one aggregation (`aggregators.collection.federated_concat`: one append per
-cohort, not per client), so R, the metrics and every result stay
-SERVER-placed and mergeable as above; the distributor and finalizer are
-the same. Why: per client, a round of K clients of the EMNIST CNN allocated
-K^2 / 2 model-sized rows through the appends and held ~100 MB a TFF client
-until the call ended (12 GB at 50 clients). A cohort's aggregator keeps no
-state (the excluding mean's state has no leaves either, so checkpoints keep
-their leaves).
+c_i as one table of flat rows, C_c = float32[?, d] (d parameters); one call
+trains the members in turn exactly as the per-client work trains each
+(`scaffold_cohorts`: the same steps and option-II update, shared) and
+returns the sums of w_i Delta y_i, w_i and Delta c_i, and the members' c_i+
+as one table. The aggregator (`build_cohort_aggregator`) divides the sums
+and concatenates the tables by one aggregation (`aggregators.collection.
+federated_concat`: one append per cohort, not per client), so the round
+keeps one aggregation level with every result SERVER-placed, mergeable as
+above; the distributor and finalizer are the same. Its rows come back as
+
+    R_c = <controls=float32[K, d], positions=int32[K]>
+
+in the order they came, row p the client of slot positions[p]; `Scaffold`
+checks the slots are 0..K-1 once each and writes each row to its client,
+so no model-sized table is sorted or split in the round. Why: per client,
+a round of K clients of the EMNIST CNN allocated K^2 / 2 model-sized rows
+through the appends and held ~100 MB a TFF client until the call ended
+(12 GB at 50 clients). A cohort's aggregator keeps no state (the excluding
+mean's state has no leaves either, so checkpoints keep their leaves).
 
 The server state broadcast to clients is <x, c>: SCAFFOLD sends twice the
 model each way (x and c down, Delta y and Delta c up), which
@@ -362,21 +368,19 @@ def build_cohort_aggregator(control_type) -> tff.templates.AggregationProcess:
       next: (<<>@SERVER, {U_c}@CLIENTS, {float32}@CLIENTS>
              -> <state=<>@SERVER,
                  result=<mean_delta=T, control_delta_sum=T,
-                         clients=<controls=T_K, positions=int32[K]>>@SERVER,
+                         clients=R_c>@SERVER,
                  measurements=<excluded_clients=float32>@SERVER>)
 
-  `mean_delta` = sum of the cohorts' sums of w_i Delta y_i / sum of their
-  weights (0 when every client was left out), the pipeline's excluding
-  mean over the cohorts' members; `control_delta_sum` the exact sum of
-  Delta c_i; the cohorts' c_i+ tables concatenated by one aggregation (one
-  append per cohort) and put in slot order as `build_aggregator` does.
+  with R_c = <controls=float32[K, d], positions=int32[K]>. `mean_delta` =
+  the sum of the cohorts' sums of w_i Delta y_i / the sum of their weights
+  (0 when every client was left out), the pipeline's excluding mean over
+  the cohorts' members; `control_delta_sum` the exact sum of Delta c_i;
+  `clients` the cohorts' c_i+ tables of flat rows concatenated by one
+  aggregation (one append per cohort), row p the client of slot
+  `positions[p]`. They stay in the order they came: `Scaffold` writes each
+  row to the client of its slot, so no model-sized table is sorted here.
   """
   cohort_type = scaffold_cohorts.update_type(control_type)
-
-  @tff.tensorflow.computation(cohort_type)
-  def table_rows(update):
-    return collections.OrderedDict(control=update['controls'],
-                                   slot=update['slots'])
 
   @tff.tensorflow.computation(control_type, tff.TensorType(np.float32))
   def mean(delta_sum, weight):
@@ -391,15 +395,15 @@ def build_cohort_aggregator(control_type) -> tff.templates.AggregationProcess:
       tff.FederatedType(cohort_type, tff.CLIENTS),
       tff.FederatedType(tff.TensorType(np.float32), tff.CLIENTS))
   def next_fn(state, update, weight):
-    stacked = collection.federated_concat(tff.federated_map(table_rows,
-                                                            update))
-    in_slot_order = _in_slot_order(stacked.type_signature.member)
     result = tff.federated_zip(collections.OrderedDict(
         mean_delta=tff.federated_map(mean, (
             tff.federated_sum(update.weighted_delta_sum),
             tff.federated_sum(weight))),
         control_delta_sum=tff.federated_sum(update.control_delta_sum),
-        clients=tff.federated_map(in_slot_order, stacked)))
+        # Selected, not mapped: a TF call would copy the tables once more.
+        clients=collection.federated_concat(tff.federated_zip(
+            collections.OrderedDict(controls=update.controls,
+                                    positions=update.slots)))))
     measurements = tff.federated_zip(collections.OrderedDict([
         (excluding_mean.MEASUREMENT, tff.federated_sum(update.excluded))]))
     return tff.templates.MeasuredProcessOutput(
@@ -676,6 +680,7 @@ class Scaffold(base.FederatedAlgorithm):
     self.in_cohorts = in_cohorts
     control_type = (
         self.process.next.type_signature.parameter[0].member.control_variate)
+    self._control_shapes = [t.shape for t in control_type]
     self.controls = tables.table(
         'scaffold_controls', len(self.client_ids),
         [t.shape for t in control_type], [t.dtype for t in control_type])
@@ -706,12 +711,11 @@ class Scaffold(base.FederatedAlgorithm):
       )
     positions = self._positions(client_ids)
     participation = np.asarray(state['participation'])
-    rows = self.controls.read(state['client_controls'], positions)
     server, clients, metrics = self.process.next(
-        state['server'], *self._round_inputs(rows, list(client_datasets)))
-    new_rows = [np.asarray(leaf) for leaf in clients['controls']]
+        state['server'], *self._round_inputs(
+            state['client_controls'], positions, list(client_datasets)))
     controls = self.controls.write(round_num, state['client_controls'],
-                                   positions, new_rows)
+                                   *self._new_rows(clients, positions))
     new_participation = participation.copy()
     new_participation[positions] += 1
     metrics = collections.OrderedDict(
@@ -738,22 +742,41 @@ class Scaffold(base.FederatedAlgorithm):
     )
     return new_state, metrics
 
-  def _round_inputs(self, rows, datasets):
-    """(client states, client data) of a round's clients, their c_i `rows`
-    [K, ...] per leaf: one of each per client, or per cohort."""
+  def _round_inputs(self, index, positions, datasets):
+    """(client states, client data) of a round's clients `positions`, their
+    c_i read through the table's `index`: one of each per client, or per
+    cohort."""
+    rows = self.controls.read(index, positions)
     if not self.in_cohorts:
       # Slot k tags the k-th client's row, so the new rows are put in slot
       # order inside the computation whatever order they were merged in.
       return [collections.OrderedDict(control=[leaf[k] for leaf in rows],
                                       slot=np.int32(k))
               for k in range(len(datasets))], datasets
-    # A cohort's members are tagged with their slots (its data's tags).
+    # A cohort's members are tagged with their slots (its data's tags), and
+    # its c_i rows are one flat table: a nested structure of tensors costs
+    # TFF's Python serialization a copy of the whole value per level.
     runs = cohort_client_work.split_cohorts(len(datasets), self.cohorts)
-    return ([collections.OrderedDict(
-        controls=[leaf[run.start:run.stop] for leaf in rows])
-             for run in runs],
+    flat = np.concatenate([leaf.reshape(len(datasets), -1) for leaf in rows],
+                          axis=1)
+    del rows  # Not held through the round: a model-sized row a client.
+    return ([flat[run.start:run.stop] for run in runs],
             [cohort_client_work.cohort_data(datasets[run.start:run.stop], run)
              for run in runs])
+
+  def _new_rows(self, clients, positions):
+    """(the clients `positions` of the new rows, their rows [K, ...] per
+    leaf) from the round's R (slot order) or R_c (flat rows, row p the
+    client of slot positions[p])."""
+    if not self.in_cohorts:
+      return positions, [np.asarray(leaf) for leaf in clients['controls']]
+    slots = np.asarray(clients['positions'], np.int64)
+    if not np.array_equal(np.sort(slots), np.arange(len(positions))):
+      raise RuntimeError(f'SCAFFOLD client slots are not 0..K-1, once each:'
+                         f' {slots.tolist()}')
+    return ([positions[s] for s in slots],
+            scaffold_cohorts.leaf_rows(np.asarray(clients['controls']),
+                                       self._control_shapes))
 
   def get_model_weights(self, state) -> tff.learning.models.ModelWeights:
     return state['server']['global_model_weights']

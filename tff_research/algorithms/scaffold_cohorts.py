@@ -22,8 +22,8 @@ shared with the per-client work). A cohort returns
   round's mean sum_S w_i Delta y_i / sum_S w_i is the per-client one up to
   the order of float additions;
 * the sum of its members' Delta c_i;
-* its members' c_i+ as one table, row j the j-th member's (a member without
-  batches or with a non-finite update keeps c_i);
+* its members' c_i+ as one flat table, row j the j-th member's (a member
+  without batches or with a non-finite update keeps c_i);
 * the number of members left out of the mean (weight 0: no batches, or a
   non-finite update), the count the pipeline's excluding mean reports;
 * the sums of the training metrics (`cohort_client_work.measurement_sums`):
@@ -34,14 +34,17 @@ shared with the per-client work). A cohort returns
 Only the plain mean fits: a robust rule (or an attack's per-client
 accounting) needs each client's own update, and keeps the per-client work.
 
-Types (M model weights, T its trainable part, B a batch, U the model's
-unfinalized metrics, T_? = T with a leading dimension of unknown size):
+Types (M model weights, T its trainable part, all float32, with d
+parameters, B a batch, U the model's unfinalized metrics):
 
     P   = <global_model_weights=M, control_variate=T>   what the server sends
-    C_c = <controls=T_?>       the members' c_i, row j the j-th member's
+    C_c = float32[?, d]        the members' c_i, row j the j-th member's, its
+                               leaves flattened one after another (one
+                               tensor: TFF's Python serialization copies a
+                               value once per level of nesting)
     D_c = <batches=<B, int32>*, members=int32*>         `cohort_client_work.
                                cohort_data`, tagged with the members' slots
-    U_c = <weighted_delta_sum=T, control_delta_sum=T, controls=T_?,
+    U_c = <weighted_delta_sum=T, control_delta_sum=T, controls=float32[?, d],
            slots=int32[?], excluded=float32>
 
     next: (<<>@SERVER, {<server=P, client=C_c>}@CLIENTS, {D_c}@CLIENTS>
@@ -112,10 +115,26 @@ def option_two(delta, control, num_batches, num_examples, eta_l: float,
   return delta, control_delta, weight, finite
 
 
+def _sizes(leaves) -> list[int]:
+  return [int(np.prod(t.shape)) for t in leaves]
+
+
 def table_type(control_type) -> tff.Type:
-  """T_?: `control_type` with a leading dimension of unknown size."""
-  return tff.to_type([tff.TensorType(t.dtype, [None, *t.shape])
-                      for t in control_type])
+  """float32[?, d]: rows of d = the number of trainable parameters, each a
+  client's control variate flattened leaf after leaf (`leaf_rows`)."""
+  if any(t.dtype != np.float32 for t in control_type):
+    raise TypeError('SCAFFOLD in cohorts needs float32 trainable variables'
+                    f' (its c_i rows are flat float32 tables); got'
+                    f' {control_type}')
+  return tff.TensorType(np.float32, [None, sum(_sizes(control_type))])
+
+
+def leaf_rows(table: np.ndarray, shapes) -> list[np.ndarray]:
+  """Rows float32[m, d] (`table_type`) as leaves of `shapes`, [m, ...]
+  each: views of `table`, no copy."""
+  bounds = np.cumsum([0] + [int(np.prod(s)) for s in shapes])
+  return [table[:, a:b].reshape(len(table), *s)
+          for a, b, s in zip(bounds[:-1], bounds[1:], shapes)]
 
 
 def update_type(control_type) -> tff.Type:
@@ -139,11 +158,11 @@ class _CohortTrainer:
     self.eta_l, self.weighted, self.capacity = eta_l, weighted, capacity
 
   def run(self, server, controls, batches, members):
-    """(P, the members' c_i T_?, <B, int32>*, int32*) ->
+    """(P, the members' c_i float32[m, d], <B, int32>*, int32*) ->
     (ClientResult(U_c, weight), the measurement sums)."""
     self.initial = server['global_model_weights']
     self.control = tuple(server['control_variate'])
-    self.controls = tuple(controls)
+    self.controls = controls
     # Every cohort has a member, and at most `capacity`: one batch.
     self.slots = members.batch(self.capacity).get_single_element()
     self.weights = tff.learning.models.ModelWeights.from_model(self.model)
@@ -170,7 +189,12 @@ class _CohortTrainer:
         delta_sum=tuple(tf.zeros_like(v) for v in self.variables),
         weight=tf.constant(0.0),
         control_delta_sum=tuple(tf.zeros_like(v) for v in self.variables),
-        controls=self.controls,
+        # Row j: the j-th member's Delta c_i, flat, zeros until written.
+        # One tensor a row, where an [m, d] tensor would be copied whole at
+        # every write.
+        control_deltas=tf.TensorArray(
+            tf.float32, size=tf.size(self.slots),
+            element_shape=self.controls.shape[1:]),
         excluded=tf.constant(0.0),
         metrics=tuple(tf.zeros_like(t) for t in tf.nest.flatten(unfinalized)),
         table=tf.zeros([self.capacity, len(client_metrics.COLUMNS)]),
@@ -180,6 +204,11 @@ class _CohortTrainer:
     """The member of slot `tag`'s row in the cohort's tables."""
     return tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
                      output_type=tf.int32)
+
+  def _leaves(self, row):
+    """A flat row float32[d] as the trainable variables' shapes."""
+    parts = tf.split(row, _sizes(self.variables))
+    return [tf.reshape(p, v.shape) for p, v in zip(parts, self.variables)]
 
   def _start_member(self, read, tag):
     """(K, n_i, c - c_i) of a member starting from x, once the previous
@@ -192,8 +221,8 @@ class _CohortTrainer:
     with tf.control_dependencies(ops):
       # c - c_i is fixed during the member's steps: the drift correction.
       return (tf.constant(0, tf.int64), tf.constant(0, tf.int64),
-              tuple(c - tf.gather(t, row)
-                    for c, t in zip(self.control, self.controls)))
+              tuple(c - c_i for c, c_i in zip(
+                  self.control, self._leaves(self.controls[row]))))
 
   def _step(self, state, element):
     batch, tag = element
@@ -223,10 +252,6 @@ class _CohortTrainer:
         acc['table'], acc['count'],
         client_metrics.row(self.finalizers, member_metrics), self.capacity)
     row = self._row(tag)
-    controls = tuple(
-        tf.tensor_scatter_nd_update(t, [[row]], (tf.gather(c_i, row) + d)[
-            tf.newaxis]) for t, c_i, d in zip(acc['controls'], self.controls,
-                                               control_delta))
     with tf.control_dependencies(delta):
       read = tf.constant(True)
     return collections.OrderedDict(
@@ -235,7 +260,8 @@ class _CohortTrainer:
         weight=acc['weight'] + weight,
         control_delta_sum=tuple(
             s + d for s, d in zip(acc['control_delta_sum'], control_delta)),
-        controls=controls,
+        control_deltas=acc['control_deltas'].write(row, tf.concat(
+            [tf.reshape(d, [-1]) for d in control_delta], axis=0)),
         # The excluding mean's rule: a zero weight is left out.
         excluded=acc['excluded'] + tf.cast(weight <= 0.0, tf.float32),
         metrics=tuple(a + m for a, m in zip(
@@ -258,12 +284,15 @@ class _CohortTrainer:
         acc['table'], rows[:, tf.newaxis],
         tf.tile(zero_row[tf.newaxis], [silent, 1]))
     norms = tf.map_fn(
-        lambda c_i: global_norm([c - r for c, r in zip(self.control, c_i)]),
+        lambda row: global_norm([c - c_i for c, c_i in zip(
+            self.control, self._leaves(row))]),
         self.controls, fn_output_signature=tf.float32)
+    # c_i+ = c_i + Delta c_i; c_i + 0 for a member without batches.
     update = collections.OrderedDict(
         weighted_delta_sum=list(acc['delta_sum']),
         control_delta_sum=list(acc['control_delta_sum']),
-        controls=list(acc['controls']), slots=self.slots,
+        controls=self.controls + acc['control_deltas'].stack(),
+        slots=self.slots,
         excluded=acc['excluded'] + tf.cast(silent, tf.float32))
     return (tff.learning.templates.ClientResult(
         update=update, update_weight=acc['weight']),
@@ -299,15 +328,13 @@ def build_cohort_client_work(
   eta_l = float(client_learning_rate)
   finalizers, batch_type, unfinalized_specs = _model_types(model_fn)
   start_type = tff.to_type(collections.OrderedDict(
-      server=server_type, client=collections.OrderedDict(
-          controls=table_type(server_type.control_variate))))
+      server=server_type, client=table_type(server_type.control_variate)))
   data_type = cohort_client_work.data_type(batch_type)
 
   @tff.tensorflow.computation(start_type, data_type)
   def cohort_update(start, data):
     trainer = _CohortTrainer(model_fn, eta_l, weighted, capacity)
-    return tf.function(trainer.run)(start['server'],
-                                    start['client']['controls'],
+    return tf.function(trainer.run)(start['server'], start['client'],
                                     data['batches'], data['members'])
 
   zero, merge, report = cohort_client_work.measurement_sums(
