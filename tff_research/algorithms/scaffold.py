@@ -97,8 +97,8 @@ above; the distributor and finalizer are the same. Its rows come back as
 in the order they came, row p the client of slot positions[p]; `Scaffold`
 checks the slots are 0..K-1 once each and writes each row to its client,
 so no model-sized table is sorted or split in the round. Why: per client,
-a round of K clients of the EMNIST CNN allocated K^2 / 2 model-sized rows
-through the appends and held ~100 MB a TFF client until the call ended
+a round of K clients of the EMNIST CNN allocates K^2 / 2 model-sized rows
+through the appends and holds ~100 MB a TFF client until the call ends
 (12 GB at 50 clients). A cohort's aggregator keeps no state (the excluding
 mean's state has no leaves either, so checkpoints keep their leaves).
 

@@ -2,7 +2,7 @@
 Controlled Averaging for Federated Learning", Algorithm 1, option II) for a
 cohort of clients in one TensorFlow call.
 
-Why: as TFF client, each SCAFFOLD client costs a call of its own (its graph
+Why: as a TFF client, each SCAFFOLD client costs a call of its own (its graph
 functions, its model's variables, a model's worth of tensors in and out,
 about 100 MB held by TFF's runtime until the round ends with the EMNIST
 CNN), and its c_i+ comes back as one row appended to a table at the server
@@ -11,7 +11,7 @@ K^2 / 2 rows through the appends, and the runtime keeps them until the call
 ends (12 GB at 50 clients of the CNN). Here a *cohort* of clients is one TFF
 client, as FedAvg's cohorts are (`cohort_client_work`): its data is every
 member's batches in one tagged sequence (`data.tagged`), its client state
-the members' c_i rows as one [m, ...] table, and one call trains the members
+the members' c_i as one table of flat rows, and one call trains the members
 in turn from the same broadcast <x, c>, each exactly as `scaffold.py`'s
 per-client work trains a client: the same corrected SGD steps
 (`corrected_step`), the same K (its own number of batches), the same option-
@@ -148,8 +148,8 @@ def update_type(control_type) -> tff.Type:
 
 class _CohortTrainer:
   """Trains a cohort's members in turn on one model (`run`, traced inside a
-  `tf.function`); the members' results are summed, and their c_i+ written,
-  in the state of one `reduce` over the tagged batches."""
+  `tf.function`); the members' results are summed, and their Delta c_i
+  kept row by row, in the state of one `reduce` over the tagged batches."""
 
   def __init__(self, model_fn: ModelFn, eta_l: float, weighted: bool,
                capacity: int):

@@ -309,10 +309,10 @@ def worker_context(stub: MonitoredStub, default_num_clients: int
     if cardinalities.get(tff.CLIENTS) is None:
       cardinalities[tff.CLIENTS] = default_num_clients
     # Each value is freed on the worker as soon as its last Python reference
-    # goes. TFF's default (20) batches the disposals, so the worker kept the
-    # last rounds' arguments and results, model-sized tables included (a
-    # SCAFFOLD round of 50 CNN clients: 1.2 GB more at every round until 20
-    # disposals had queued); a dispose is one small RPC.
+    # goes: TFF's default batches 20 disposals, and until they queue up the
+    # worker holds the last rounds' arguments and results, model-sized
+    # tables included (1.2 GB more a round for SCAFFOLD with 50 CNN
+    # clients). A dispose is one small RPC.
     executor = tff.framework.RemoteExecutor(stub, dispose_batch_size=1)
     executor.set_cardinalities(cardinalities)
     return executor
