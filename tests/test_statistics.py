@@ -291,6 +291,19 @@ def test_plot_curves_writes_a_nontrivial_png(tmp_path):
     statistics.plot_curves({}, str(tmp_path / 'x.png'))
 
 
+def test_plot_curves_draws_beside_an_algorithm_without_evaluations(tmp_path):
+  # Every seed of 'diverged' stopped before its first evaluation.
+  curves = {'mean': [[(5, 0.4), (10, 0.6)], [(5, 0.5), (10, 0.7)]],
+            'diverged': [[], [], []]}
+  statistics.plot_curves(curves, str(tmp_path / 'a.png'))
+  alone = statistics.plot_curves({'diverged': [[]]}, str(tmp_path / 'b.png'))
+  import matplotlib.image  # pylint: disable=g-import-not-at-top
+  drawn, empty = (matplotlib.image.imread(str(tmp_path / f))
+                  for f in ('a.png', alone))
+  # The curve is there beside the empty one, and only there.
+  assert np.abs(drawn - empty).max() > 0.5
+
+
 def test_parse_seeds_counts_lists_and_one_line_errors():
   assert statistics.parse_seeds('3') == (0, 1, 2)
   assert statistics.parse_seeds('2', base_seed=5) == (5, 6)

@@ -336,6 +336,9 @@ def plot_curves(
     confidence: level of the Student-t band (mean -+ t s / sqrt(n) at each
       round, over the seeds reporting it; no band where n = 1).
 
+  An algorithm with no point (every seed stopped before its first
+  evaluation, as a diverged run is) has no line; the title names it.
+
   Returns:
     `path`.
   """
@@ -349,7 +352,10 @@ def plot_curves(
   fig = figure.Figure(figsize=(6.4, 4.0), dpi=120)
   backend_agg.FigureCanvasAgg(fig)
   ax = fig.add_subplot(1, 1, 1)
+  empty = [name for name, series in curves.items() if not any(series)]
   for name, series in curves.items():
+    if name in empty:
+      continue
     rounds, mean, low, high, n = curve_band(series, c)
     (line,) = ax.plot(rounds, mean, marker='.' if len(rounds) < 30 else None,
                       label=f'{name} (n={int(n.max())})')
@@ -360,9 +366,11 @@ def plot_curves(
                       color=line.get_color(), alpha=0.2, linewidth=0)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title or f'mean over seeds, {100 * c:g}% t band')
+  ax.set_title((title or f'mean over seeds, {100 * c:g}% t band') + (
+      f'\nno evaluation: {", ".join(empty)}' if empty else ''))
   ax.grid(True, alpha=0.3)
-  ax.legend(loc='best')
+  if len(empty) < len(curves):
+    ax.legend(loc='best')
   fig.tight_layout()
   fig.savefig(path, format='png')
   return path
