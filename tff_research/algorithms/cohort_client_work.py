@@ -267,6 +267,19 @@ def measurement_sums(finalizers, unfinalized_specs, capacity: int,
   return zero, merge, report
 
 
+def model_types(model_fn: ModelFn):
+  """(finalizers, M, B, the unfinalized metrics' specs) of the model
+  `model_fn` builds, read from one built in a throwaway graph."""
+  with tf.Graph().as_default():
+    model = model_fn()
+    return (model.metric_finalizers(),
+            tff.learning.models.weights_type_from_model(model),
+            tff.types.tensorflow_to_type(model.input_spec),
+            tf.nest.map_structure(
+                lambda t: tf.TensorSpec.from_tensor(tf.convert_to_tensor(t)),
+                model.report_local_unfinalized_metrics()))
+
+
 def data_type(batch_type) -> tff.Type:
   """One cohort's client data, `cohort_data`'s type:
   <batches=<B, int32>*, members=int32*>."""
@@ -288,14 +301,8 @@ def build_cohort_client_work(
   training step as TFF's `build_model_delta_client_work(model_fn, optimizer,
   NUM_EXAMPLES or UNIFORM)`, one TFF client a cohort of at most `capacity`
   members."""
-  with tf.Graph().as_default():
-    model = model_fn()
-    finalizers = model.metric_finalizers()
-    weights_type = tff.learning.models.weights_type_from_model(model)
-    batch_type = tff.types.tensorflow_to_type(model.input_spec)
-    unfinalized_specs = tf.nest.map_structure(
-        lambda t: tf.TensorSpec.from_tensor(tf.convert_to_tensor(t)),
-        model.report_local_unfinalized_metrics())
+  finalizers, weights_type, batch_type, unfinalized_specs = model_types(
+      model_fn)
   cohort_type = data_type(batch_type)
   hparams = optimizer.get_hparams(
       optimizer.initialize(tf.TensorSpec([], tf.float32)))

@@ -303,19 +303,6 @@ class _CohortTrainer:
                 members=tf.cast(members, tf.float32)))
 
 
-def _model_types(model_fn: ModelFn):
-  """(finalizers, B, the unfinalized metrics' specs), read from a model built
-  in a throwaway graph."""
-  with tf.Graph().as_default():
-    model = model_fn()
-    finalizers = model.metric_finalizers()
-    batch_type = tff.types.tensorflow_to_type(model.input_spec)
-    unfinalized_specs = tf.nest.map_structure(
-        lambda t: tf.TensorSpec.from_tensor(tf.convert_to_tensor(t)),
-        model.report_local_unfinalized_metrics())
-  return finalizers, batch_type, unfinalized_specs
-
-
 def build_cohort_client_work(
     model_fn: ModelFn, server_type, *, client_learning_rate: float,
     weighted: bool, capacity: int,
@@ -326,7 +313,8 @@ def build_cohort_client_work(
   module docstring, P = `server_type`. The weight is n_i (`weighted`) or 1,
   and 0 for a member without steps or with a non-finite update."""
   eta_l = float(client_learning_rate)
-  finalizers, batch_type, unfinalized_specs = _model_types(model_fn)
+  finalizers, _, batch_type, unfinalized_specs = (
+      cohort_client_work.model_types(model_fn))
   start_type = tff.to_type(collections.OrderedDict(
       server=server_type, client=table_type(server_type.control_variate)))
   data_type = cohort_client_work.data_type(batch_type)
