@@ -117,8 +117,9 @@ def test_three_rounds_match_numpy_reference(
       np.sqrt(sum(np.sum(c**2) for c in ref_c)), rtol=1e-5)
 
 
-# Local results pinned to 1e-6, so that how the process is composed (its
-# template parts, the aggregate that returns c_i+) cannot move them: 3 rounds
+# Local results pinned to 1e-5, so that how the process is composed (its
+# template parts, the aggregate that returns c_i+) cannot move them (float32
+# sums differ by ~1e-6 between CPUs of different vector widths): 3 rounds
 # of SCHEDULE with each rule of PINNED_RULES, the pipeline's aggregator (the
 # excluding mean, example-weighted) and the median (uniform, eta_g = 0.7).
 # Per array: its L2 norm and its dot products with two fixed random sign
@@ -166,7 +167,7 @@ def test_local_results_are_pinned(tff_worker, rule):
       got[f'{name}{v}'] = _fingerprint(leaf)
   for key, values in PINNED.items():
     np.testing.assert_allclose(got[key], values[PINNED_RULES.index(rule)],
-                               rtol=1e-6, atol=1e-6, err_msg=key)
+                               rtol=1e-5, atol=1e-5, err_msg=key)
 
 
 # Cohorts: clients of different sizes, an empty one (2) and, in one case, a
