@@ -19,11 +19,17 @@ import os
 import sys
 import warnings
 
+from tff_research.execution import allocator
 from tff_research.execution import stderr_filter
 
 
 def import_tensorflow_quietly() -> None:
-  """Imports tensorflow and tensorflow_federated without their noise."""
+  """Imports tensorflow and tensorflow_federated without their noise.
+
+  Also caps glibc's arenas first (`execution.allocator`): it must precede
+  TensorFlow's threads.
+  """
+  allocator.limit_arenas()
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   warnings.filterwarnings(
       'ignore', message=r'pkg_resources is deprecated as an API',

@@ -29,6 +29,8 @@ import sys
 import time
 from typing import Optional
 
+from tff_research.execution import allocator
+
 WORKER_BINARY = os.path.join(
     os.path.dirname(importlib.util.find_spec('tensorflow_federated').origin),
     'data', 'worker_binary')
@@ -45,11 +47,12 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 
 def thread_environment(intra_op_threads: Optional[int],
                        environ=None) -> dict[str, str]:
-  """The worker's environment: `environ` (default ours) with TensorFlow's
-  intra-op threads set (None or 0: left as it is). TensorFlow reads
+  """The worker's environment: `environ` (default ours) with glibc's arenas
+  capped (`allocator`) and TensorFlow's intra-op threads set (None or 0:
+  left as it is). TensorFlow reads
   `TF_NUM_INTRAOP_THREADS` when a session has no explicit setting, which is
   how TFF's worker creates its sessions."""
-  env = dict(os.environ if environ is None else environ)
+  env = allocator.environment(os.environ if environ is None else environ)
   # TF logs two INFO lines per graph it optimizes: noise in a worker log.
   env.setdefault('TF_CPP_MIN_LOG_LEVEL', '1')
   if intra_op_threads:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 import tensorflow_federated as tff
 import tqdm
 
+from tff_research.execution import allocator
 from tff_research.execution import runtime
 from tff_research.execution import stderr_filter
 from tff_research.run import hooks as hooks_lib
@@ -145,6 +146,8 @@ def _run(position, state, algorithm, sampler, training_data, state_manager,
           asyncio.run(state_manager.save(
               {'round': round_num, 'state': state}, round_num))
         position.saved = round_num
+      # The round's tensors are freed; give their pages back (flat RSS).
+      allocator.release_free_memory()
       bar.set_postfix(_postfix(row))
       rows.append(dict(round=round_num, **row))
     with _quiet():
