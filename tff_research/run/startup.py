@@ -9,7 +9,8 @@ split into named phases, printed as one line:
 
 `imports` is the time from process start (the kernel's start time of this
 process, /proc/self/stat) to the first phase: interpreter, TensorFlow and
-TFF imports, flag parsing.
+TFF imports, flag parsing. Only a process's first run pays it: a study that
+runs many in one process reports 0.0 for the later ones.
 """
 
 from __future__ import annotations
@@ -33,11 +34,17 @@ def process_age_seconds() -> float:
   return max(uptime - start_ticks / os.sysconf('SC_CLK_TCK'), 0.0)
 
 
+_imports_counted = False
+
+
 class StartupPhases:
   """Named phases timed with `with phases.phase('data'):`."""
 
   def __init__(self):
-    self.phases = {'imports': process_age_seconds()}
+    global _imports_counted
+    imports = 0.0 if _imports_counted else process_age_seconds()
+    _imports_counted = True
+    self.phases = {'imports': imports}
     self._began = time.monotonic() - self.phases['imports']
 
   @contextlib.contextmanager
