@@ -8,9 +8,9 @@ checkpointed by the plain manager resume unchanged) and these guarantees:
   (`ROOT/.tmp-round_N-<hex>`), given a manifest of its files' sizes and
   SHA-256 (`round_N/integrity.json`), its arrays read back and compared with
   what was written, flushed to disk (fsync), and only then renamed to
-  `round_N` (`os.rename`, atomic on POSIX). Old versions are pruned (as TFF's `keep_total` /
-  `keep_first` / `keep_every_k` say) by renaming them to a temporary name
-  first. A crash at any instant therefore leaves each `round_N` either
+  `round_N` (`os.rename`, atomic on POSIX). Old versions are pruned (as
+  TFF's `keep_total` / `keep_first` / `keep_every_k` say) by renaming them to
+  a temporary name first. A crash at any instant therefore leaves each `round_N` either
   complete or absent. Temporary entries of a crashed save are never read and
   are deleted by the next `save`. The read side (`load`, `load_latest`,
   `get_versions`) never writes, so an evaluation can read a directory a run
@@ -242,6 +242,25 @@ def _digest(value: Any) -> tuple[str, tuple[int, ...], str]:
   return array.dtype.str, array.shape, hashlib.sha256(array.data).hexdigest()
 
 
+def _check_files(path: str) -> None:
+  """Raises `_Damage` if a file differs from the manifest or the
+  fingerprint does not parse."""
+  _check_manifest(path)
+  if os.path.exists(os.path.join(path, _FINGERPRINT)):
+    # TF would log a damaged fingerprint as an ERROR traceback and go on.
+    try:
+      tf.saved_model.experimental.read_fingerprint(path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise _Damage(
+          f'{_FINGERPRINT} is damaged ({describe_error(e)})') from None
+
+
+def _check_written(path: str, written: Any) -> None:
+  """What `_read` checks of a version, without loading it as a module."""
+  _check_files(path)
+  _check_variables(path, written)
+
+
 def _check_variables(path: str, written: Any) -> None:
   """Raises `_Damage` unless `path` holds exactly the arrays of `written`.
 
@@ -404,14 +423,7 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
 
   async def _read(self, path: str, structure: Any) -> Any:
     """The program state at `path`, as TFF's manager loads it, checked."""
-    _check_manifest(path)
-    if os.path.exists(os.path.join(path, _FINGERPRINT)):
-      # TF would log a damaged fingerprint as an ERROR traceback and go on.
-      try:
-        tf.saved_model.experimental.read_fingerprint(path)
-      except Exception as e:  # pylint: disable=broad-except
-        raise _Damage(
-            f'{_FINGERPRINT} is damaged ({describe_error(e)})') from None
+    _check_files(path)
     program_state = await file_utils.read_saved_model(path)
 
     def _normalize(value):
@@ -434,13 +446,6 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
           f'{reason}; it holds {describe_arrays(normalized)}; the state'
           f' expected has {describe_arrays(structure)}') from None
     return state
-
-  def _check_written(self, path: str, serialized: Any) -> None:
-    """What `_read` checks of a version, without loading it as a module."""
-    _check_manifest(path)
-    if os.path.exists(os.path.join(path, _FINGERPRINT)):
-      tf.saved_model.experimental.read_fingerprint(path)
-    _check_variables(path, serialized)
 
   async def load(self, version: int, structure: Any) -> Any:
     """The program state of `version`, shaped like `structure`.
@@ -574,7 +579,7 @@ class SafeFileProgramStateManager(tff.program.FileProgramStateManager):
       _write_manifest(temp)
       try:
         await asyncio.get_running_loop().run_in_executor(
-            None, self._check_written, temp, serialized)
+            None, _check_written, temp, serialized)
       except Exception as e:  # pylint: disable=broad-except
         reason = str(e) if isinstance(e, _Damage) else describe_error(e)
         raise CheckpointError(
