@@ -104,12 +104,16 @@ class TreeMonitor(threading.Thread):
     self.interval = interval
     self.on_sample = on_sample
     self.procs: dict[int, ProcessPeak] = {}
+    # The largest sum of VmRSS over the tree at one sample: what the
+    # machine needed at once (a lower bound: a sample can miss a spike).
+    self.tree_peak_kb = 0
     self._stop_event = threading.Event()
     self._lock = threading.Lock()
 
   def sample(self) -> None:
     pids = [self.root] + descendants(self.root)
     with self._lock:
+      total = 0
       for pid in pids:
         st = _stat(pid)
         if st is None:
@@ -121,6 +125,8 @@ class TreeMonitor(threading.Thread):
         if 'VmRSS' in kb:
           rec.last_rss_kb = kb['VmRSS']
           rec.peak_kb = max(rec.peak_kb, kb['VmRSS'], kb.get('VmHWM', 0))
+          total += kb['VmRSS']
+      self.tree_peak_kb = max(self.tree_peak_kb, total)
     if self.on_sample is not None:
       self.on_sample(self)
 
@@ -191,6 +197,7 @@ class PeerRun:
     `children`) and the survivors killed, as every peer reports them."""
     return dict(peak_main_mb=self.monitor.root_peak_mb(),
                 peak_children_mb=self.monitor.children_peak_mb(children),
+                peak_together_mb=self.monitor.tree_peak_kb / 1024,
                 survivors_killed=self.survivors_killed)
 
 

@@ -28,7 +28,9 @@ report gives, per configuration and federation, and the large/small ratio:
 * full held-out evaluation (every test writer, K = 10 run, its warm second
   evaluation) against a plain-TF forward pass over the same examples
   (`forward_peer.py`, batches of 100, one compiled loop): eval / forward;
-* peak RSS of the process and of its TFF worker.
+* peak RSS of the process and of its TFF worker: the sum of each one's
+  own peak (`VmHWM`, an upper bound: the two peaks need not coincide), and
+  the largest sum of the two at one sample (every 0.5 s, a lower bound).
 """
 
 from __future__ import annotations
@@ -175,6 +177,10 @@ def report(results: dict, forwards: dict, caches: dict, load: str,
                      for k in CLIENTS) for fed in caches}
     row(config, 'peak RSS, process + worker', peak['small'], peak['large'],
         lambda x: f'{x:,.0f} MB')
+    together = {fed: max(r[(fed, k)]['peak_together_mb'] for k in CLIENTS)
+                for fed in caches}
+    row(config, 'peak RSS, both at one sample', together['small'],
+        together['large'], lambda x: f'{x:,.0f} MB')
   lines += ['', 'Examples evaluated: ' + ', '.join(
       f'{fed} {forwards[fed]["eval_num_examples"]:,} (forward'
       f' {forwards[fed]["eval_seconds_median"]:.2f} s)' for fed in caches),

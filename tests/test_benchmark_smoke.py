@@ -89,3 +89,26 @@ def test_smoke_prints_every_peer_with_finite_numbers():
   assert 'Linear fit of pipeline' in out
   # communicate() returned: no peer's child (TFF's worker_binary under the
   # default context included) kept our pipes open.
+
+
+def test_tree_monitor_peak_together_is_between_the_bounds():
+  """A parent and its child each hold 200 MB for 2 s: the largest sum at
+  one sample is at least their 400 MB and at most the sum of their own
+  peaks (`VmHWM`)."""
+  sys.path.insert(0, os.path.join(REPO, 'benchmarks'))
+  try:
+    import procs  # pylint: disable=import-outside-toplevel
+  finally:
+    sys.path.pop(0)
+  hold = ('import time, numpy as np; a = np.ones(200 * 2**20, np.uint8);'
+          ' time.sleep(2)')
+  code = (f'import subprocess, sys; c = subprocess.Popen([sys.executable, "-c",'
+          f' {hold!r}]); exec({hold!r}); c.wait()')
+  proc = subprocess.Popen([sys.executable, '-c', code])
+  monitor = procs.TreeMonitor(proc.pid, interval=0.1)
+  monitor.start()
+  proc.wait(timeout=60)
+  monitor.stop()
+  together = monitor.tree_peak_kb / 1024
+  upper = monitor.root_peak_mb() + monitor.children_peak_mb()
+  assert 400 <= together <= upper, (together, upper)
