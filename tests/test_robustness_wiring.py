@@ -89,8 +89,8 @@ def test_an_old_hparams_json_without_the_new_keys_loads_with_defaults():
      '--robust_aggregation=mode is not valid; valid: mean, median'),
     (['--robust_aggregation=median', '--clustering=cosine'],
      '--robust_aggregation=median is not valid with --weight_by_size'),
-    (['--attack=sign_flip', '--algorithm=scaffold'],
-     '--attack=sign_flip is not valid with --algorithm=scaffold'),
+    (['--attack=sign_flip', '--algorithm=fedsgd'],
+     '--attack=sign_flip is not valid with --algorithm=fedsgd'),
     (['--attack=gaussian', '--clustering=l2'],
      '--attack=gaussian is not valid with --algorithm=fedavg --clustering=l2'),
     (['--malicious_fraction=0.2'], '--malicious_fraction applies only with'
@@ -122,6 +122,7 @@ def test_unsound_combinations_are_refused_in_one_line(argv, line):
      '--attack=label_flip'],
     ['--robust_aggregation=norm_bound', '--clustering=cosine'],
     ['--attack=backdoor', '--algorithm=scaffold'],
+    ['--attack=gaussian', '--algorithm=scaffold', '--client_optimizer=sgd'],
     ['--robust_aggregation=multi_krum', '--noweight_by_size',
      '--multi_krum_m=5', '--algorithm=fedadam', '--attack=gaussian'],
 ])
@@ -255,6 +256,26 @@ def test_scaffold_takes_the_rule_for_its_model_delta(honest_update):
   # honest, so the median is the honest update, and the attacker is counted.
   np.testing.assert_allclose(attacked, honest_update, atol=1e-5)
   assert metrics['attack']['malicious_clients'] == 1
+
+
+def test_a_sign_flip_attacker_turns_scaffolds_model_delta_not_its_controls(
+    honest_update):
+  scaffold = ('--algorithm=scaffold', '--client_optimizer=sgd')
+  attack = ('--attack=sign_flip', '--malicious_fraction=0.2',
+            '--attack_scale=10')
+  honest, honest_metrics = _one_round(*scaffold)
+  # Round 1: every c_i and c are zero, so SCAFFOLD's step is plain SGD's.
+  np.testing.assert_allclose(honest, honest_update, atol=1e-5)
+  mean, metrics = _one_round(*scaffold, *attack)
+  np.testing.assert_allclose(mean, -1.2 * honest_update, atol=1e-5)
+  assert metrics['attack']['malicious_clients'] == 1
+  # The attacker's Delta c_i is honest: c moves as in the honest round.
+  assert metrics['scaffold']['control_norm'] == pytest.approx(
+      honest_metrics['scaffold']['control_norm'], rel=1e-6)
+  median, metrics = _one_round(*scaffold, *attack,
+                               '--robust_aggregation=median')
+  np.testing.assert_allclose(median, honest_update, atol=1e-5)
+  assert metrics['attack'] == dict(malicious_clients=1.0, kept_malicious=0.0)
 
 
 # --- data attacks and a real run ---

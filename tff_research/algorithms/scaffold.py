@@ -31,7 +31,9 @@ paper's uniform mean; a rule that takes no weight, such as the median,
 needs it). The robust rule applies to the model delta only. The control
 variates are always summed exactly and divided by N: that keeps c equal to
 the uniform mean of every c_i, which is what the correction g_i - c_i + c
-relies on (so a data attacker's c_i does enter c).
+relies on (so a data attacker's c_i does enter c). An update attack
+(`attacks.client_work.with_update_attack`) changes a malicious client's
+Delta y only: its Delta c_i and c_i+ are honest, what it keeps.
 
 Composition. A round is built from the four parts of TFF's learning
 templates: a distributor (TFF's `build_broadcast_process`, sending <x, c>),
@@ -120,7 +122,7 @@ CNN: 16 GB of c_i on disk, a few hundred kB of state).
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Callable, Optional
 
 import numpy as np
@@ -140,6 +142,7 @@ from tff_research.algorithms import cohort_client_work
 from tff_research.algorithms import hyperparameters as hp
 from tff_research.algorithms import scaffold_cohorts
 from tff_research.algorithms import spec
+from tff_research.attacks import client_work as attack_client_work
 from tff_research.attacks import metrics as attack_metrics
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -528,6 +531,20 @@ def compose_scaffold(
   return tff.templates.IterativeProcess(initialize, next_fn)
 
 
+def _on_model_delta(update_fn: attack_client_work.UpdateFn
+                    ) -> attack_client_work.UpdateFn:
+  """`update_fn` applied to U's Delta y only (U: the module docstring)."""
+
+  def on_delta(update, attack):
+    fields = collections.OrderedDict(
+        update if isinstance(update, Mapping)
+        else tff.structure.to_odict(update))
+    fields['delta'] = update_fn(fields['delta'], attack)
+    return fields
+
+  return on_delta
+
+
 def _model_types(model_fn: ModelFn, num_clients: int):
   """(M, the client data type B*, the per-client metrics aggregator), read
   from a model built in a throwaway graph."""
@@ -549,6 +566,7 @@ def build_scaffold_process(
     weighted: bool = True,
     model_aggregator: Optional[tff.aggregators.AggregationFactory] = None,
     in_cohorts: bool = False,
+    update_fn: Optional[attack_client_work.UpdateFn] = None,
 ) -> tff.templates.IterativeProcess:
   """SCAFFOLD (Karimireddy et al. 2020) as an `IterativeProcess`, composed
   of a distributor, client work, aggregator and finalizer
@@ -578,10 +596,15 @@ def build_scaffold_process(
       (`scaffold_cohorts.build_cohort_client_work`) and average their
       deltas with the excluding mean (`build_cohort_aggregator`); only
       without a `model_aggregator`.
+    update_fn: an update attack (`attacks.client_work.update_attack`): the
+      client data becomes <data=B*, attack=A*> and a malicious client's
+      Delta y_i passes through it (`with_update_attack`); its Delta c_i and
+      c_i+ stay honest, so c remains the mean of what the clients keep.
+      Only per client (not `in_cohorts`).
   """
-  if in_cohorts and model_aggregator is not None:
+  if in_cohorts and (model_aggregator is not None or update_fn is not None):
     raise ValueError('SCAFFOLD in cohorts averages with the plain mean: it'
-                     ' takes no model_aggregator')
+                     ' takes no model_aggregator or update attack')
   if num_clients < 1:
     raise ValueError(f'num_clients={num_clients} is not valid: must be >= 1')
   for name, value in (('client_learning_rate', client_learning_rate),
@@ -608,6 +631,9 @@ def build_scaffold_process(
     client_work = build_client_work(
         model_fn, weights_type, data_type, metrics_aggregator,
         client_learning_rate=client_learning_rate, weighted=weighted)
+    if update_fn is not None:
+      client_work = attack_client_work.with_update_attack(
+          client_work, _on_model_delta(update_fn), capacity=num_clients)
     aggregator = build_aggregator(model_aggregator, weights_type.trainable)
   return compose_scaffold(
       initial_server,
@@ -658,6 +684,7 @@ class Scaffold(base.FederatedAlgorithm):
           tff.aggregators.WeightedAggregationFactory] = None,
       tables: client_state.Tables = client_state.IN_MEMORY,
       in_cohorts: bool = False,
+      update_fn: Optional[attack_client_work.UpdateFn] = None,
   ):
     self.client_ids = tuple(client_ids)
     if not self.client_ids:
@@ -676,8 +703,10 @@ class Scaffold(base.FederatedAlgorithm):
         weighted=weighted,
         model_aggregator=model_aggregator,
         in_cohorts=in_cohorts,
+        update_fn=update_fn,
     )
     self.in_cohorts = in_cohorts
+    self._takes_attack = attack_client_work.takes_attack(self.process)
     control_type = (
         self.process.next.type_signature.parameter[0].member.control_variate)
     self._control_shapes = [t.shape for t in control_type]
@@ -711,9 +740,15 @@ class Scaffold(base.FederatedAlgorithm):
       )
     positions = self._positions(client_ids)
     participation = np.asarray(state['participation'])
+    datasets = list(client_datasets)
+    if self._takes_attack:
+      datasets = [collections.OrderedDict([(attack_client_work.DATA, d),
+                                           (attack_client_work.ATTACK, a)])
+                  for d, a in zip(datasets, self.attack.client_inputs(
+                      self.malicious, round_num, client_ids))]
     server, clients, metrics = self.process.next(
         state['server'], *self._round_inputs(
-            state['client_controls'], positions, list(client_datasets)))
+            state['client_controls'], positions, datasets))
     controls = self.controls.write(round_num, state['client_controls'],
                                    *self._new_rows(clients, positions))
     new_participation = participation.copy()
@@ -815,10 +850,12 @@ def build_scaffold(
     tables: client_state.Tables = client_state.IN_MEMORY,
     in_cohorts: bool = False,
     cohorts: int = 1,
+    update_fn: Optional[attack_client_work.UpdateFn] = None,
 ) -> Scaffold:
   """SCAFFOLD over the training clients `client_ids` (fixed order), their
   c_i in `tables` (in memory by default); `in_cohorts`, a round's clients
-  train in `cohorts` cohorts (`Scaffold`)."""
+  train in `cohorts` cohorts (`Scaffold`); `update_fn`, an update attack on
+  the malicious clients' Delta y (`build_scaffold_process`)."""
   algorithm = Scaffold(
       model_fn,
       client_ids=client_ids,
@@ -828,6 +865,7 @@ def build_scaffold(
       model_aggregator=model_aggregator,
       tables=tables,
       in_cohorts=in_cohorts,
+      update_fn=update_fn,
   )
   algorithm.cohorts = max(1, int(cohorts))
   return algorithm
@@ -858,6 +896,7 @@ def _build(config, model_fn, client_ids, tables=client_state.IN_MEMORY):
                         config.model_aggregator(len(client_ids))),
       tables=tables,
       in_cohorts=in_cohorts,
+      update_fn=config.attack.update_fn(),
   )
 
 
@@ -871,6 +910,7 @@ SPEC = spec.AlgorithmSpec(
                      hp.SERVER_LEARNING_RATE),
     check=_check,
     per_client_state=True,
+    update_attacks=True,
     comparison_client_learning_rate=10**-1,
     docs='docs/scaffold.md',
 )
