@@ -78,6 +78,16 @@ class FederatedAlgorithm(abc.ABC):
       return None
     return selection.round_mask(client_ids, self.malicious)
 
+  def with_attack_inputs(self, round_num: int, client_ids: Sequence[str],
+                         data: Sequence[Any]) -> list[Any]:
+    """Each client's data beside its attack input (flag and noise seed),
+    as a client work wrapped by `attacks.client_work.with_update_attack`
+    takes it."""
+    return [collections.OrderedDict([(attack_client_work.DATA, d),
+                                     (attack_client_work.ATTACK, a)])
+            for d, a in zip(data, self.attack.client_inputs(
+                self.malicious, round_num, client_ids))]
+
   @abc.abstractmethod
   def initialize(self) -> Any:
     """Returns the initial (server and per-client) state."""
@@ -185,10 +195,7 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
     cohorts)."""
     data = list(datasets)
     if self._takes_attack:
-      data = [collections.OrderedDict([(attack_client_work.DATA, d),
-                                       (attack_client_work.ATTACK, a)])
-              for d, a in zip(data, self.attack.client_inputs(
-                  self.malicious, round_num, client_ids))]
+      data = self.with_attack_inputs(round_num, client_ids, data)
     if self._takes_cohorts:
       data = [cohort_client_work.cohort_data([data[i] for i in members],
                                              members)

@@ -742,10 +742,7 @@ class Scaffold(base.FederatedAlgorithm):
     participation = np.asarray(state['participation'])
     datasets = list(client_datasets)
     if self._takes_attack:
-      datasets = [collections.OrderedDict([(attack_client_work.DATA, d),
-                                           (attack_client_work.ATTACK, a)])
-                  for d, a in zip(datasets, self.attack.client_inputs(
-                      self.malicious, round_num, client_ids))]
+      datasets = self.with_attack_inputs(round_num, client_ids, datasets)
     server, clients, metrics = self.process.next(
         state['server'], *self._round_inputs(
             state['client_controls'], positions, datasets))
