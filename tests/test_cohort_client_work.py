@@ -5,7 +5,9 @@ For every FedAvg-family algorithm the registry builds with cohorts
 same rounds through TFF's own `build_model_delta_client_work` with the
 non-finite-excluding mean (the path the cohort replaces), with equal
 training metrics and per-client tables; two cohorts equal one; a diverged
-client is left out and counted as it is per client.
+client is left out and counted as it is per client. The same holds for
+the collecting robust rules over cohorts' tables of member updates, with
+update attacks applied per member, against the rules over TFF clients.
 """
 
 import collections
@@ -131,6 +133,63 @@ def test_two_cohorts_equal_one_and_a_diverged_client_is_counted(
   got = _rounds(two, poisoned, SCHEDULE[:1])
   assert got[1]['robustness']['excluded_clients'] == 1.0
   _assert_same_training(got, _rounds(reference, poisoned, SCHEDULE[:1]))
+
+
+RULES = {
+    'median': dict(robust_aggregation='median'),
+    'krum': dict(robust_aggregation='krum', byzantine_clients=1),
+    'median_sign_flip': dict(robust_aggregation='median', attack='sign_flip',
+                             malicious_fraction=0.3, attack_scale=10),
+    'trimmed_mean_gaussian': dict(
+        robust_aggregation='trimmed_mean', trim_fraction=0.2,
+        attack='gaussian', malicious_fraction=0.3, attack_scale=1),
+    'multi_krum_label_flip': dict(
+        robust_aggregation='multi_krum', multi_krum_m=2,
+        attack='label_flip', malicious_fraction=0.3),
+}
+
+
+@pytest.mark.parametrize('name', RULES)
+def test_a_rule_over_two_cohorts_equals_it_over_tff_clients(
+    tff_worker, writers, monkeypatch, name):
+  """A collecting rule over the cohorts' tables of member updates, each
+  malicious member's update attacked inside its cohort, trains the same
+  model as the rule over TFF's per-client work, with the same counts of
+  kept, trimmed and malicious clients."""
+  config = fl_testing.config_for(
+      dict(RULES[name], model='linear', dataset='digits',
+           weight_by_size=False), '/tmp', 'x'
+  ).algorithm.replace(client_learning_rate=0.02)
+  ids = list(writers)
+  cohort = algorithms.build_algorithm(config, fl_testing.linear_model_fn(62),
+                                      ids, cohorts=2)
+  assert cohort_client_work.takes_cohorts(cohort.process)
+  assert cohort_client_work.takes_member_attacks(cohort.process) == (
+      config.attack.update_fn() is not None)
+  reference = _per_client(config, ids, monkeypatch)
+  assert not cohort_client_work.takes_cohorts(reference.process)
+  got = _rounds(cohort, writers, SCHEDULE)
+  _assert_same_training(got, _rounds(reference, writers, SCHEDULE))
+  if config.attack.active:
+    assert got[1]['attack']['malicious_clients'] > 0
+
+
+def test_a_diverged_member_is_left_out_of_a_rule_and_counted(
+    tff_worker, writers, monkeypatch):
+  config = fl_testing.config_for(
+      dict(RULES['median'], model='linear', weight_by_size=False), '/tmp',
+      'x').algorithm.replace(client_learning_rate=0.02)
+  ids = list(writers)
+  poisoned = collections.OrderedDict(writers)
+  poisoned[ids[1]] = writers[ids[1]].map(
+      lambda e: collections.OrderedDict(label=e['label'],
+                                        pixels=e['pixels'] * np.nan))
+  cohort = algorithms.build_algorithm(config, fl_testing.linear_model_fn(62),
+                                      ids, cohorts=2)
+  got = _rounds(cohort, poisoned, SCHEDULE[:1])
+  assert got[1]['robustness']['excluded_clients'] == 1.0
+  _assert_same_training(got, _rounds(_per_client(config, ids, monkeypatch),
+                                     poisoned, SCHEDULE[:1]))
 
 
 def test_cohorts_split_contiguously_and_evenly():

@@ -54,6 +54,11 @@ VARIANTS = {
     'scaffold_label_flip_median': dict(
         algorithm='scaffold', weight_by_size=False, robust_aggregation='median',
         attack='label_flip', malicious_fraction=0.25),
+    # A collecting rule over the workers' cohorts' tables of member updates,
+    # attacked per member: positions must follow the clients' order.
+    'fedavg_median_sign_flip': dict(
+        algorithm='fedavg', weight_by_size=False, robust_aggregation='median',
+        attack='sign_flip', malicious_fraction=0.25, attack_scale=3),
     'fedsgd': dict(algorithm='fedsgd', client_learning_rate=None),
     'fedprox': dict(algorithm='fedprox'),
     'fedavgm': dict(algorithm='fedavgm'),
@@ -86,10 +91,12 @@ VARIANTS = {
 # and finish; its model cannot be compared.
 _UNSEEDED = ('dp_client',)
 # Quick: plain FedAvg, server DP (its seeded noise must survive the split),
-# SCAFFOLD (its clients' rows must come back to the right clients) and
+# SCAFFOLD (its clients' rows must come back to the right clients),
 # clustered FL (its per-client results must come back in the clients'
-# order); the server optimizers' state never leaves the server (slow set).
-_QUICK = ('fedavg', 'dp_server', 'scaffold', 'clustered')
+# order) and a rule over cohorts' tables (the same); the server optimizers'
+# state never leaves the server (slow set).
+_QUICK = ('fedavg', 'dp_server', 'scaffold', 'clustered',
+          'fedavg_median_sign_flip')
 
 
 class Worker:

@@ -112,14 +112,19 @@ class Flattener:
     self.size = sum(self._sizes)
 
   def flatten(self, value) -> tf.Tensor:
-    return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1])
-                      for t in tf.nest.flatten(value)], axis=0)
+    return flatten(value)
 
   def unflatten(self, vector: tf.Tensor):
     parts = tf.split(vector, self._sizes) if self._sizes else []
     return tf.nest.pack_sequence_as(self._specs, [
         tf.cast(tf.reshape(p, shape), dtype)
         for p, shape, dtype in zip(parts, self._shapes, self._dtypes)])
+
+
+def flatten(value) -> tf.Tensor:
+  """float32[d]: the leaves of `value`, flattened one after another."""
+  return tf.concat([tf.reshape(tf.cast(t, tf.float32), [-1])
+                    for t in tf.nest.flatten(value)], axis=0)
 
 
 def enters(value) -> tf.Tensor:
@@ -137,10 +142,10 @@ def enters_weighted(value, weight) -> tf.Tensor:
       tf.logical_and(tf.math.is_finite(weight), weight > 0))
 
 
-def client_row(flattener: Flattener, value) -> collections.OrderedDict:
+def client_row(value) -> collections.OrderedDict:
   """A client's row: its flat update and whether it enters the rule."""
   entered = enters(value)
-  update = flattener.flatten(value)
+  update = flatten(value)
   return collections.OrderedDict(
       update=tf.where(entered, update, tf.zeros_like(update)),
       entered=tf.cast(entered, tf.int32))
@@ -324,7 +329,7 @@ class CollectingFactory(tff.aggregators.UnweightedAggregationFactory,
 
     @tff.tensorflow.computation(value_type)
     def client_fn(value):
-      return client_row(flattener, value)
+      return client_row(value)
 
     @tff.federated_computation
     def init_fn():
@@ -336,6 +341,53 @@ class CollectingFactory(tff.aggregators.UnweightedAggregationFactory,
       result, measurements = federated_collect(
           tff.federated_map(client_fn, value), flattener.size, rule, capacity,
           lambda aggregate, m: (flattener.unflatten(aggregate), m))
+      return tff.templates.MeasuredProcessOutput(
+          state=state, result=result, measurements=measurements)
+
+    return tff.templates.AggregationProcess(init_fn, next_fn)
+
+  def create_for_tables(self, value_type) -> tff.templates.AggregationProcess:
+    """The same rule over clients that each send a *table* of updates, the
+    accumulator's own type U (a cohort of clients trained in one call,
+    `algorithms.cohort_client_work`: its entered members' flat rows and
+    every member's flag, in member order):
+
+        next: (<<>@SERVER, {U}@CLIENTS, {float32}@CLIENTS> ->
+               <state=<>@SERVER, result=V@SERVER, measurements=M@SERVER>)
+
+    in the weighted form TFF's `compose_learning_process` takes; the weights
+    are not used (the collecting rules are uniform).
+
+    One append per table, not per row: the per-client `create` appends a
+    row per client, and TFF 0.87's C++ runtime holds every intermediate
+    accumulator until the call ends (K^2 / 2 model-sized rows for K
+    clients: 6 GB at 50 clients of the EMNIST CNN). The rule and the
+    measurements are `create`'s, position p the p-th member of the
+    concatenated tables.
+    """
+    check_value_type(value_type)
+    flattener = Flattener(value_type)
+    capacity = self._capacity
+    rule = self.rule
+    table_type = tff.to_type(collections.OrderedDict(
+        updates=tff.TensorType(np.float32, [None, flattener.size]),
+        entered=tff.TensorType(np.int32, [None])))
+
+    @tff.federated_computation
+    def init_fn():
+      return tff.federated_value((), tff.SERVER)
+
+    def report_fn(acc):
+      aggregate, measurements = report(acc, rule, capacity)
+      return flattener.unflatten(aggregate), measurements
+
+    @tff.federated_computation(init_fn.type_signature.result,
+                               tff.FederatedType(table_type, tff.CLIENTS),
+                               tff.FederatedType(np.float32, tff.CLIENTS))
+    def next_fn(state, tables, weight):
+      del weight  # Uniform rules.
+      result, measurements = _concatenating_aggregate(
+          tables, table_type, lambda: zero(flattener.size), merge, report_fn)
       return tff.templates.MeasuredProcessOutput(
           state=state, result=result, measurements=measurements)
 

@@ -185,6 +185,8 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
     self.process = process
     self.cohorts = max(1, int(cohorts))
     self._takes_cohorts = cohort_client_work.takes_cohorts(process)
+    self._takes_member_attacks = cohort_client_work.takes_member_attacks(
+        process)
     self._takes_attack = attack_client_work.takes_attack(process)
 
   def initialize(self):
@@ -197,8 +199,12 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
     if self._takes_attack:
       data = self.with_attack_inputs(round_num, client_ids, data)
     if self._takes_cohorts:
-      data = [cohort_client_work.cohort_data([data[i] for i in members],
-                                             members)
+      attacks = (self.attack.client_flags(self.malicious, round_num,
+                                          client_ids)
+                 if self._takes_member_attacks else None)
+      data = [cohort_client_work.cohort_data(
+          [data[i] for i in members], members,
+          None if attacks is None else [attacks[i] for i in members])
               for members in cohort_client_work.split_cohorts(
                   len(data), self.cohorts)]
     return data

@@ -29,8 +29,12 @@ the round's per-client table (`client_metrics`), and their unfinalized
 metrics are summed and finalized once, as `sum_then_finalize` does across
 TFF clients.
 
-Only the plain mean fits in a cohort: aggregators that need each client's
-update (DP clipping and noise, robust rules) keep TFF's per-client work.
+In *rows* mode a cohort sends its members' updates instead of their mean,
+as one table for a rule that needs every update (the median, trimmed mean,
+Krum: `aggregators.collection.CollectingFactory.create_for_tables`), each
+member's update through an update attack where it is malicious; the rule's
+accumulator then grows by one append per cohort. Aggregators that clip or
+noise each client's update (DP, norm bounding) keep TFF's per-client work.
 
 Type signatures (M model weights, T its trainable part, B a batch, H the
 client optimizer's hyperparameters, U the model's unfinalized metrics):
@@ -47,34 +51,55 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Callable, Sequence
+from typing import Optional
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
 
+from tff_research.aggregators import collection
 from tff_research.aggregators import excluding_mean
 from tff_research.algorithms import client_metrics
 from tff_research.data import tagged
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 EXCLUDED = 'excluded_clients'
+ATTACKS = 'attacks'
 
 
-def cohort_data(datasets: Sequence[tf.data.Dataset], members: Sequence[int]):
+def cohort_data(datasets: Sequence[tf.data.Dataset], members: Sequence[int],
+                attacks: Optional[Sequence[tuple[bool, Sequence[int]]]] = None):
   """One cohort's client data: the members' datasets, tagged, and the
-  members' tags (a member without batches appears only there)."""
+  members' tags (a member without batches appears only there); with
+  `attacks`, each member's (malicious, noise seed int64[2]) in member
+  order, as `attacks.client_work.attack_input` gives a TFF client its own."""
   members = [int(m) for m in members]
-  return collections.OrderedDict(
+  data = collections.OrderedDict(
       batches=tagged.tagged_sequence(list(datasets), members),
       members=tf.data.Dataset.from_tensor_slices(np.array(members, np.int32)))
+  if attacks is not None:
+    data[ATTACKS] = tf.data.Dataset.from_tensor_slices(collections.OrderedDict(
+        malicious=np.array([bool(m) for m, _ in attacks], bool),
+        seed=np.array([list(seed) for _, seed in attacks],
+                      np.int64).reshape(len(attacks), 2)))
+  return data
+
+
+def _data_names(process) -> list[str]:
+  data = process.next.type_signature.parameter[1].member
+  if not isinstance(data, tff.StructType):
+    return []
+  return [name for name, _ in tff.structure.iter_elements(data)]
 
 
 def takes_cohorts(process) -> bool:
   """Whether `process.next` takes cohort data (`cohort_data`)."""
-  data = process.next.type_signature.parameter[1].member
-  return isinstance(data, tff.StructType) and [
-      name for name, _ in tff.structure.iter_elements(data)] == [
-          'batches', 'members']
+  return _data_names(process)[:2] == ['batches', 'members']
+
+
+def takes_member_attacks(process) -> bool:
+  """Whether its cohort data carries the members' attack inputs."""
+  return takes_cohorts(process) and ATTACKS in _data_names(process)
 
 
 def split_cohorts(num_clients: int, cohorts: int) -> list[range]:
@@ -92,16 +117,24 @@ class _CohortTrainer:
   `tf.function`): TFF's client training step per member, the members'
   deltas, weights, metrics and rows summed in a `reduce` state."""
 
-  def __init__(self, model_fn: ModelFn, weighted: bool, capacity: int):
+  def __init__(self, model_fn: ModelFn, weighted: bool, capacity: int,
+               rows: bool = False, update_fn=None):
     self.model = model_fn()
     self.finalizers = self.model.metric_finalizers()
     self.weighted = weighted
     self.capacity = capacity
+    self.rows = rows
+    self.update_fn = update_fn
 
-  def run(self, optimizer, initial_weights, batches, members, hparams):
-    """(optimizer, initial weights, batches, members, hparams) ->
-    (ClientResult, <metrics sum, table, count, excluded>)."""
+  def run(self, optimizer, initial_weights, batches, members, hparams,
+          attacks=None):
+    """(optimizer, initial weights, batches, members, hparams[, attacks])
+    -> (ClientResult, <metrics sum, table, count[, excluded]>)."""
     self.optimizer, self.hparams = optimizer, hparams
+    # Every cohort has a member, and at most `capacity`: one batch each.
+    self.slots = members.batch(self.capacity).get_single_element()
+    if attacks is not None:
+      self.attacks = attacks.batch(self.capacity).get_single_element()
     self.initial = initial_weights
     self.weights = tff.learning.models.ModelWeights.from_model(self.model)
     self.variables = tuple(tf.nest.flatten(self.weights.trainable))
@@ -113,21 +146,30 @@ class _CohortTrainer:
         (tf.constant(-1, tf.int32), tf.constant(0, tf.int64),
          self._fresh_optimizer_state(), self._zero_sums(unfinalized)),
         self._step)
-    acc, _ = tf.cond(current >= 0, lambda: self._finish(acc, num_examples),
+    acc, _ = tf.cond(current >= 0,
+                     lambda: self._finish(acc, num_examples, current),
                      lambda: (acc, tf.constant(True)))
+    sums = collections.OrderedDict(
+        metrics=tf.nest.pack_sequence_as(unfinalized, acc['metrics']),
+        table=acc['table'], count=acc['count'])
+    if self.rows:
+      # Members without a batch never wrote theirs: zero rows, flags 0,
+      # as a TFF client with an empty dataset sends a zero update.
+      entered = acc['entered'].stack()
+      update = collections.OrderedDict(
+          updates=tf.boolean_mask(acc['updates'].stack(), entered > 0),
+          entered=entered)
+      return (tff.learning.templates.ClientResult(
+          update=update, update_weight=acc['weight']), sums)
     # Members without a batch train on nothing: left out, as TFF's
     # aggregator leaves out their zero-weight (or zero) update.
-    silent = members.reduce(tf.constant(0.0), lambda n, _: n + 1.0) - tf.cast(
-        acc['count'], tf.float32)
+    silent = tf.cast(tf.size(self.slots) - acc['count'], tf.float32)
     update = tf.nest.pack_sequence_as(
         initial_weights.trainable,
         [tf.math.divide_no_nan(u, acc['weight']) for u in acc['update']])
+    sums['excluded'] = acc['excluded'] + silent
     return (tff.learning.templates.ClientResult(
-        update=update, update_weight=acc['weight']),
-            collections.OrderedDict(
-                metrics=tf.nest.pack_sequence_as(unfinalized, acc['metrics']),
-                table=acc['table'],
-                count=acc['count'], excluded=acc['excluded'] + silent))
+        update=update, update_weight=acc['weight']), sums)
 
   def _zero_sums(self, unfinalized):
     # Tuples, not lists, in the reduce state: tf.data packs a list into one
@@ -138,7 +180,16 @@ class _CohortTrainer:
         excluded=tf.constant(0.0),
         metrics=tuple(tf.zeros_like(t) for t in tf.nest.flatten(unfinalized)),
         table=tf.zeros([self.capacity, len(client_metrics.COLUMNS)]),
-        count=tf.constant(0, tf.int32))
+        count=tf.constant(0, tf.int32),
+        # Rows mode: member j's flat update and flag at row j (one tensor a
+        # row: an [m, d] tensor would be copied whole at every write).
+        **(dict(updates=tf.TensorArray(
+            tf.float32, size=tf.size(self.slots),
+            element_shape=[sum(int(v.shape.num_elements())
+                               for v in self.variables)]),
+                entered=tf.TensorArray(tf.int32, size=tf.size(self.slots),
+                                       element_shape=[]))
+           if self.rows else {}))
 
   def _fresh_optimizer_state(self):
     specs = tuple(tf.TensorSpec(v.shape, v.dtype) for v in self.variables)
@@ -155,33 +206,62 @@ class _CohortTrainer:
       return tf.constant(0, tf.int64)
 
   def _keep_and_weight(self, finite, delta, num_examples):
+    """Whether the member's (sent) `delta` enters the mean, and its weight:
+    TFF's client work weighs a non-`finite` update 0 (n_i or 1 otherwise),
+    and the excluding mean's rule leaves out a non-finite update or a zero
+    weight (by size) or a zero update (uniform)."""
+    sent_finite = excluding_mean.all_finite(delta)
     if self.weighted:
-      keep = tf.logical_and(finite, num_examples > 0)
+      keep = tf.logical_and(sent_finite,
+                            tf.logical_and(finite, num_examples > 0))
       return keep, tf.where(keep, tf.cast(num_examples, tf.float32), 0.0)
-    keep = tf.logical_and(finite,
+    keep = tf.logical_and(sent_finite,
                           tf.logical_not(excluding_mean.all_zero(delta)))
     return keep, tf.where(keep, 1.0, 0.0)
 
-  def _finish(self, acc, num_examples):
-    """Adds the member just trained to the cohort's sums."""
+  def _sent(self, delta, tag):
+    """What the member of slot `tag` sends: its delta, through the update
+    attack where it is malicious (`attacks.client_work.update_attack`)."""
+    if self.update_fn is None:
+      return delta
+    row = tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
+                    output_type=tf.int32)
+    return list(self.update_fn(
+        delta, tf.nest.map_structure(lambda t: t[row], self.attacks)))
+
+  def _finish(self, acc, num_examples, tag):
+    """Adds the member of slot `tag`, just trained, to the cohort's sums
+    (or, in rows mode, its update to the cohort's rows)."""
     delta = [w - v.read_value() for w, v in zip(
         tf.nest.flatten(self.initial.trainable), self.variables)]
     finite = excluding_mean.all_finite(delta)
     delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
-    keep, weight = self._keep_and_weight(finite, delta, num_examples)
     member_metrics = member_metrics_after(self.model, finite, delta)
+    sent = self._sent(delta, tag)
     row = client_metrics.row(self.finalizers, member_metrics)
     table = client_metrics.append_row(acc['table'], acc['count'], row,
                                       self.capacity)
     with tf.control_dependencies(delta):
       read = tf.constant(True)
-    return collections.OrderedDict(
-        update=tuple(u + d * weight for u, d in zip(acc['update'], delta)),
-        weight=acc['weight'] + weight,
-        excluded=acc['excluded'] + 1.0 - tf.cast(keep, tf.float32),
+    out = collections.OrderedDict(acc)
+    out.update(
         metrics=tuple(a + m for a, m in zip(
             acc['metrics'], tf.nest.flatten(member_metrics))),
-        table=table, count=acc['count'] + 1), read
+        table=table, count=acc['count'] + 1)
+    if self.rows:
+      # The collecting rules' own row (`aggregators.collection.client_row`).
+      position = tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
+                           output_type=tf.int32)
+      flat = collection.client_row(sent)
+      out.update(updates=acc['updates'].write(position, flat['update']),
+                 entered=acc['entered'].write(position, flat['entered']))
+      return out, read
+    keep, weight = self._keep_and_weight(finite, sent, num_examples)
+    out.update(
+        update=tuple(u + d * weight for u, d in zip(acc['update'], sent)),
+        weight=acc['weight'] + weight,
+        excluded=acc['excluded'] + 1.0 - tf.cast(keep, tf.float32))
+    return out, read
 
   def _step(self, state, element):
     batch, tag = element
@@ -189,7 +269,7 @@ class _CohortTrainer:
     new_member = tf.not_equal(tag, current)
     acc, read = tf.cond(
         tf.logical_and(new_member, current >= 0),
-        lambda: self._finish(acc, num_examples),
+        lambda: self._finish(acc, num_examples, current),
         lambda: (acc, tf.constant(True)))
     num_examples = tf.cond(new_member, lambda: self._start_member(read),
                            lambda: num_examples)
@@ -280,14 +360,20 @@ def model_types(model_fn: ModelFn):
                 model.report_local_unfinalized_metrics()))
 
 
-def data_type(batch_type) -> tff.Type:
+def data_type(batch_type, attacks: bool = False) -> tff.Type:
   """One cohort's client data, `cohort_data`'s type:
-  <batches=<B, int32>*, members=int32*>."""
-  return tff.StructWithPythonType([
+  <batches=<B, int32>*, members=int32*[, attacks=<malicious=bool,
+  seed=int64[2]>*]>."""
+  fields = [
       ('batches', tff.SequenceType(tff.StructWithPythonType(
           [batch_type, tff.TensorType(np.int32)], tuple))),
       ('members', tff.SequenceType(tff.TensorType(np.int32))),
-  ], collections.OrderedDict)
+  ]
+  if attacks:
+    fields.append((ATTACKS, tff.SequenceType(tff.StructWithPythonType(
+        [('malicious', tff.TensorType(np.bool_)),
+         ('seed', tff.TensorType(np.int64, [2]))], collections.OrderedDict))))
+  return tff.StructWithPythonType(fields, collections.OrderedDict)
 
 
 def build_cohort_client_work(
@@ -296,14 +382,27 @@ def build_cohort_client_work(
     *,
     weighted: bool,
     capacity: int,
+    rows: bool = False,
+    update_fn=None,
 ) -> tff.learning.templates.ClientWorkProcess:
   """The cohort client work (module docstring): state, hyperparameters and
   training step as TFF's `build_model_delta_client_work(model_fn, optimizer,
   NUM_EXAMPLES or UNIFORM)`, one TFF client a cohort of at most `capacity`
-  members."""
+  members.
+
+  `rows`: a cohort sends its members' updates, not their mean, for a rule
+  that needs each (`aggregators.collection.CollectingFactory.
+  create_for_tables`): update = <updates=float32[?, d], entered=int32[?]>,
+  the entered members' flat updates and every member's flag in member
+  order (`collection.client_row`'s rule); its measurements then carry no
+  excluded count (the rule's report counts them). `update_fn`: an update
+  attack (`attacks.client_work.update_attack`) on the malicious members'
+  updates; the cohort data then carries each member's attack input
+  (`cohort_data(..., attacks)`).
+  """
   finalizers, weights_type, batch_type, unfinalized_specs = model_types(
       model_fn)
-  cohort_type = data_type(batch_type)
+  cohort_type = data_type(batch_type, attacks=update_fn is not None)
   hparams = optimizer.get_hparams(
       optimizer.initialize(tf.TensorSpec([], tf.float32)))
 
@@ -315,13 +414,20 @@ def build_cohort_client_work(
 
   @tff.tensorflow.computation(state_type, weights_type, cohort_type)
   def cohort_update(state, initial_weights, data):
-    trainer = _CohortTrainer(model_fn, weighted, capacity)
-    return tf.function(trainer.run)(optimizer, initial_weights,
-                                    data['batches'], data['members'], state)
+    trainer = _CohortTrainer(model_fn, weighted, capacity, rows=rows,
+                             update_fn=update_fn)
+    return tf.function(trainer.run)(
+        optimizer, initial_weights, data['batches'], data['members'], state,
+        data[ATTACKS] if update_fn is not None else None)
 
-  zero, merge, report = measurement_sums(
-      finalizers, unfinalized_specs, capacity, ('excluded',),
-      lambda acc: collections.OrderedDict([(EXCLUDED, acc['excluded'])]))
+  if rows:
+    zero, merge, report = measurement_sums(
+        finalizers, unfinalized_specs, capacity, (),
+        lambda acc: collections.OrderedDict())
+  else:
+    zero, merge, report = measurement_sums(
+        finalizers, unfinalized_specs, capacity, ('excluded',),
+        lambda acc: collections.OrderedDict([(EXCLUDED, acc['excluded'])]))
 
   @tff.federated_computation(
       init_fn.type_signature.result,

@@ -531,9 +531,13 @@ def compose_scaffold(
   return tff.templates.IterativeProcess(initialize, next_fn)
 
 
-def _on_model_delta(update_fn: attack_client_work.UpdateFn
-                    ) -> attack_client_work.UpdateFn:
-  """`update_fn` applied to U's Delta y only (U: the module docstring)."""
+def _attacked(client_work, update_fn: Optional[attack_client_work.UpdateFn],
+              capacity: int):
+  """`client_work` whose malicious clients' Delta y passes through
+  `update_fn` (`with_update_attack`; U: the module docstring), or
+  `client_work` itself without one."""
+  if update_fn is None:
+    return client_work
 
   def on_delta(update, attack):
     fields = collections.OrderedDict(
@@ -542,7 +546,8 @@ def _on_model_delta(update_fn: attack_client_work.UpdateFn
     fields['delta'] = update_fn(fields['delta'], attack)
     return fields
 
-  return on_delta
+  return attack_client_work.with_update_attack(client_work, on_delta,
+                                               capacity=capacity)
 
 
 def _model_types(model_fn: ModelFn, num_clients: int):
@@ -596,11 +601,8 @@ def build_scaffold_process(
       (`scaffold_cohorts.build_cohort_client_work`) and average their
       deltas with the excluding mean (`build_cohort_aggregator`); only
       without a `model_aggregator`.
-    update_fn: an update attack (`attacks.client_work.update_attack`): the
-      client data becomes <data=B*, attack=A*> and a malicious client's
-      Delta y_i passes through it (`with_update_attack`); its Delta c_i and
-      c_i+ stay honest, so c remains the mean of what the clients keep.
-      Only per client (not `in_cohorts`).
+    update_fn: an update attack on the malicious clients' Delta y_i, per
+      client only (`_attacked`; the client data is then <data, attack>).
   """
   if in_cohorts and (model_aggregator is not None or update_fn is not None):
     raise ValueError('SCAFFOLD in cohorts averages with the plain mean: it'
@@ -628,12 +630,10 @@ def build_scaffold_process(
         capacity=num_clients)
     aggregator = build_cohort_aggregator(weights_type.trainable)
   else:
-    client_work = build_client_work(
+    client_work = _attacked(build_client_work(
         model_fn, weights_type, data_type, metrics_aggregator,
-        client_learning_rate=client_learning_rate, weighted=weighted)
-    if update_fn is not None:
-      client_work = attack_client_work.with_update_attack(
-          client_work, _on_model_delta(update_fn), capacity=num_clients)
+        client_learning_rate=client_learning_rate, weighted=weighted),
+                            update_fn, num_clients)
     aggregator = build_aggregator(model_aggregator, weights_type.trainable)
   return compose_scaffold(
       initial_server,

@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 import dataclasses
 from typing import Optional
 
+import numpy as np
 import tensorflow as tf
 
 from tff_research.attacks import NAMES
@@ -124,10 +125,16 @@ class AttackConfig:
       return None
     return client_work.update_attack(self.kind, self.scale)
 
+  def client_flags(self, malicious, round_num: int,
+                   client_ids: Sequence[str]) -> list[tuple[bool, np.ndarray]]:
+    """Each client's (flag, Gaussian noise seed int64[2]) in round
+    `round_num`; `malicious` is a set of ids."""
+    return [(cid in malicious, gaussian.noise_seed(self.seed, round_num, cid))
+            for cid in client_ids]
+
   def client_inputs(self, malicious, round_num: int,
                     client_ids: Sequence[str]) -> list[tf.data.Dataset]:
-    """Each client's `client_work.attack_input` in round `round_num`: its
-    flag (`malicious`, a set of ids) and its Gaussian noise seed."""
-    return [client_work.attack_input(
-        cid in malicious, gaussian.noise_seed(self.seed, round_num, cid))
-            for cid in client_ids]
+    """Each client's `client_work.attack_input` in round `round_num`
+    (`client_flags`)."""
+    return [client_work.attack_input(flag, seed) for flag, seed in
+            self.client_flags(malicious, round_num, client_ids)]
