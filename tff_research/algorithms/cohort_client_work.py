@@ -133,8 +133,8 @@ class _CohortTrainer:
     self.optimizer, self.hparams = optimizer, hparams
     # Every cohort has a member, and at most `capacity`: one batch each.
     self.slots = members.batch(self.capacity).get_single_element()
-    if attacks is not None:
-      self.attacks = attacks.batch(self.capacity).get_single_element()
+    self.attacks = (None if attacks is None else
+                    attacks.batch(self.capacity).get_single_element())
     self.initial = initial_weights
     self.weights = tff.learning.models.ModelWeights.from_model(self.model)
     self.variables = tuple(tf.nest.flatten(self.weights.trainable))
@@ -153,12 +153,7 @@ class _CohortTrainer:
         metrics=tf.nest.pack_sequence_as(unfinalized, acc['metrics']),
         table=acc['table'], count=acc['count'])
     if self.rows:
-      # Members without a batch never wrote theirs: zero rows, flags 0,
-      # as a TFF client with an empty dataset sends a zero update.
-      entered = acc['entered'].stack()
-      update = collections.OrderedDict(
-          updates=tf.boolean_mask(acc['updates'].stack(), entered > 0),
-          entered=entered)
+      update = member_rows(acc, self.update_fn, self.attacks, self.variables)
       return (tff.learning.templates.ClientResult(
           update=update, update_weight=acc['weight']), sums)
     # Members without a batch train on nothing: left out, as TFF's
@@ -181,14 +176,7 @@ class _CohortTrainer:
         metrics=tuple(tf.zeros_like(t) for t in tf.nest.flatten(unfinalized)),
         table=tf.zeros([self.capacity, len(client_metrics.COLUMNS)]),
         count=tf.constant(0, tf.int32),
-        # Rows mode: member j's flat update and flag at row j (one tensor a
-        # row: an [m, d] tensor would be copied whole at every write).
-        **(dict(updates=tf.TensorArray(
-            tf.float32, size=tf.size(self.slots),
-            element_shape=[sum(int(v.shape.num_elements())
-                               for v in self.variables)]),
-                entered=tf.TensorArray(tf.int32, size=tf.size(self.slots),
-                                       element_shape=[]))
+        **(empty_rows(tf.size(self.slots), self.variables)
            if self.rows else {}))
 
   def _fresh_optimizer_state(self):
@@ -219,15 +207,10 @@ class _CohortTrainer:
                           tf.logical_not(excluding_mean.all_zero(delta)))
     return keep, tf.where(keep, 1.0, 0.0)
 
-  def _sent(self, delta, tag):
-    """What the member of slot `tag` sends: its delta, through the update
+  def _sent(self, delta, position):
+    """What the member at `position` sends: its delta, through the update
     attack where it is malicious (`attacks.client_work.update_attack`)."""
-    if self.update_fn is None:
-      return delta
-    row = tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
-                    output_type=tf.int32)
-    return list(self.update_fn(
-        delta, tf.nest.map_structure(lambda t: t[row], self.attacks)))
+    return sent_update(self.update_fn, self.attacks, delta, position)
 
   def _finish(self, acc, num_examples, tag):
     """Adds the member of slot `tag`, just trained, to the cohort's sums
@@ -237,7 +220,9 @@ class _CohortTrainer:
     finite = excluding_mean.all_finite(delta)
     delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
     member_metrics = member_metrics_after(self.model, finite, delta)
-    sent = self._sent(delta, tag)
+    position = tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
+                         output_type=tf.int32)
+    sent = self._sent(delta, position)
     row = client_metrics.row(self.finalizers, member_metrics)
     table = client_metrics.append_row(acc['table'], acc['count'], row,
                                       self.capacity)
@@ -249,12 +234,7 @@ class _CohortTrainer:
             acc['metrics'], tf.nest.flatten(member_metrics))),
         table=table, count=acc['count'] + 1)
     if self.rows:
-      # The collecting rules' own row (`aggregators.collection.client_row`).
-      position = tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
-                           output_type=tf.int32)
-      flat = collection.client_row(sent)
-      out.update(updates=acc['updates'].write(position, flat['update']),
-                 entered=acc['entered'].write(position, flat['entered']))
+      out.update(write_row(acc, position, sent))
       return out, read
     keep, weight = self._keep_and_weight(finite, sent, num_examples)
     out.update(
@@ -286,6 +266,66 @@ class _CohortTrainer:
       v.assign(u)
     num_examples += tf.cast(output.num_examples, tf.int64)
     return tag, num_examples, opt_state, acc
+
+
+def sent_update(update_fn, attacks, delta, position):
+  """What the member at `position` of a cohort sends: `delta` (a list of
+  tensors), through the update attack `update_fn` (None: none) with the
+  member's row of `attacks` (<malicious=bool[m], seed=int64[m, 2]>)."""
+  if update_fn is None:
+    return delta
+  return list(update_fn(
+      delta, tf.nest.map_structure(lambda t: t[position], attacks)))
+
+
+def empty_rows(members, variables) -> dict:
+  """Rows mode's part of a trainer's reduce state for `members` members of
+  a model with trainable `variables`: each member's flat update and flag at
+  its position (one tensor a row: an [m, d] tensor would be copied whole at
+  every write), and which positions are written."""
+  width = sum(int(v.shape.num_elements()) for v in variables)
+  return dict(
+      updates=tf.TensorArray(tf.float32, size=members, element_shape=[width]),
+      entered=tf.TensorArray(tf.int32, size=members, element_shape=[]),
+      written=tf.zeros([members], tf.bool))
+
+
+def write_row(acc, position, sent) -> dict:
+  """The rows-mode fields of `acc` with the member at `position` sending
+  `sent` (the collecting rules' own row, `collection.client_row`)."""
+  row = collection.client_row(sent)
+  return dict(
+      updates=acc['updates'].write(position, row['update']),
+      entered=acc['entered'].write(position, row['entered']),
+      written=tf.tensor_scatter_nd_update(acc['written'], [[position]],
+                                          [True]))
+
+
+def member_rows(acc, update_fn, attacks, variables):
+  """<updates=float32[?, d], entered=int32[m]> of a cohort from rows
+  mode's state. A member that never trained (no batches) sends what a TFF
+  client with an empty dataset sends: a zero update, through the attack
+  where it is malicious (Gaussian noise then enters the rule); without an
+  attack its unwritten row is zero, flag 0."""
+  updates, entered = acc['updates'], acc['entered']
+  if update_fn is not None:
+    zeros = [tf.zeros_like(v) for v in variables]
+
+    def body(j, updates, entered):
+      def write():
+        row = collection.client_row(sent_update(update_fn, attacks, zeros, j))
+        return updates.write(j, row['update']), entered.write(
+            j, row['entered'])
+      updates, entered = tf.cond(acc['written'][j],
+                                 lambda: (updates, entered), write)
+      return j + 1, updates, entered
+
+    _, updates, entered = tf.while_loop(
+        lambda j, *_: j < tf.size(acc['written']), body,
+        (tf.constant(0), updates, entered))
+  entered = entered.stack()
+  return collections.OrderedDict(
+      updates=tf.boolean_mask(updates.stack(), entered > 0), entered=entered)
 
 
 def _reset(model) -> tf.Tensor:

@@ -80,8 +80,9 @@ order of a robust rule's per-position `kept_share`, so the attack metrics
 name the right clients in either case.
 
 Cohorts. With the plain mean as the model aggregator (the pipeline's
-excluding mean, no robust rule, no attack) the round's clients train in
-cohorts, as FedAvg's do: one TFF client a cohort of contiguous clients
+excluding mean, no robust rule, no attack), or a rule that collects every
+update (then in `scaffold_cohorts`' rows mode, below), the round's clients
+train in cohorts, as FedAvg's do: one TFF client a cohort of contiguous clients
 (`cohort_client_work.split_cohorts`, one per TFF worker), its data the
 members' batches tagged with their slots and its client state the members'
 c_i as one table of flat rows, C_c = float32[?, d] (d parameters); one call
@@ -98,7 +99,10 @@ above; the distributor and finalizer are the same. Its rows come back as
 
 in the order they came, row p the client of slot positions[p]; `Scaffold`
 checks the slots are 0..K-1 once each and writes each row to its client,
-so no model-sized table is sorted or split in the round. Why: per client,
+so no model-sized table is sorted or split in the round. With a collecting
+rule the cohorts send their members' Delta y as tables (U_r), and
+`mean_delta` and the measurements are the rule's over them
+(`CollectingFactory.create_for_tables`). Why: per client,
 a round of K clients of the EMNIST CNN allocates K^2 / 2 model-sized rows
 through the appends and holds ~100 MB a TFF client until the call ends
 (12 GB at 50 clients). A cohort's aggregator keeps no state (the excluding
@@ -362,7 +366,8 @@ def _in_slot_order(stacked_type):
   return in_slot_order
 
 
-def build_cohort_aggregator(control_type) -> tff.templates.AggregationProcess:
+def build_cohort_aggregator(control_type, rule=None
+                            ) -> tff.templates.AggregationProcess:
   """The server's side of the cohorts' results (Karimireddy et al. 2020,
   Algorithm 1: the averages of Delta y_i and Delta c_i), when the model
   aggregator is the plain mean (U_c: `scaffold_cohorts`):
@@ -382,12 +387,30 @@ def build_cohort_aggregator(control_type) -> tff.templates.AggregationProcess:
   aggregation (one append per cohort), row p the client of slot
   `positions[p]`. They stay in the order they came: `Scaffold` writes each
   row to the client of its slot, so no model-sized table is sorted here.
+
+  With `rule` (a `collection.CollectingFactory`) the cohorts send U_r, and
+  `mean_delta` and the measurements are the rule's over their tables of
+  Delta y (`create_for_tables`).
   """
-  cohort_type = scaffold_cohorts.update_type(control_type)
+  cohort_type = scaffold_cohorts.update_type(control_type,
+                                            rows=rule is not None)
 
   @tff.tensorflow.computation(control_type, tff.TensorType(np.float32))
   def mean(delta_sum, weight):
     return [tf.math.divide_no_nan(d, weight) for d in delta_sum]
+
+  def model_part(update, weight):
+    """(mean_delta, measurements) of the round's Delta y."""
+    if rule is not None:
+      model_process = rule.create_for_tables(control_type)
+      model = model_process.next(model_process.initialize(), update.rows,
+                                 weight)
+      return model.result, model.measurements
+    return (tff.federated_map(mean, (
+        tff.federated_sum(update.weighted_delta_sum),
+        tff.federated_sum(weight))), tff.federated_zip(collections.OrderedDict(
+            [(excluding_mean.MEASUREMENT,
+              tff.federated_sum(update.excluded))])))
 
   @tff.federated_computation
   def init_fn():
@@ -398,17 +421,14 @@ def build_cohort_aggregator(control_type) -> tff.templates.AggregationProcess:
       tff.FederatedType(cohort_type, tff.CLIENTS),
       tff.FederatedType(tff.TensorType(np.float32), tff.CLIENTS))
   def next_fn(state, update, weight):
+    mean_delta, measurements = model_part(update, weight)
     result = tff.federated_zip(collections.OrderedDict(
-        mean_delta=tff.federated_map(mean, (
-            tff.federated_sum(update.weighted_delta_sum),
-            tff.federated_sum(weight))),
+        mean_delta=mean_delta,
         control_delta_sum=tff.federated_sum(update.control_delta_sum),
         # Selected, not mapped: a TF call would copy the tables once more.
         clients=collection.federated_concat(tff.federated_zip(
             collections.OrderedDict(controls=update.controls,
                                     positions=update.slots)))))
-    measurements = tff.federated_zip(collections.OrderedDict([
-        (excluding_mean.MEASUREMENT, tff.federated_sum(update.excluded))]))
     return tff.templates.MeasuredProcessOutput(
         state=state, result=result, measurements=measurements)
 
@@ -562,6 +582,20 @@ def _model_types(model_fn: ModelFn, num_clients: int):
   return weights_type, tff.SequenceType(batch_type), metrics_aggregator
 
 
+def _check_arguments(num_clients, client_learning_rate, server_learning_rate,
+                     unsound_cohorts: bool) -> None:
+  if unsound_cohorts:
+    raise ValueError('SCAFFOLD in cohorts takes the plain mean or a'
+                     ' collecting rule (median, trimmed mean, Krum), and an'
+                     ' update attack only with the rule')
+  if num_clients < 1:
+    raise ValueError(f'num_clients={num_clients} is not valid: must be >= 1')
+  for name, value in (('client_learning_rate', client_learning_rate),
+                      ('server_learning_rate', server_learning_rate)):
+    if not value > 0:
+      raise ValueError(f'{name}={value} is not valid: must be > 0')
+
+
 def build_scaffold_process(
     model_fn: ModelFn,
     *,
@@ -598,21 +632,17 @@ def build_scaffold_process(
     model_aggregator: aggregation of the model deltas (weighted, or an
       unweighted robust rule); TFF's `MeanFactory()` by default.
     in_cohorts: train the round's clients in cohorts
-      (`scaffold_cohorts.build_cohort_client_work`) and average their
-      deltas with the excluding mean (`build_cohort_aggregator`); only
-      without a `model_aggregator`.
-    update_fn: an update attack on the malicious clients' Delta y_i, per
-      client only (`_attacked`; the client data is then <data, attack>).
+      (`scaffold_cohorts.build_cohort_client_work`), their deltas averaged
+      by the excluding mean or, given, the collecting rule
+      `model_aggregator` (`build_cohort_aggregator`).
+    update_fn: an update attack on the malicious clients' Delta y_i
+      (`_attacked` per client; per member in cohorts with a rule).
   """
-  if in_cohorts and (model_aggregator is not None or update_fn is not None):
-    raise ValueError('SCAFFOLD in cohorts averages with the plain mean: it'
-                     ' takes no model_aggregator or update attack')
-  if num_clients < 1:
-    raise ValueError(f'num_clients={num_clients} is not valid: must be >= 1')
-  for name, value in (('client_learning_rate', client_learning_rate),
-                      ('server_learning_rate', server_learning_rate)):
-    if not value > 0:
-      raise ValueError(f'{name}={value} is not valid: must be > 0')
+  rule = (model_aggregator if isinstance(
+      model_aggregator, collection.CollectingFactory) else None)
+  _check_arguments(num_clients, client_learning_rate, server_learning_rate,
+                   in_cohorts and rule is None and (
+                       model_aggregator is not None or update_fn is not None))
   weights_type, data_type, metrics_aggregator = _model_types(model_fn,
                                                              num_clients)
 
@@ -627,8 +657,8 @@ def build_scaffold_process(
     client_work = scaffold_cohorts.build_cohort_client_work(
         model_fn, _server_type(weights_type),
         client_learning_rate=client_learning_rate, weighted=weighted,
-        capacity=num_clients)
-    aggregator = build_cohort_aggregator(weights_type.trainable)
+        capacity=num_clients, rows=rule is not None, update_fn=update_fn)
+    aggregator = build_cohort_aggregator(weights_type.trainable, rule)
   else:
     client_work = _attacked(build_client_work(
         model_fn, weights_type, data_type, metrics_aggregator,
@@ -707,6 +737,7 @@ class Scaffold(base.FederatedAlgorithm):
     )
     self.in_cohorts = in_cohorts
     self._takes_attack = attack_client_work.takes_attack(self.process)
+    self._member_attacks = in_cohorts and update_fn is not None
     control_type = (
         self.process.next.type_signature.parameter[0].member.control_variate)
     self._control_shapes = [t.shape for t in control_type]
@@ -743,9 +774,11 @@ class Scaffold(base.FederatedAlgorithm):
     datasets = list(client_datasets)
     if self._takes_attack:
       datasets = self.with_attack_inputs(round_num, client_ids, datasets)
+    attacks = (self.attack.client_flags(self.malicious, round_num, client_ids)
+               if self._member_attacks else None)
     server, clients, metrics = self.process.next(
         state['server'], *self._round_inputs(
-            state['client_controls'], positions, datasets))
+            state['client_controls'], positions, datasets, attacks))
     controls = self.controls.write(round_num, state['client_controls'],
                                    *self._new_rows(clients, positions))
     new_participation = participation.copy()
@@ -774,10 +807,10 @@ class Scaffold(base.FederatedAlgorithm):
     )
     return new_state, metrics
 
-  def _round_inputs(self, index, positions, datasets):
+  def _round_inputs(self, index, positions, datasets, attacks=None):
     """(client states, client data) of a round's clients `positions`, their
     c_i read through the table's `index`: one of each per client, or per
-    cohort."""
+    cohort (with `attacks`, each member's attack input in its cohort's)."""
     rows = self.controls.read(index, positions)
     if not self.in_cohorts:
       # Slot k tags the k-th client's row, so the new rows are put in slot
@@ -793,7 +826,9 @@ class Scaffold(base.FederatedAlgorithm):
                           axis=1)
     del rows  # Not held through the round: a model-sized row a client.
     return ([flat[run.start:run.stop] for run in runs],
-            [cohort_client_work.cohort_data(datasets[run.start:run.stop], run)
+            [cohort_client_work.cohort_data(
+                datasets[run.start:run.stop], run,
+                None if attacks is None else attacks[run.start:run.stop])
              for run in runs])
 
   def _new_rows(self, clients, positions):
@@ -879,18 +914,20 @@ def _check(config):
 
 
 def _build(config, model_fn, client_ids, tables=client_state.IN_MEMORY):
-  # The plain mean of a run without an attack trains in cohorts, as
-  # FedAvg's (`fed_avg.config_arguments`); a robust rule and an attack's
-  # accounting need each client's own update.
-  in_cohorts = config.aggregation.is_mean and not config.attack.active
+  # As FedAvg's (`fed_avg.config_arguments`): the plain mean of a run
+  # without an attack, or a rule that collects every update, trains in
+  # cohorts; norm bounding and the mean's attack accounting, per client.
+  rule = config.model_aggregator(len(client_ids))
+  collecting = isinstance(rule, collection.CollectingFactory)
+  in_cohorts = collecting or (config.aggregation.is_mean
+                              and not config.attack.active)
   return build_scaffold(
       model_fn,
       client_ids=client_ids,
       client_learning_rate=config.client_learning_rate,
       server_learning_rate=config.server_learning_rate,
       weighted=config.weighted,
-      model_aggregator=(None if in_cohorts else
-                        config.model_aggregator(len(client_ids))),
+      model_aggregator=(rule if collecting or not in_cohorts else None),
       tables=tables,
       in_cohorts=in_cohorts,
       update_fn=config.attack.update_fn(),

@@ -31,8 +31,13 @@ shared with the per-client work). A cohort returns
   without batches reports the zero metrics of a model that saw nothing, as
   a TFF client with an empty dataset does), and the members' ||c - c_i||.
 
-Only the plain mean fits: a robust rule (or an attack's per-client
-accounting) needs each client's own update, and keeps the per-client work.
+In *rows* mode, for a rule that needs every update (the median, trimmed
+mean, Krum: `aggregators.collection.CollectingFactory.create_for_tables`),
+a cohort sends its members' Delta y as one table instead of their weighted
+sum, each through an update attack where the member is malicious (its
+Delta c_i and c_i+ stay honest, as per client). Per client, each row would
+be one more append to the rule's accumulator, all held by TFF's runtime
+until the call ends (K^2 / 2 model-sized rows).
 
 Types (M model weights, T its trainable part, all float32, with d
 parameters, B a batch, U the model's unfinalized metrics):
@@ -44,8 +49,11 @@ parameters, B a batch, U the model's unfinalized metrics):
                                value once per level of nesting)
     D_c = <batches=<B, int32>*, members=int32*>         `cohort_client_work.
                                cohort_data`, tagged with the members' slots
-    U_c = <weighted_delta_sum=T, control_delta_sum=T, controls=float32[?, d],
-           slots=int32[?], excluded=float32>
+    U_c = <control_delta_sum=T, controls=float32[?, d], slots=int32[?],
+           weighted_delta_sum=T, excluded=float32>
+    U_r = <control_delta_sum=T, controls=float32[?, d], slots=int32[?],
+           rows=<updates=float32[?, d], entered=int32[?]>>   (rows mode; D_c
+                               then also carries `attacks`, with an attack)
 
     next: (<<>@SERVER, {<server=P, client=C_c>}@CLIENTS, {D_c}@CLIENTS>
            -> <state=<>@SERVER,
@@ -137,13 +145,19 @@ def leaf_rows(table: np.ndarray, shapes) -> list[np.ndarray]:
           for a, b, s in zip(bounds[:-1], bounds[1:], shapes)]
 
 
-def update_type(control_type) -> tff.Type:
-  """U_c, a cohort's update (module docstring)."""
-  return tff.to_type(collections.OrderedDict(
-      weighted_delta_sum=control_type, control_delta_sum=control_type,
-      controls=table_type(control_type),
-      slots=tff.TensorType(np.int32, [None]),
-      excluded=tff.TensorType(np.float32)))
+def update_type(control_type, rows: bool = False) -> tff.Type:
+  """U_c, a cohort's update (module docstring), or U_r in rows mode."""
+  update = collections.OrderedDict(
+      control_delta_sum=control_type, controls=table_type(control_type),
+      slots=tff.TensorType(np.int32, [None]))
+  if rows:
+    update['rows'] = collections.OrderedDict(
+        updates=table_type(control_type),
+        entered=tff.TensorType(np.int32, [None]))
+  else:
+    update.update(weighted_delta_sum=control_type,
+                  excluded=tff.TensorType(np.float32))
+  return tff.to_type(update)
 
 
 class _CohortTrainer:
@@ -152,19 +166,22 @@ class _CohortTrainer:
   kept row by row, in the state of one `reduce` over the tagged batches."""
 
   def __init__(self, model_fn: ModelFn, eta_l: float, weighted: bool,
-               capacity: int):
+               capacity: int, rows: bool = False, update_fn=None):
     self.model = model_fn()
     self.finalizers = self.model.metric_finalizers()
     self.eta_l, self.weighted, self.capacity = eta_l, weighted, capacity
+    self.rows, self.update_fn = rows, update_fn
 
-  def run(self, server, controls, batches, members):
-    """(P, the members' c_i float32[m, d], <B, int32>*, int32*) ->
-    (ClientResult(U_c, weight), the measurement sums)."""
+  def run(self, server, controls, batches, members, attacks=None):
+    """(P, the members' c_i float32[m, d], <B, int32>*, int32*[, their
+    attack inputs]) -> (ClientResult(U_c, weight), the measurement sums)."""
     self.initial = server['global_model_weights']
     self.control = tuple(server['control_variate'])
     self.controls = controls
     # Every cohort has a member, and at most `capacity`: one batch.
     self.slots = members.batch(self.capacity).get_single_element()
+    self.attacks = (None if attacks is None else
+                    attacks.batch(self.capacity).get_single_element())
     self.weights = tff.learning.models.ModelWeights.from_model(self.model)
     self.variables = tuple(tf.nest.flatten(self.weights.trainable))
     tf.nest.map_structure(lambda v, w: v.assign(w), self.weights,
@@ -198,7 +215,10 @@ class _CohortTrainer:
         excluded=tf.constant(0.0),
         metrics=tuple(tf.zeros_like(t) for t in tf.nest.flatten(unfinalized)),
         table=tf.zeros([self.capacity, len(client_metrics.COLUMNS)]),
-        count=tf.constant(0, tf.int32))
+        count=tf.constant(0, tf.int32),
+        # Rows mode: each member's Delta y row and flag for the rule.
+        **(cohort_client_work.empty_rows(tf.size(self.slots), self.variables)
+           if self.rows else {}))
 
   def _row(self, tag):
     """The member of slot `tag`'s row in the cohort's tables."""
@@ -254,19 +274,28 @@ class _CohortTrainer:
     row = self._row(tag)
     with tf.control_dependencies(delta):
       read = tf.constant(True)
-    return collections.OrderedDict(
-        delta_sum=tuple(s + d * weight
-                        for s, d in zip(acc['delta_sum'], delta)),
-        weight=acc['weight'] + weight,
+    out = collections.OrderedDict(acc)
+    out.update(
         control_delta_sum=tuple(
             s + d for s, d in zip(acc['control_delta_sum'], control_delta)),
         control_deltas=acc['control_deltas'].write(row, tf.concat(
             [tf.reshape(d, [-1]) for d in control_delta], axis=0)),
-        # The excluding mean's rule: a zero weight is left out.
-        excluded=acc['excluded'] + tf.cast(weight <= 0.0, tf.float32),
         metrics=tuple(a + m for a, m in zip(
             acc['metrics'], tf.nest.flatten(member_metrics))),
-        table=table, count=acc['count'] + 1), read
+        table=table, count=acc['count'] + 1)
+    if self.rows:
+      # What the member sends: its Delta y, attacked where it is malicious.
+      out.update(cohort_client_work.write_row(
+          acc, row, cohort_client_work.sent_update(
+              self.update_fn, self.attacks, delta, row)))
+      return out, read
+    out.update(
+        delta_sum=tuple(s + d * weight
+                        for s, d in zip(acc['delta_sum'], delta)),
+        weight=acc['weight'] + weight,
+        # The excluding mean's rule: a zero weight is left out.
+        excluded=acc['excluded'] + tf.cast(weight <= 0.0, tf.float32))
+    return out, read
 
   def _results(self, acc, unfinalized):
     """The cohort's ClientResult and measurement sums, the members without
@@ -289,11 +318,15 @@ class _CohortTrainer:
         self.controls, fn_output_signature=tf.float32)
     # c_i+ = c_i + Delta c_i; c_i + 0 for a member without batches.
     update = collections.OrderedDict(
-        weighted_delta_sum=list(acc['delta_sum']),
         control_delta_sum=list(acc['control_delta_sum']),
         controls=self.controls + acc['control_deltas'].stack(),
-        slots=self.slots,
-        excluded=acc['excluded'] + tf.cast(silent, tf.float32))
+        slots=self.slots)
+    if self.rows:
+      update['rows'] = cohort_client_work.member_rows(
+          acc, self.update_fn, self.attacks, self.variables)
+    else:
+      update.update(weighted_delta_sum=list(acc['delta_sum']),
+                    excluded=acc['excluded'] + tf.cast(silent, tf.float32))
     return (tff.learning.templates.ClientResult(
         update=update, update_weight=acc['weight']),
             collections.OrderedDict(
@@ -305,25 +338,30 @@ class _CohortTrainer:
 
 def build_cohort_client_work(
     model_fn: ModelFn, server_type, *, client_learning_rate: float,
-    weighted: bool, capacity: int,
+    weighted: bool, capacity: int, rows: bool = False, update_fn=None,
 ) -> tff.learning.templates.ClientWorkProcess:
   """SCAFFOLD's client work (Karimireddy et al. 2020, Algorithm 1: the
   local steps and the option-II control update) for cohorts of up to
   `capacity` members (the training clients), stateless; types in the
   module docstring, P = `server_type`. The weight is n_i (`weighted`) or 1,
-  and 0 for a member without steps or with a non-finite update."""
+  and 0 for a member without steps or with a non-finite update. `rows`: the
+  members' Delta y go to a rule as a table (U_r), each through `update_fn`
+  (an update attack) where the member is malicious."""
   eta_l = float(client_learning_rate)
   finalizers, _, batch_type, unfinalized_specs = (
       cohort_client_work.model_types(model_fn))
   start_type = tff.to_type(collections.OrderedDict(
       server=server_type, client=table_type(server_type.control_variate)))
-  data_type = cohort_client_work.data_type(batch_type)
+  attacked = update_fn is not None
+  data_type = cohort_client_work.data_type(batch_type, attacks=attacked)
 
   @tff.tensorflow.computation(start_type, data_type)
   def cohort_update(start, data):
-    trainer = _CohortTrainer(model_fn, eta_l, weighted, capacity)
-    return tf.function(trainer.run)(start['server'], start['client'],
-                                    data['batches'], data['members'])
+    trainer = _CohortTrainer(model_fn, eta_l, weighted, capacity, rows=rows,
+                             update_fn=update_fn)
+    return tf.function(trainer.run)(
+        start['server'], start['client'], data['batches'], data['members'],
+        data[cohort_client_work.ATTACKS] if attacked else None)
 
   zero, merge, report = cohort_client_work.measurement_sums(
       finalizers, unfinalized_specs, capacity, _SCALARS,
