@@ -192,6 +192,29 @@ def test_a_diverged_member_is_left_out_of_a_rule_and_counted(
                                      poisoned, SCHEDULE[:1]))
 
 
+def test_a_gaussian_attacker_without_data_sends_noise_in_a_cohort_too(
+    tff_worker, writers, monkeypatch):
+  """A member with no batches sends what a TFF client with an empty dataset
+  sends: a zero update, which a Gaussian attacker replaces by noise that
+  enters the rule."""
+  config = fl_testing.config_for(
+      dict(robust_aggregation='median', attack='gaussian',
+           malicious_fraction=1.0, attack_scale=1.0, model='linear',
+           weight_by_size=False), '/tmp', 'x'
+  ).algorithm.replace(client_learning_rate=0.02)
+  ids = list(writers)
+  emptied = collections.OrderedDict(writers)
+  emptied[ids[2]] = writers[ids[2]].take(0)
+  cohort = algorithms.build_algorithm(config, fl_testing.linear_model_fn(62),
+                                      ids, cohorts=2)
+  got = _rounds(cohort, emptied, SCHEDULE[:1])
+  # Every client attacks; none is left out, the empty one included.
+  assert got[1]['robustness']['excluded_clients'] == 0.0
+  assert got[1]['attack']['malicious_clients'] == 4
+  _assert_same_training(got, _rounds(_per_client(config, ids, monkeypatch),
+                                     emptied, SCHEDULE[:1]))
+
+
 def test_cohorts_split_contiguously_and_evenly():
   assert cohort_client_work.split_cohorts(10, 1) == [range(0, 10)]
   assert cohort_client_work.split_cohorts(10, 3) == [

@@ -131,10 +131,8 @@ class _CohortTrainer:
     """(optimizer, initial weights, batches, members, hparams[, attacks])
     -> (ClientResult, <metrics sum, table, count[, excluded]>)."""
     self.optimizer, self.hparams = optimizer, hparams
-    # Every cohort has a member, and at most `capacity`: one batch each.
-    self.slots = members.batch(self.capacity).get_single_element()
-    self.attacks = (None if attacks is None else
-                    attacks.batch(self.capacity).get_single_element())
+    self.slots = as_tensor(members)
+    self.attacks = None if attacks is None else as_tensor(attacks)
     self.initial = initial_weights
     self.weights = tff.learning.models.ModelWeights.from_model(self.model)
     self.variables = tuple(tf.nest.flatten(self.weights.trainable))
@@ -151,7 +149,9 @@ class _CohortTrainer:
                      lambda: (acc, tf.constant(True)))
     sums = collections.OrderedDict(
         metrics=tf.nest.pack_sequence_as(unfinalized, acc['metrics']),
-        table=acc['table'], count=acc['count'])
+        table=with_silent_rows(acc['table'], acc['count'], tf.size(self.slots),
+                               self.finalizers, unfinalized, self.capacity),
+        count=tf.size(self.slots))
     if self.rows:
       update = member_rows(acc, self.update_fn, self.attacks, self.variables)
       return (tff.learning.templates.ClientResult(
@@ -266,6 +266,30 @@ class _CohortTrainer:
       v.assign(u)
     num_examples += tf.cast(output.num_examples, tf.int64)
     return tag, num_examples, opt_state, acc
+
+
+def as_tensor(elements: tf.data.Dataset):
+  """A cohort's per-member dataset (its tags, its attack inputs) as one
+  batch, whatever its length: every cohort has a member, and a round with
+  more than the capacity fails on the capacity's own check."""
+  return elements.batch(2**31 - 1).get_single_element()
+
+
+def with_silent_rows(table, count, members, finalizers, unfinalized,
+                     capacity: int) -> tf.Tensor:
+  """The per-client metrics `table` of a cohort whose first `count` rows
+  are its trained members', with a row for each of the other `members` -
+  `count` (no batches): the zero metrics of a model that saw nothing, as a
+  TFF client with an empty dataset reports."""
+  silent = members - count
+  zero_row = client_metrics.row(
+      finalizers, tf.nest.map_structure(tf.zeros_like, unfinalized))
+  with tf.control_dependencies([tf.debugging.assert_less_equal(
+      members, capacity,
+      message=f'more clients in a round than the capacity {capacity}')]):
+    rows = count + tf.range(silent)
+  return tf.tensor_scatter_nd_update(
+      table, rows[:, tf.newaxis], tf.tile(zero_row[tf.newaxis], [silent, 1]))
 
 
 def sent_update(update_fn, attacks, delta, position):

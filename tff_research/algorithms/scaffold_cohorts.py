@@ -178,10 +178,9 @@ class _CohortTrainer:
     self.initial = server['global_model_weights']
     self.control = tuple(server['control_variate'])
     self.controls = controls
-    # Every cohort has a member, and at most `capacity`: one batch.
-    self.slots = members.batch(self.capacity).get_single_element()
+    self.slots = cohort_client_work.as_tensor(members)
     self.attacks = (None if attacks is None else
-                    attacks.batch(self.capacity).get_single_element())
+                    cohort_client_work.as_tensor(attacks))
     self.weights = tff.learning.models.ModelWeights.from_model(self.model)
     self.variables = tuple(tf.nest.flatten(self.weights.trainable))
     tf.nest.map_structure(lambda v, w: v.assign(w), self.weights,
@@ -302,16 +301,9 @@ class _CohortTrainer:
     batches (never finished) added: left out, with zero metrics."""
     members = tf.size(self.slots)
     silent = members - acc['count']
-    zero_row = client_metrics.row(
-        self.finalizers, tf.nest.map_structure(tf.zeros_like, unfinalized))
-    with tf.control_dependencies([tf.debugging.assert_less_equal(
-        members, self.capacity,
-        message=f'more clients in a round than the capacity'
-        f' {self.capacity}')]):
-      rows = acc['count'] + tf.range(silent)
-    table = tf.tensor_scatter_nd_update(
-        acc['table'], rows[:, tf.newaxis],
-        tf.tile(zero_row[tf.newaxis], [silent, 1]))
+    table = cohort_client_work.with_silent_rows(
+        acc['table'], acc['count'], members, self.finalizers, unfinalized,
+        self.capacity)
     norms = tf.map_fn(
         lambda row: global_norm([c - c_i for c, c_i in zip(
             self.control, self._leaves(row))]),
