@@ -1,7 +1,7 @@
 r"""The scale benchmark: the pipeline at the shared federation and at EMNIST-62 size.
 
   uv run python benchmarks/run.py --scale [--scale_copies=24]
-      [--large_cache=DIR] [--scale_configs=fedavg,scaffold,dp_server,clustered]
+      [--large_cache=DIR] [--scale_configs=fedavg,scaffold,dp_server,clustered,median]
       [--scale_rounds=4] [--workdir=DIR] [--output=FILE]
 
 Two federations, built from the shared FEMNIST writers with the project's
@@ -13,7 +13,7 @@ before (`python -m tff_research.cli.build_emnist_cache --tile=24`), which
 takes ~15 minutes and ~6 GB.
 
 For each configuration (FedAvg, SCAFFOLD, `--dp=server`, `--clustering=
-cosine`; the EMNIST CNN, 1 epoch, batch 20, `--rounds_per_checkpoint=1`),
+cosine`, `--robust_aggregation=median`; the EMNIST CNN, 1 epoch, batch 20, `--rounds_per_checkpoint=1`),
 each federation and K in (10, 50) clients per round, `experiments/train.py`
 runs `--scale_rounds` rounds in its own process, one after another, and the
 report gives, per configuration and federation, and the large/small ratio:
@@ -50,6 +50,8 @@ CONFIGS = {
     'dp_server': ['--dp=server', '--noweight_by_size', '--dp_clip=1.0',
                   '--dp_noise_multiplier=1.0'],
     'clustered': ['--clustering=cosine'],
+    # A rule that needs every update: its cohorts' tables of member updates.
+    'median': ['--robust_aggregation=median', '--noweight_by_size'],
 }
 CLIENTS = (10, 50)
 _STARTUP = re.compile(r'Start-up ([0-9.]+) s: (.*)')
