@@ -60,6 +60,29 @@ def test_equals_a_plain_array_for_every_state_still_live(tmp_path, on_disk,
   assert table._capacity() <= n + (client_state.LIVE_ROUNDS + 1) * k  # pylint: disable=protected-access
 
 
+@pytest.mark.parametrize('on_disk', [False, True], ids=['memory', 'disk'])
+def test_flat_rows_are_the_leaves_joined(tmp_path, on_disk):
+  shapes, n = [(3, 2), (4,)], 6
+  kwargs = dict(directory=str(tmp_path / 'f')) if on_disk else {}
+  table = client_state.ClientStateTable(n, shapes, [np.float32] * 2, **kwargs)
+  rng = np.random.default_rng(0)
+  rows = [rng.normal(size=(3, 3, 2)).astype(np.float32),
+          rng.normal(size=(3, 4)).astype(np.float32)]
+  index = table.write(1, table.empty_index(), [4, 1, 2], rows)
+  positions = [2, 0, 4]  # 0 never written: zeros
+  want = np.concatenate([leaf.reshape(3, -1) for leaf in table.read(
+      index, positions)], axis=1)
+  got = table.read_flat(index, positions)
+  assert got.dtype == np.float32 and got.shape == (3, 10)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(got[0], np.concatenate(
+      [rows[0][2].ravel(), rows[1][2]]))
+  assert not got[1].any()
+  with pytest.raises(ValueError, match='one dtype'):
+    client_state.ClientStateTable(n, SHAPES, DTYPES).read_flat(
+        table.empty_index(), [0])
+
+
 def test_disk_and_memory_tables_allocate_the_same_slots(tmp_path):
   rng = np.random.default_rng(3)
   memory, disk = _table(tmp_path, 9, False), _table(tmp_path, 9, True)

@@ -95,20 +95,42 @@ class ClientStateTable:
 
   def read(self, index: np.ndarray, positions: Sequence[int]) -> list[np.ndarray]:
     """The rows of clients `positions` in the state whose index is `index`."""
-    index = np.asarray(index)
     out = [np.zeros((len(positions),) + s, d)
            for s, d in zip(self._shapes, self._dtypes)]
-    for k, p in enumerate(positions):
-      slot = int(index[p])
-      if slot < 0:
-        continue
-      raw = self._read_slot(slot)
+
+    def put(k, raw):
       offset = 0
       for leaf, size in zip(out, self._sizes):
         leaf[k] = np.frombuffer(raw, leaf.dtype, leaf[k].size,
                                 offset).reshape(leaf.shape[1:])
         offset += size
+
+    self._read_rows(index, positions, put)
     return out
+
+  def read_flat(self, index: np.ndarray,
+                positions: Sequence[int]) -> np.ndarray:
+    """The same rows as one [K, d] array, each row its leaves flattened one
+    after another (leaves of one dtype): no second copy to join them."""
+    if len(set(self._dtypes)) != 1:
+      raise ValueError(f'read_flat needs leaves of one dtype, not'
+                       f' {[d.name for d in self._dtypes]}')
+    dtype = self._dtypes[0]
+    out = np.zeros((len(positions), self.row_bytes // dtype.itemsize), dtype)
+
+    def put(k, raw):
+      out[k] = np.frombuffer(raw, dtype)
+
+    self._read_rows(index, positions, put)
+    return out
+
+  def _read_rows(self, index, positions, put) -> None:
+    """put(k, the raw row) for each written row of clients `positions`."""
+    index = np.asarray(index)
+    for k, p in enumerate(positions):
+      slot = int(index[p])
+      if slot >= 0:
+        put(k, self._read_slot(slot))
 
   def _read_slot(self, slot: int) -> bytes:
     start = slot * self.row_bytes

@@ -811,20 +811,19 @@ class Scaffold(base.FederatedAlgorithm):
     """(client states, client data) of a round's clients `positions`, their
     c_i read through the table's `index`: one of each per client, or per
     cohort (with `attacks`, each member's attack input in its cohort's)."""
-    rows = self.controls.read(index, positions)
     if not self.in_cohorts:
+      rows = self.controls.read(index, positions)
       # Slot k tags the k-th client's row, so the new rows are put in slot
       # order inside the computation whatever order they were merged in.
       return [collections.OrderedDict(control=[leaf[k] for leaf in rows],
                                       slot=np.int32(k))
               for k in range(len(datasets))], datasets
     # A cohort's members are tagged with their slots (its data's tags), and
-    # its c_i rows are one flat table: a nested structure of tensors costs
-    # TFF's Python serialization a copy of the whole value per level.
+    # its c_i rows are one flat table, read as such (no per-leaf copy to
+    # join): a nested structure of tensors costs TFF's Python serialization
+    # a copy of the whole value per level.
     runs = cohort_client_work.split_cohorts(len(datasets), self.cohorts)
-    flat = np.concatenate([leaf.reshape(len(datasets), -1) for leaf in rows],
-                          axis=1)
-    del rows  # Not held through the round: a model-sized row a client.
+    flat = self.controls.read_flat(index, positions)
     return ([flat[run.start:run.stop] for run in runs],
             [cohort_client_work.cohort_data(
                 datasets[run.start:run.stop], run,
