@@ -91,8 +91,6 @@ def test_an_old_hparams_json_without_the_new_keys_loads_with_defaults():
      '--robust_aggregation=median is not valid with --weight_by_size'),
     (['--attack=sign_flip', '--algorithm=fedsgd'],
      '--attack=sign_flip is not valid with --algorithm=fedsgd'),
-    (['--attack=gaussian', '--clustering=l2'],
-     '--attack=gaussian is not valid with --algorithm=fedavg --clustering=l2'),
     (['--malicious_fraction=0.2'], '--malicious_fraction applies only with'
      ' --attack=label_flip|sign_flip|gaussian|backdoor'),
     (['--attack=label_flip', '--attack_scale=3'],
@@ -123,6 +121,7 @@ def test_unsound_combinations_are_refused_in_one_line(argv, line):
     ['--robust_aggregation=norm_bound', '--clustering=cosine'],
     ['--attack=backdoor', '--algorithm=scaffold'],
     ['--attack=gaussian', '--algorithm=scaffold', '--client_optimizer=sgd'],
+    ['--attack=gaussian', '--clustering=l2'],
     ['--robust_aggregation=multi_krum', '--noweight_by_size',
      '--multi_krum_m=5', '--algorithm=fedadam', '--attack=gaussian'],
 ])
@@ -273,6 +272,23 @@ def test_a_sign_flip_attacker_turns_scaffolds_model_delta_not_its_controls(
   assert metrics['scaffold']['control_norm'] == pytest.approx(
       honest_metrics['scaffold']['control_norm'], rel=1e-6)
   median, metrics = _one_round(*scaffold, *attack,
+                               '--robust_aggregation=median')
+  np.testing.assert_allclose(median, honest_update, atol=1e-5)
+  assert metrics['attack'] == dict(malicious_clients=1.0, kept_malicious=0.0)
+
+
+def test_a_sign_flip_attacker_turns_a_clusters_mean_not_its_median(
+    honest_update):
+  """Clustered FL: the attacker's sent update is what its cluster
+  aggregates (and what the server sketches); before any split, one
+  cluster, so the round is FedAvg's."""
+  clustered = ('--clustering=cosine',)
+  attack = ('--attack=sign_flip', '--malicious_fraction=0.2',
+            '--attack_scale=10')
+  mean, metrics = _one_round(*clustered, *attack)
+  np.testing.assert_allclose(mean, -1.2 * honest_update, atol=1e-5)
+  assert metrics['attack']['malicious_clients'] == 1
+  median, metrics = _one_round(*clustered, *attack,
                                '--robust_aggregation=median')
   np.testing.assert_allclose(median, honest_update, atol=1e-5)
   assert metrics['attack'] == dict(malicious_clients=1.0, kept_malicious=0.0)

@@ -77,6 +77,13 @@ VARIANTS = {
                       num_clusters=3, cluster_warmup_rounds=0,
                       recluster_every=2, split_gamma_max=0,
                       permute_labels_fraction=0.5),
+    # A Gaussian attacker's noise is what its cluster aggregates and what
+    # the server sketches; its seed must survive the split.
+    'clustered_gaussian': dict(algorithm='fedavg', clustering='cosine',
+                               num_clusters=3, cluster_warmup_rounds=0,
+                               recluster_every=2, split_gamma_max=0,
+                               attack='gaussian', malicious_fraction=0.25,
+                               attack_scale=0.01),
     # Each cluster's rule runs over its own clients: one process per cluster.
     'clustered_median': dict(algorithm='fedavg', clustering='cosine',
                              num_clusters=3, cluster_warmup_rounds=0,

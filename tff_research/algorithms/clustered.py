@@ -107,6 +107,13 @@ indexed by position in the training client list):
     sketch_round[N] (its round, 0 = none), sketch_weight[N]. P =
     projection_dim (or the model size if not larger): 3,400 clients x 4096
     floats = 56 MB in the table, 27 kB of index in the state.
+
+Attacks (`--attack`): a data attack poisons a malicious client's data; an
+update attack (sign flip, Gaussian, a boosted backdoor) transforms what it
+sends inside its client update (the data is then <data=B*, attack=A*>),
+so its cluster aggregates, and the server sketches and splits on, the
+attacked update: the server sees nothing else. Clients placed for
+evaluation (`assign_clients`) are honest.
 """
 
 from __future__ import annotations
@@ -131,6 +138,7 @@ from tff_research.algorithms import base
 from tff_research.algorithms import client_metrics
 from tff_research.algorithms import client_state
 from tff_research.aggregators import excluding_mean as robust_aggregation
+from tff_research.attacks import client_work as attack_client_work
 from tff_research.attacks import metrics as attack_metrics
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -164,7 +172,9 @@ class _Types:
   k: int
 
   @classmethod
-  def of(cls, model_fn: ModelFn, k: int) -> '_Types':
+  def of(cls, model_fn: ModelFn, k: int, attacked: bool = False) -> '_Types':
+    """`attacked`: a client's data is <data=B*, attack=A*>
+    (`attacks.client_work.attack_input`)."""
     with tf.Graph().as_default():
       model = model_fn()
       weights_type = tff.learning.models.weights_type_from_model(model)
@@ -172,22 +182,31 @@ class _Types:
       batch_type = tff.types.tensorflow_to_type(model.input_spec)
     stacked = tff.types.structure_from_tensor_type_tree(
         lambda t: _stack_type(t, k), weights_type)
-    return cls(weights_type, stacked, tff.SequenceType(batch_type), finalizers,
-               k)
+    data = tff.SequenceType(batch_type)
+    if attacked:
+      data = tff.to_type(collections.OrderedDict([
+          (attack_client_work.DATA, data),
+          (attack_client_work.ATTACK, attack_client_work.attack_input_type())]))
+    return cls(weights_type, stacked, data, finalizers, k)
 
 
 def _build_client_update(types: _Types, model_fn: ModelFn, client_optimizer,
                          weighted: bool, projection_dim: int,
-                         projection_seed: int):
+                         projection_seed: int, update_fn=None):
   """A client's work: TFF's FedAvg client update (`build_model_delta_update_
   with_tff_optimizer`) from the one model selected for it, and the update's
   random projection (clustering.sketch_tf), computed on the client: what the
   server stores to compare clients across rounds.
 
       (<W*, B*> -> <update=U, weight=float32, metrics=T, sketch=float32[P]>)
+
+  With an update attack `update_fn` the data is <data=B*, attack=A*> and a
+  malicious client sends the attacked update: the server aggregates and
+  clusters by what it receives.
   """
   weighting = (tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
                else tff.learning.ClientWeighting.UNIFORM)
+  attack_fn = update_fn
 
   @tff.tensorflow.computation(tff.SequenceType(types.weights), types.data)
   def client_update(selected, dataset):
@@ -198,16 +217,22 @@ def _build_client_update(types: _Types, model_fn: ModelFn, client_optimizer,
         lambda _, x: x)
     initial = tff.learning.models.ModelWeights(
         trainable=list(element[0]), non_trainable=list(element[1]))
-    update_fn = (
+    train_fn = (
         model_delta_client_work.build_model_delta_update_with_tff_optimizer(
             model_fn, weighting=weighting,
             loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE))
-    result, metrics = update_fn(client_optimizer, initial, dataset)
+    if attack_fn is not None:
+      attack = attack_client_work.read_attack_input(
+          dataset[attack_client_work.ATTACK])
+      dataset = dataset[attack_client_work.DATA]
+    result, metrics = train_fn(client_optimizer, initial, dataset)
+    update = list(result.update)
+    if attack_fn is not None:
+      update = list(attack_fn(update, attack))
     flat = tf.concat(
-        [tf.reshape(tf.cast(u, tf.float32), [-1]) for u in result.update],
-        axis=0)
+        [tf.reshape(tf.cast(u, tf.float32), [-1]) for u in update], axis=0)
     return collections.OrderedDict(
-        update=list(result.update), weight=result.update_weight,
+        update=update, weight=result.update_weight,
         metrics=metrics,
         sketch=clustering.sketch_tf(flat, projection_dim, projection_seed))
 
@@ -522,8 +547,9 @@ class _Computations:
   def __init__(self, model_fn: ModelFn, client_optimizer, weighted: bool,
                num_clusters: int, server_learning_rate: float,
                projection_dim: int, projection_seed: int, num_clients: int,
-               model_aggregator=None):
-    types = _Types.of(model_fn, num_clusters)
+               model_aggregator=None, update_fn=None):
+    types = _Types.of(model_fn, num_clusters, attacked=update_fn is not None)
+    self.attacked = update_fn is not None
     self.weights_type = types.weights
     self.stacked_type = types.stacked
     self.update_size = int(sum(
@@ -531,7 +557,7 @@ class _Computations:
     self.sketch_dim = clustering.sketch_dim(self.update_size, projection_dim)
     client_update = _build_client_update(
         types, model_fn, client_optimizer, weighted, projection_dim,
-        projection_seed)
+        projection_seed, update_fn)
     self.client_updates = _build_client_updates(types, client_update)
     output_type = self.client_updates.type_signature.result.member
     self.aggregate = _build_aggregate(types, output_type,
@@ -747,6 +773,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
       ground_truth: Sequence[int] | None = None,
       tables: client_state.Tables = client_state.IN_MEMORY,
       model_aggregator: tff.aggregators.AggregationFactory | None = None,
+      update_fn: attack_client_work.UpdateFn | None = None,
   ):
     """Builds the computations (once); the arguments: the class docstring."""
     _check_schedule(metric, num_clusters, recluster_every, warmup_rounds,
@@ -775,7 +802,7 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     self.computations = _Computations(
         model_fn, client_optimizer, weighted, num_clusters,
         server_learning_rate, projection_dim, projection_seed,
-        len(self._client_ids), model_aggregator,
+        len(self._client_ids), model_aggregator, update_fn,
     )
     self.sketch_dim = self.computations.sketch_dim
     self.sketches = tables.table('cluster_sketches', len(self._client_ids),
@@ -891,9 +918,15 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     """Clusters for new clients (training-format datasets), by the metric:
     each walks the split tree from the root."""
     n = len(datasets)
+    datasets = list(datasets)
+    if self.computations.attacked:
+      # Placed for evaluation, not training: nobody attacks.
+      datasets = [collections.OrderedDict([
+          (attack_client_work.DATA, d),
+          (attack_client_work.ATTACK, attack_client_work.attack_input(False))])
+                  for d in datasets]
     clusters, _ = self._descend(
-        state, np.zeros(n, np.int32), np.ones(n, np.int32), list(datasets)
-    )
+        state, np.zeros(n, np.int32), np.ones(n, np.int32), datasets)
     return clusters
 
   # --- one round ---------------------------------------------------------
@@ -925,6 +958,8 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     """
     pos = self._positions(client_ids)
     datasets = list(client_datasets)
+    if self.computations.attacked:
+      datasets = self.with_attack_inputs(round_num, client_ids, datasets)
     state = collections.OrderedDict(state)
     before = np.array(state['assignments'], np.int32)[pos]
     cluster_metrics = collections.OrderedDict()

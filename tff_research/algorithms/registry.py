@@ -161,6 +161,7 @@ def _build_clustered(config: 'AlgorithmConfig', model_fn, client_ids, tables):
       split_max_norm_min=h['split_max_norm_min'],
       model_aggregator=(None if config.aggregation.is_mean else
                         config.model_aggregator(len(client_ids))),
+      update_fn=config.attack.update_fn(),
   )
   algorithm.set_attack(config.attack, client_ids)
   return algorithm
@@ -322,16 +323,14 @@ class AlgorithmConfig:
     if refusal:
       raise ValueError(refusal)
     attack = self.attack
-    if attack.attacks_updates and (self.clustered
-                                   or not self.spec.update_attacks):
+    if attack.attacks_updates and not self.spec.update_attacks:
       capable = '|'.join(s.name for s in SPECS.values() if s.update_attacks)
       what = (f'--attack={attack.kind}' if attack.kind != 'backdoor' else
               f'--attack=backdoor --attack_scale={attack.scale:g}')
       raise ValueError(
           f'{what} is not valid with --algorithm={self.algorithm}'
-          + (f' --clustering={self.clustering}' if self.clustered else '')
-          + ': it changes the update inside the client work, which only'
-          f' --algorithm={capable} (without clustering) expose; data attacks'
+          ': it changes the update inside the client work, which only'
+          f' --algorithm={capable} (and --clustering) expose; data attacks'
           ' (label_flip, backdoor with --attack_scale=1) apply to every'
           ' algorithm')
 

@@ -78,6 +78,20 @@ def attack_input(malicious: bool, seed: Sequence[int] = (0, 0)
       seed=tf.constant(seed, tf.int64)))
 
 
+def attack_input_type() -> tff.Type:
+  """A*, the type of `attack_input`."""
+  return tff.SequenceType(
+      tff.types.tensorflow_to_type(attack_input(False).element_spec))
+
+
+def read_attack_input(dataset) -> collections.OrderedDict:
+  """<malicious, seed> of an `attack_input` dataset (in TensorFlow)."""
+  return dataset.reduce(
+      collections.OrderedDict(malicious=tf.constant(False),
+                              seed=tf.zeros([2], tf.int64)),
+      lambda _, element: element)
+
+
 def update_attack(kind: str, scale: float) -> UpdateFn:
   """The update transform of attack `kind`, applied where `malicious`.
 
@@ -126,8 +140,7 @@ def with_update_attack(
   capacity = collection.check_capacity(capacity)
   state_type, weights_type, data_type = (
       client_work.next.type_signature.parameter)
-  attack_type = tff.SequenceType(
-      tff.types.tensorflow_to_type(attack_input(False).element_spec))
+  attack_type = attack_input_type()
   client_data_type = tff.FederatedType(
       collections.OrderedDict([(DATA, data_type.member),
                                (ATTACK, attack_type)]), tff.CLIENTS)
@@ -135,10 +148,7 @@ def with_update_attack(
 
   @tff.tensorflow.computation(attack_type)
   def read_attack(dataset):
-    return dataset.reduce(
-        collections.OrderedDict(malicious=tf.constant(False),
-                                seed=tf.zeros([2], tf.int64)),
-        lambda _, element: element)
+    return read_attack_input(dataset)
 
   @tff.tensorflow.computation(result_type, read_attack.type_signature.result)
   def attack_fn(result, attack):
