@@ -260,21 +260,13 @@ def test_scaffold_takes_the_rule_for_its_model_delta(honest_update):
 def test_a_sign_flip_attacker_turns_scaffolds_model_delta_not_its_controls(
     honest_update):
   scaffold = ('--algorithm=scaffold', '--client_optimizer=sgd')
-  attack = ('--attack=sign_flip', '--malicious_fraction=0.2',
-            '--attack_scale=10')
   honest, honest_metrics = _one_round(*scaffold)
   # Round 1: every c_i and c are zero, so SCAFFOLD's step is plain SGD's.
   np.testing.assert_allclose(honest, honest_update, atol=1e-5)
-  mean, metrics = _one_round(*scaffold, *attack)
-  np.testing.assert_allclose(mean, -1.2 * honest_update, atol=1e-5)
-  assert metrics['attack']['malicious_clients'] == 1
+  metrics = _sign_flip_turns_the_mean_not_the_median(honest_update, *scaffold)
   # The attacker's Delta c_i is honest: c moves as in the honest round.
   assert metrics['scaffold']['control_norm'] == pytest.approx(
       honest_metrics['scaffold']['control_norm'], rel=1e-6)
-  median, metrics = _one_round(*scaffold, *attack,
-                               '--robust_aggregation=median')
-  np.testing.assert_allclose(median, honest_update, atol=1e-5)
-  assert metrics['attack'] == dict(malicious_clients=1.0, kept_malicious=0.0)
 
 
 def test_a_sign_flip_attacker_turns_a_clusters_mean_not_its_median(
@@ -282,16 +274,25 @@ def test_a_sign_flip_attacker_turns_a_clusters_mean_not_its_median(
   """Clustered FL: the attacker's sent update is what its cluster
   aggregates (and what the server sketches); before any split, one
   cluster, so the round is FedAvg's."""
-  clustered = ('--clustering=cosine',)
+  _sign_flip_turns_the_mean_not_the_median(honest_update,
+                                           '--clustering=cosine')
+
+
+def _sign_flip_turns_the_mean_not_the_median(honest_update, *flags):
+  """One of 5 identical clients sends -10 u: the mean round moves by
+  (4 u - 10 u) / 5 = -1.2 u, the median's by u. Returns the mean round's
+  metrics."""
   attack = ('--attack=sign_flip', '--malicious_fraction=0.2',
             '--attack_scale=10')
-  mean, metrics = _one_round(*clustered, *attack)
+  mean, metrics = _one_round(*flags, *attack)
   np.testing.assert_allclose(mean, -1.2 * honest_update, atol=1e-5)
   assert metrics['attack']['malicious_clients'] == 1
-  median, metrics = _one_round(*clustered, *attack,
-                               '--robust_aggregation=median')
+  median, median_metrics = _one_round(*flags, *attack,
+                                      '--robust_aggregation=median')
   np.testing.assert_allclose(median, honest_update, atol=1e-5)
-  assert metrics['attack'] == dict(malicious_clients=1.0, kept_malicious=0.0)
+  assert median_metrics['attack'] == dict(malicious_clients=1.0,
+                                          kept_malicious=0.0)
+  return metrics
 
 
 # --- data attacks and a real run ---

@@ -202,11 +202,9 @@ class LearningProcessAlgorithm(FederatedAlgorithm):
       attacks = (self.attack.client_flags(self.malicious, round_num,
                                           client_ids)
                  if self._takes_member_attacks else None)
-      data = [cohort_client_work.cohort_data(
-          [data[i] for i in members], members,
-          None if attacks is None else [attacks[i] for i in members])
-              for members in cohort_client_work.split_cohorts(
-                  len(data), self.cohorts)]
+      data = cohort_client_work.pack(
+          data, cohort_client_work.split_cohorts(len(data), self.cohorts),
+          attacks)
     return data
 
   def next(self, state, round_num, client_ids, client_datasets):

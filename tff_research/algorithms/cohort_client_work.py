@@ -102,6 +102,18 @@ def takes_member_attacks(process) -> bool:
   return takes_cohorts(process) and ATTACKS in _data_names(process)
 
 
+def in_cohorts(config, model_aggregator) -> bool:
+  """Whether a run (`registry.AlgorithmConfig`) whose model aggregator is
+  `model_aggregator` trains its clients in cohorts: without DP, with the
+  plain mean and no attack (the cohorts' sums), or with a rule that collects
+  every update (`collection.CollectingFactory`: the cohorts' tables).
+  Norm bounding and the mean's attack accounting need each client's own
+  update, as DP does."""
+  return config.dp is None and (
+      (config.aggregation.is_mean and not config.attack.active)
+      or isinstance(model_aggregator, collection.CollectingFactory))
+
+
 def split_cohorts(num_clients: int, cohorts: int) -> list[range]:
   """Positions 0..num_clients-1 in `cohorts` contiguous runs, as even as
   they can be (none empty)."""
@@ -194,23 +206,12 @@ class _CohortTrainer:
       return tf.constant(0, tf.int64)
 
   def _keep_and_weight(self, finite, delta, num_examples):
-    """Whether the member's (sent) `delta` enters the mean, and its weight:
-    TFF's client work weighs a non-`finite` update 0 (n_i or 1 otherwise),
-    and the excluding mean's rule leaves out a non-finite update or a zero
-    weight (by size) or a zero update (uniform)."""
-    sent_finite = excluding_mean.all_finite(delta)
     if self.weighted:
-      keep = tf.logical_and(sent_finite,
-                            tf.logical_and(finite, num_examples > 0))
+      keep = tf.logical_and(finite, num_examples > 0)
       return keep, tf.where(keep, tf.cast(num_examples, tf.float32), 0.0)
-    keep = tf.logical_and(sent_finite,
+    keep = tf.logical_and(finite,
                           tf.logical_not(excluding_mean.all_zero(delta)))
     return keep, tf.where(keep, 1.0, 0.0)
-
-  def _sent(self, delta, position):
-    """What the member at `position` sends: its delta, through the update
-    attack where it is malicious (`attacks.client_work.update_attack`)."""
-    return sent_update(self.update_fn, self.attacks, delta, position)
 
   def _finish(self, acc, num_examples, tag):
     """Adds the member of slot `tag`, just trained, to the cohort's sums
@@ -220,9 +221,6 @@ class _CohortTrainer:
     finite = excluding_mean.all_finite(delta)
     delta = [tf.where(finite, d, tf.zeros_like(d)) for d in delta]
     member_metrics = member_metrics_after(self.model, finite, delta)
-    position = tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
-                         output_type=tf.int32)
-    sent = self._sent(delta, position)
     row = client_metrics.row(self.finalizers, member_metrics)
     table = client_metrics.append_row(acc['table'], acc['count'], row,
                                       self.capacity)
@@ -234,11 +232,14 @@ class _CohortTrainer:
             acc['metrics'], tf.nest.flatten(member_metrics))),
         table=table, count=acc['count'] + 1)
     if self.rows:
-      out.update(write_row(acc, position, sent))
+      # What the member sends: its delta, attacked where it is malicious.
+      position = member_position(self.slots, tag)
+      out.update(write_row(acc, position, sent_update(
+          self.update_fn, self.attacks, delta, position)))
       return out, read
-    keep, weight = self._keep_and_weight(finite, sent, num_examples)
+    keep, weight = self._keep_and_weight(finite, delta, num_examples)
     out.update(
-        update=tuple(u + d * weight for u, d in zip(acc['update'], sent)),
+        update=tuple(u + d * weight for u, d in zip(acc['update'], delta)),
         weight=acc['weight'] + weight,
         excluded=acc['excluded'] + 1.0 - tf.cast(keep, tf.float32))
     return out, read
@@ -273,6 +274,25 @@ def as_tensor(elements: tf.data.Dataset):
   batch, whatever its length: every cohort has a member, and a round with
   more than the capacity fails on the capacity's own check."""
   return elements.batch(2**31 - 1).get_single_element()
+
+
+def member_position(slots, tag) -> tf.Tensor:
+  """int32: the position in a cohort's `slots` (its members' tags, in
+  member order) of the member tagged `tag`."""
+  return tf.argmax(tf.cast(tf.equal(slots, tag), tf.int32),
+                   output_type=tf.int32)
+
+
+def pack(datasets: Sequence[tf.data.Dataset], runs: Sequence[range],
+         attacks: Optional[Sequence[tuple[bool, Sequence[int]]]] = None
+         ) -> list[collections.OrderedDict]:
+  """The round's client `datasets` as one `cohort_data` per run of
+  positions (`split_cohorts`), with each member's attack input when given
+  (`attacks`: one (malicious, seed) per client of the round)."""
+  return [cohort_data(
+      datasets[run.start:run.stop], run,
+      None if attacks is None else attacks[run.start:run.stop])
+          for run in runs]
 
 
 def with_silent_rows(table, count, members, finalizers, unfinalized,
@@ -464,6 +484,9 @@ def build_cohort_client_work(
   updates; the cohort data then carries each member's attack input
   (`cohort_data(..., attacks)`).
   """
+  if update_fn is not None and not rows:
+    raise ValueError('an update attack in cohorts needs rows mode (the'
+                     ' plain mean under an attack trains per client)')
   finalizers, weights_type, batch_type, unfinalized_specs = model_types(
       model_fn)
   cohort_type = data_type(batch_type, attacks=update_fn is not None)
@@ -484,14 +507,12 @@ def build_cohort_client_work(
         optimizer, initial_weights, data['batches'], data['members'], state,
         data[ATTACKS] if update_fn is not None else None)
 
-  if rows:
-    zero, merge, report = measurement_sums(
-        finalizers, unfinalized_specs, capacity, (),
-        lambda acc: collections.OrderedDict())
-  else:
-    zero, merge, report = measurement_sums(
-        finalizers, unfinalized_specs, capacity, ('excluded',),
-        lambda acc: collections.OrderedDict([(EXCLUDED, acc['excluded'])]))
+  # In rows mode the rule's report counts the excluded members.
+  scalars = () if rows else ('excluded',)
+  zero, merge, report = measurement_sums(
+      finalizers, unfinalized_specs, capacity, scalars,
+      lambda acc: collections.OrderedDict(
+          (EXCLUDED, acc[name]) for name in scalars))
 
   @tff.federated_computation(
       init_fn.type_signature.result,

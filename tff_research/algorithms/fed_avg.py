@@ -202,21 +202,19 @@ def config_arguments(config, client_ids) -> dict[str, Any]:
   build on FedAvg with these too)."""
   client_optimizer = hp.build_client_optimizer(config.values)
   capacity = len(client_ids)
-  if (config.dp is None and config.aggregation.is_mean
-      and not config.attack.active and len(client_ids)):
-    return dict(client_optimizer=client_optimizer, weighted=config.weighted,
-                cohort_capacity=capacity)
-  if config.dp is None and len(client_ids):
-    rule = config.model_aggregator(capacity)
-    if isinstance(rule, collection.CollectingFactory):
-      # A rule that needs every update gets them as the cohorts' tables.
+  rule = config.model_aggregator(capacity)
+  if capacity and cohort_client_work.in_cohorts(config, rule):
+    if not isinstance(rule, collection.CollectingFactory):
       return dict(client_optimizer=client_optimizer, weighted=config.weighted,
-                  model_aggregator=rule, cohort_capacity=capacity,
-                  update_fn=config.attack.update_fn())
+                  cohort_capacity=capacity)
+    # A rule that needs every update gets them as the cohorts' tables.
+    return dict(client_optimizer=client_optimizer, weighted=config.weighted,
+                model_aggregator=rule, cohort_capacity=capacity,
+                update_fn=config.attack.update_fn())
   arguments = dict(
       client_optimizer=client_optimizer,
       weighted=config.weighted,
-      model_aggregator=config.model_aggregator(capacity),
+      model_aggregator=rule,
       metrics_aggregator=client_metrics.for_clients(client_ids),
   )
   if config.attack.active:

@@ -825,10 +825,7 @@ class Scaffold(base.FederatedAlgorithm):
     runs = cohort_client_work.split_cohorts(len(datasets), self.cohorts)
     flat = self.controls.read_flat(index, positions)
     return ([flat[run.start:run.stop] for run in runs],
-            [cohort_client_work.cohort_data(
-                datasets[run.start:run.stop], run,
-                None if attacks is None else attacks[run.start:run.stop])
-             for run in runs])
+            cohort_client_work.pack(datasets, runs, attacks))
 
   def _new_rows(self, clients, positions):
     """(the clients `positions` of the new rows, their rows [K, ...] per
@@ -913,19 +910,16 @@ def _check(config):
 
 
 def _build(config, model_fn, client_ids, tables=client_state.IN_MEMORY):
-  # As FedAvg's (`fed_avg.config_arguments`): the plain mean of a run
-  # without an attack, or a rule that collects every update, trains in
-  # cohorts; norm bounding and the mean's attack accounting, per client.
   rule = config.model_aggregator(len(client_ids))
+  in_cohorts = cohort_client_work.in_cohorts(config, rule)
   collecting = isinstance(rule, collection.CollectingFactory)
-  in_cohorts = collecting or (config.aggregation.is_mean
-                              and not config.attack.active)
   return build_scaffold(
       model_fn,
       client_ids=client_ids,
       client_learning_rate=config.client_learning_rate,
       server_learning_rate=config.server_learning_rate,
       weighted=config.weighted,
+      # The cohorts' plain mean is their own (`build_cohort_aggregator`).
       model_aggregator=(rule if collecting or not in_cohorts else None),
       tables=tables,
       in_cohorts=in_cohorts,

@@ -221,8 +221,7 @@ class _CohortTrainer:
 
   def _row(self, tag):
     """The member of slot `tag`'s row in the cohort's tables."""
-    return tf.argmax(tf.cast(tf.equal(self.slots, tag), tf.int32),
-                     output_type=tf.int32)
+    return cohort_client_work.member_position(self.slots, tag)
 
   def _leaves(self, row):
     """A flat row float32[d] as the trainable variables' shapes."""
