@@ -66,3 +66,20 @@ def test_an_unsound_cell_fails_before_anything_trains():
       experiment_name='p', byzantine_clients=4))
   with pytest.raises(ValueError, match='Krum needs more than'):
     robustness.configs(config, ['krum'], ['sign_flip'], [0.2], parameters)
+
+
+def test_exact_attackers_per_round_label_attacked_runs_and_share_clean_ones():
+  config, parameters = robustness_flags.base_config(dict(
+      experiment_name='p', malicious_per_round='exact', attack_scale=10.0,
+      model='linear'))
+  runs = robustness.configs(config, ['mean', 'median'], ['sign_flip'],
+                            [0.0, 0.2], parameters)
+  assert list(runs) == ['mean_clean', 'median_clean',
+                        'mean_sign_flip_0.2_exact', 'median_sign_flip_0.2_exact']
+  assert runs['median_sign_flip_0.2_exact'].algorithm.attack.per_round == (
+      'exact')
+  # The clean runs are those of a study that sampled its attackers.
+  sampled, _ = robustness_flags.base_config(dict(
+      experiment_name='p', attack_scale=10.0, model='linear'))
+  assert runs['mean_clean'] == robustness.configs(
+      sampled, ['median'], ['sign_flip'], [0.0], {})['mean_clean']

@@ -25,7 +25,7 @@ from tests.test_robust_aggregators import _CoordinateMax
 
 NEW_KEYS = ('robust_aggregation', 'trim_fraction', 'byzantine_clients',
             'multi_krum_m', 'norm_bound', 'attack', 'malicious_fraction',
-            'attack_scale', 'backdoor_target')
+            'malicious_per_round', 'attack_scale', 'backdoor_target')
 
 
 def _config(*argv):
@@ -38,18 +38,20 @@ def _config(*argv):
 def test_flags_round_trip_through_hparams():
   config = _config('--robust_aggregation=trimmed_mean', '--trim_fraction=0.2',
                    '--noweight_by_size', '--attack=sign_flip',
-                   '--malicious_fraction=0.2', '--attack_scale=10', '--seed=3')
+                   '--malicious_fraction=0.2', '--malicious_per_round=exact',
+                   '--attack_scale=10', '--seed=3')
   alg = config.algorithm
   assert alg.aggregation.name == 'trimmed_mean'
   assert alg.aggregation.values == dict(trim_fraction=0.2)
   assert (alg.attack.kind, alg.attack.malicious_fraction, alg.attack.scale,
-          alg.attack.seed) == ('sign_flip', 0.2, 10.0, 3)
+          alg.attack.seed, alg.attack.per_round) == ('sign_flip', 0.2, 10.0,
+                                                     3, 'exact')
   hparams = config_lib.to_hparams(config)
   assert {k: hparams[k] for k in NEW_KEYS} == dict(
       robust_aggregation='trimmed_mean', trim_fraction=0.2,
       byzantine_clients=None, multi_krum_m=None, norm_bound=None,
-      attack='sign_flip', malicious_fraction=0.2, attack_scale=10.0,
-      backdoor_target=0)
+      attack='sign_flip', malicious_fraction=0.2, malicious_per_round='exact',
+      attack_scale=10.0, backdoor_target=0)
   # Through JSON, as hparams.json is read back.
   again = config_lib.from_hparams(json.loads(json.dumps(hparams)))
   assert again == config
@@ -101,6 +103,14 @@ def test_an_old_hparams_json_without_the_new_keys_loads_with_defaults():
      '--attack_scale=0.0 is not valid: must be > 0'),
     (['--attack=backdoor', '--backdoor_target=10'],
      '--backdoor_target=10 is not valid: must be in [0, 10)'),
+    (['--malicious_per_round=exact'], '--malicious_per_round applies only'
+     ' with --attack=label_flip|sign_flip|gaussian|backdoor'),
+    (['--attack=sign_flip', '--malicious_per_round=exact',
+      '--sampling=poisson', '--client_fraction=0.1'],
+     '--malicious_per_round=exact needs --sampling=fixed'),
+    (['--attack=sign_flip', '--malicious_per_round=exact', '--dp=server',
+      '--noweight_by_size', '--dp_clip=1', '--dp_noise_multiplier=1'],
+     '--malicious_per_round=exact does not apply with --dp'),
 ])
 def test_unsound_combinations_are_refused_in_one_line(argv, line):
   with pytest.raises(flags.FlagError) as error:
@@ -364,3 +374,21 @@ def test_the_malicious_set_is_the_seeded_subset_of_the_training_clients():
   inputs = attack.client_inputs(set(chosen), 4, ids)
   flags_ = [bool(next(iter(d))['malicious']) for d in inputs]
   assert [c for c, f in zip(ids, flags_) if f] == list(chosen)
+
+
+def test_exact_attackers_per_round_fix_every_rounds_count(tff_worker,
+                                                         tmp_path):
+  # 10 clients, 30 % malicious = 3; rounds of 5 take round(1.5) = 2 of them.
+  # Uniform sampling gives 2 with probability C(3,2) C(7,3) / C(10,5) =
+  # 0.417 a round, so 2 in each of 6 rounds has probability 0.005 without
+  # the stratified sampler.
+  base = {k: v for k, v in BASE.items()
+          if k not in ('norm_bound', 'backdoor_target')}
+  rows = fl_testing.run_experiment(
+      base, tmp_path, 'exact', robust_aggregation='median',
+      attack='sign_flip', malicious_per_round='exact', attack_scale=10.0,
+      total_rounds=6, eval_every=6)
+  assert len(rows) == 6
+  csv = fl_testing.read_csv(os.path.join(tmp_path, 'exact', 'metrics.csv'))
+  assert [r['attack_malicious_clients'] for r in csv] == [2] * 6
+  assert all(0 <= r['attack_kept_malicious'] <= 2 for r in csv)

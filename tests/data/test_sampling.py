@@ -76,3 +76,58 @@ def test_sample_clients_errors():
     sampling.sample_clients(IDS, 0, seed=0, clients_per_round=21)
   with pytest.raises(ValueError, match='client_ids is empty'):
     sampling.sample_clients([], 0, seed=0, clients_per_round=1)
+
+
+# --- stratified sampling (--malicious_per_round=exact) ---
+
+MARKED = frozenset(IDS[::4])  # 5 of the 20
+
+
+def test_stratified_rounds_have_exactly_the_marked_count_and_are_pure():
+  for r in range(50):
+    chosen = sampling.stratified_sample_clients(
+        IDS, r, seed=3, clients_per_round=8, marked=MARKED, marked_per_round=2)
+    assert len(chosen) == 8 and len(set(chosen)) == 8
+    assert sum(c in MARKED for c in chosen) == 2
+    assert chosen == [c for c in IDS if c in chosen]  # order of client_ids
+    assert chosen == sampling.stratified_sample_clients(
+        list(IDS), r, seed=3, clients_per_round=8, marked=set(MARKED),
+        marked_per_round=2)
+  assert sampling.stratified_sample_clients(
+      IDS, 0, seed=3, clients_per_round=8, marked=MARKED,
+      marked_per_round=2) != sampling.stratified_sample_clients(
+          IDS, 0, seed=4, clients_per_round=8, marked=MARKED,
+          marked_per_round=2)
+
+
+def test_stratified_sampling_is_uniform_within_each_stratum_chi_square():
+  # Within a stratum of n clients giving k a round, each count ~ R k / n;
+  # the statistic of test_selection_counts_are_uniform_chi_square ~
+  # chi2(n - 1). False-alarm rate 1e-3 per stratum (fixed seed).
+  rounds, k, m = 2000, 8, 2
+  counts = dict.fromkeys(IDS, 0)
+  for r in range(rounds):
+    for c in sampling.stratified_sample_clients(
+        IDS, r, seed=11, clients_per_round=k, marked=MARKED,
+        marked_per_round=m):
+      counts[c] += 1
+  for stratum, per_round in ((MARKED, m), (set(IDS) - MARKED, k - m)):
+    obs = np.array([counts[c] for c in stratum], float)
+    n = len(stratum)
+    expected = rounds * per_round / n
+    stat = ((obs - expected) ** 2).sum() / (expected * (1 - per_round / n))
+    assert stat < stats.chi2.ppf(1 - 1e-3, n - 1), (n, stat)
+    assert obs.sum() == rounds * per_round
+
+
+@pytest.mark.parametrize('k, m, line', [
+    (8, 6, 'cannot sample 6 of 5 marked and 2 of 15 other clients'),
+    (18, 2, 'cannot sample 2 of 5 marked and 16 of 15 other clients'),
+])
+def test_stratified_sampling_refuses_a_stratum_too_small(k, m, line):
+  with pytest.raises(sampling.SamplingError, match=line):
+    sampling.stratified_sample_clients(IDS, 0, seed=0, clients_per_round=k,
+                                       marked=MARKED, marked_per_round=m)
+  with pytest.raises(sampling.SamplingError, match='not in client_ids'):
+    sampling.stratified_sample_clients(IDS, 0, seed=0, clients_per_round=2,
+                                       marked={'nobody'}, marked_per_round=1)

@@ -1,7 +1,8 @@
 """`AttackConfig`: the simulated attack of a run, one frozen value.
 
 `--attack=none|label_flip|sign_flip|gaussian|backdoor` with
-`--malicious_fraction`, `--attack_scale` and `--backdoor_target`. Ranges are
+`--malicious_fraction`, `--malicious_per_round`, `--attack_scale` and
+`--backdoor_target`. Ranges are
 checked when the value is built (one line); `seed` is the run's (set by
 `run.config.ExperimentConfig`, never a flag of its own), so the malicious
 clients (`malicious(client_ids)`) and the Gaussian noise are pure in the
@@ -37,10 +38,15 @@ from tff_research.attacks import selection
 # The fraction of a backdoor attacker's examples that carry the trigger
 # (Bagdasaryan et al. 2020 mix poisoned and clean examples in every batch).
 BACKDOOR_POISON_FRACTION = 0.5
-FLAGS = ('attack', 'malicious_fraction', 'attack_scale', 'backdoor_target')
+FLAGS = ('attack', 'malicious_fraction', 'malicious_per_round',
+         'attack_scale', 'backdoor_target')
+# How many attackers a round has: 'sampled' = whatever uniform client
+# sampling draws (hypergeometric); 'exact' = round(fraction x round size).
+PER_ROUND = ('sampled', 'exact')
 # flag -> (the attacks it applies to, as the refusal names them)
 APPLIES = {
     'malicious_fraction': NAMES[1:],
+    'malicious_per_round': NAMES[1:],
     'attack_scale': ('sign_flip', 'gaussian', 'backdoor'),
     'backdoor_target': ('backdoor',),
 }
@@ -59,6 +65,11 @@ class AttackConfig:
     kind: one of `attacks.NAMES`; 'none' = every client honest.
     malicious_fraction: the fraction of the training clients that attack,
       in [0, 1] (`selection.malicious_clients`).
+    per_round: 'sampled': a round samples its clients uniformly, so its
+      number of attackers is hypergeometric; 'exact': every round samples
+      exactly `round_count(k)` of the malicious clients and k - that many
+      honest ones (`sampling.stratified_sample_clients`), the Byzantine
+      model of f attackers among a round's n (Blanchard et al. 2017).
     scale: sign_flip's s (-s u), gaussian's standard deviation, backdoor's
       model-replacement boost gamma (1 = no boost); > 0.
     backdoor_target: the class triggered examples are relabelled to.
@@ -67,6 +78,7 @@ class AttackConfig:
 
   kind: str = 'none'
   malicious_fraction: float = 0.0
+  per_round: str = 'sampled'
   scale: float = 1.0
   backdoor_target: int = 0
   seed: int = 0
@@ -75,6 +87,9 @@ class AttackConfig:
     _require(self.kind in NAMES, f'--attack={self.kind} is not valid; valid:'
              f' {", ".join(NAMES)}')
     selection.num_malicious(0, self.malicious_fraction)  # Its range check.
+    _require(self.per_round in PER_ROUND,
+             f'--malicious_per_round={self.per_round} is not valid; valid:'
+             f' {", ".join(PER_ROUND)}')
     _require(self.scale > 0, f'--attack_scale={self.scale} is not valid:'
              ' must be > 0')
     _require(not isinstance(self.backdoor_target, bool)
@@ -92,6 +107,29 @@ class AttackConfig:
     must be wrapped)."""
     return self.kind in ('sign_flip', 'gaussian') or (
         self.kind == 'backdoor' and self.scale != 1.0)
+
+  @property
+  def exact_per_round(self) -> bool:
+    return self.active and self.per_round == 'exact'
+
+  def round_count(self, clients_per_round: int) -> int:
+    """With 'exact': the attackers of every round of k clients,
+    round(fraction x k) (halves up, as for the malicious set)."""
+    return selection.num_malicious(clients_per_round, self.malicious_fraction)
+
+  def sampling_refusal(self, sampling: str, dp: bool) -> Optional[str]:
+    """Why 'exact' cannot run with this client sampling, or None."""
+    if not self.exact_per_round:
+      return None
+    if sampling != 'fixed':
+      return ('--malicious_per_round=exact needs --sampling=fixed: a Poisson'
+              ' round has no fixed size to take a fraction of')
+    if dp:
+      return ('--malicious_per_round=exact does not apply with --dp: the'
+              ' privacy accountant assumes every client is sampled with the'
+              ' same probability, and stratified sampling gives attackers'
+              ' and honest clients different ones')
+    return None
 
   def check_classes(self, num_classes: int) -> None:
     """ValueError (one line) if the backdoor target is not a class."""

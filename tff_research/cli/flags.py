@@ -145,6 +145,11 @@ _FLAGS = (
     ('attack', 'malicious_fraction', float,
      'With --attack: fraction in [0, 1] of the training clients that attack'
      ' (a seeded subset, fixed for the run).'),
+    ('attack', 'malicious_per_round', str,
+     'With --attack: sampled = a round samples its clients uniformly, so'
+     ' its attackers vary (hypergeometric); exact = every round has'
+     ' round(--malicious_fraction x clients per round) of them (stratified'
+     ' sampling, the Byzantine f-of-n model).'),
     ('attack', 'attack_scale', float,
      'With --attack=sign_flip|gaussian|backdoor: s > 0 (backdoor: the'
      ' model-replacement boost, 1 = none).'),
@@ -178,6 +183,7 @@ _ENUMS = {
     'sampling': ('fixed', 'poisson'),
     'dp': ('none', 'server', 'client'),
     'attack': attacks.NAMES,
+    'malicious_per_round': attack_config.PER_ROUND,
 }
 
 

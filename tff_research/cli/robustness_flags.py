@@ -3,8 +3,9 @@ the base config of its train.py flags, and its grid.
 
 The study sets `--robust_aggregation`, `--attack`, `--malicious_fraction`
 and the weighting itself for every run; the rules' parameters
-(`--trim_fraction`, ...) and the attack's strength (`--attack_scale`,
-`--backdoor_target`) are given once and reach every run they apply to.
+(`--trim_fraction`, ...) and the attack's settings (`--attack_scale`,
+`--backdoor_target`, `--malicious_per_round`) are given once and reach
+every run they apply to.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ DEFAULT_AGGREGATORS = ('mean', 'median', 'trimmed_mean', 'krum', 'multi_krum',
                        'norm_bound')
 SET_BY_STUDY = ('robust_aggregation', 'attack', 'malicious_fraction',
                 'weight_by_size')
-_ATTACK_STRENGTH = ('attack_scale', 'backdoor_target')
+_ATTACK_SETTINGS = ('attack_scale', 'backdoor_target', 'malicious_per_round')
 
 
 def base_config(given: Mapping[str, Any]):
@@ -35,14 +36,15 @@ def base_config(given: Mapping[str, Any]):
           ' --aggregators, --attacks and --malicious_fractions')
   parameters = {k: v for k, v in given.items()
                 if k in aggregation_config.parameter_names()}
-  strength = {k: v for k, v in given.items() if k in _ATTACK_STRENGTH}
+  settings = {k: v for k, v in given.items() if k in _ATTACK_SETTINGS}
   rest = {k: v for k, v in given.items()
-          if k not in parameters and k not in strength}
+          if k not in parameters and k not in settings}
   config = flags.build_config({**rest, 'weight_by_size': False})
   attack = dataclasses.replace(
       config.algorithm.attack,
-      scale=float(strength.get('attack_scale', 1.0)),
-      backdoor_target=int(strength.get('backdoor_target', 0)))
+      scale=float(settings.get('attack_scale', 1.0)),
+      backdoor_target=int(settings.get('backdoor_target', 0)),
+      per_round=str(settings.get('malicious_per_round', 'sampled')))
   return dataclasses.replace(
       config, algorithm=dataclasses.replace(config.algorithm,
                                             attack=attack)), parameters

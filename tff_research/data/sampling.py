@@ -12,7 +12,7 @@ Deep Networks from Decentralized Data" (their ``C * K`` clients per round).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 import zlib
 
 import numpy as np
@@ -106,6 +106,49 @@ def sample_clients(
   chosen = np.sort(rng.choice(len(ids), size=int(clients_per_round), replace=False))
   return [ids[j] for j in chosen]
 
+
+
+def stratified_sample_clients(
+    client_ids: Sequence[str],
+    round_num: int,
+    *,
+    seed: int,
+    clients_per_round: int,
+    marked: Collection[str],
+    marked_per_round: int,
+) -> list[str]:
+  """Samples exactly ``marked_per_round`` of the ``marked`` clients and
+  ``clients_per_round - marked_per_round`` of the others, each uniformly
+  without replacement.
+
+  Uniform sampling gives a round a hypergeometric number of marked clients;
+  this fixes it, as the Byzantine threat model assumes (f of the n clients of
+  every round are malicious: Blanchard et al. 2017, "Machine Learning with
+  Adversaries: Byzantine Tolerant Gradient Descent"; Yin et al. 2018). A pure
+  function of its arguments on the ``round_rng(seed, round_num,
+  'stratified_clients')`` stream; the result keeps the order of
+  ``client_ids``.
+
+  Raises:
+    SamplingError: a stratum has fewer clients than it must give.
+  """
+  ids = list(client_ids)
+  marked = set(marked)
+  inside = [i for i, c in enumerate(ids) if c in marked]
+  outside = [i for i, c in enumerate(ids) if c not in marked]
+  if len(inside) != len(marked):
+    raise SamplingError('marked has clients that are not in client_ids')
+  k = _check_nonneg_int('clients_per_round', clients_per_round)
+  m = _check_nonneg_int('marked_per_round', marked_per_round)
+  if m > min(k, len(inside)) or k - m > len(outside):
+    raise SamplingError(
+        f'cannot sample {m} of {len(inside)} marked and {k - m} of'
+        f' {len(outside)} other clients for a round of {k}')
+  rng = round_rng(seed, round_num, 'stratified_clients')
+  chosen = np.concatenate([
+      rng.choice(np.asarray(inside, np.int64), size=m, replace=False),
+      rng.choice(np.asarray(outside, np.int64), size=k - m, replace=False)])
+  return [ids[j] for j in np.sort(chosen)]
 
 # --- Poisson sampling and round sizes (what DP accounting assumes) ---
 

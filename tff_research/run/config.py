@@ -264,6 +264,9 @@ class ExperimentConfig:
           self.algorithm, attack=dataclasses.replace(attack, seed=self.seed)))
     attack.check_classes(num_classes_of(self.data.dataset))
     training = self.training
+    refusal = attack.sampling_refusal(training.sampling,
+                                      dp=self.algorithm.dp is not None)
+    _require(refusal is None, refusal or '')
     if training.sampling == 'fixed' and training.client_fraction is None:
       refusal = self.algorithm.aggregation.refusal(
           weighted=self.algorithm.weighted,
@@ -330,7 +333,7 @@ def to_hparams(config: ExperimentConfig) -> dict[str, Any]:
     out[name] = rule.get(name)
   attack = alg.attack
   out.update(attack=attack.kind, malicious_fraction=attack.malicious_fraction,
-             attack_scale=attack.scale, backdoor_target=attack.backdoor_target)
+             malicious_per_round=attack.per_round, attack_scale=attack.scale, backdoor_target=attack.backdoor_target)
   dp = alg.dp
   out['dp'] = 'none' if dp is None else dp.mode
   for flag, field in _DP_FIELDS.items():
@@ -389,6 +392,7 @@ def from_hparams(
       lenient=given is None, aggregation=_aggregation(v, given),
       attack=attack_config.AttackConfig(
           kind=v['attack'], malicious_fraction=v['malicious_fraction'],
+          per_round=v['malicious_per_round'],
           scale=v['attack_scale'], backdoor_target=v['backdoor_target'],
           seed=v['seed'] if v['attack'] != 'none' else 0),
       **hyperparameters)

@@ -202,7 +202,8 @@ def train(
   if left_out:
     log(f'Evaluation: {left_out}')
   sampler = client_sampler.ClientSampler.from_config(
-      run.split.train_client_ids, config.training, config.seed)
+      run.split.train_client_ids, config.training, config.seed,
+      config.algorithm.attack)
   log(phases.line())
   # One writer per run directory, for the rest of the run.
   with run_lock.hold(config.run_dir):

@@ -5,7 +5,10 @@ fraction over seeds (`experiments/robustness_study.py`, docs/robustness.md).
 run per cell from the command line's config: `mean_clean` (the plain mean,
 every client honest) always, and `<rule>_<attack>_<fraction>` for every
 rule, attack and fraction > 0 (a fraction of 0 or `--attacks=none` is the
-rule's clean run, `<rule>_clean`). Every run is uniformly weighted (rules
+rule's clean run, `<rule>_clean`); under `--malicious_per_round=exact` an
+attacked cell's label ends in `_exact`, so it never resumes a run whose
+rounds sampled their attackers, and the clean runs are shared. Every run is
+uniformly weighted (rules
 that select or rank updates take no example weight, and the mean is
 compared on the same footing). Each rule takes the given rule parameters
 that apply to it (`--trim_fraction` to the trimmed mean, ...).
@@ -45,6 +48,12 @@ SEED_METRICS = ('final_accuracy', 'backdoor_success')
 REPORT_DIR = '{prefix}_robustness_{attacks}_{fractions}'
 
 
+def per_round_suffix(per_round: str) -> str:
+  """What the labels of attacked runs (and the report's directory) end
+  in under `--malicious_per_round=per_round`."""
+  return '_exact' if per_round == 'exact' else ''
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
   """One configuration of the study."""
@@ -52,6 +61,7 @@ class Cell:
   rule: str
   attack: str
   fraction: float
+  per_round: str = 'sampled'
 
   @property
   def clean(self) -> bool:
@@ -61,7 +71,8 @@ class Cell:
   def label(self) -> str:
     if self.clean:
       return f'{self.rule}_clean'
-    return f'{self.rule}_{self.attack}_{self.fraction:g}'
+    return (f'{self.rule}_{self.attack}_{self.fraction:g}'
+            + per_round_suffix(self.per_round))
 
   def reference(self) -> str:
     """The label of the mean under the same attack and fraction."""
@@ -69,13 +80,14 @@ class Cell:
 
 
 def cells(aggregators: Sequence[str], attacks: Sequence[str],
-          fractions: Sequence[float]) -> list[Cell]:
+          fractions: Sequence[float], per_round: str = 'sampled'
+          ) -> list[Cell]:
   """`mean_clean`, then every (rule, attack, fraction), each label once."""
   out = {CLEAN: Cell('mean', 'none', 0.0)}
   for attack in attacks:
     for fraction in fractions:
       for rule in aggregators:
-        cell = Cell(rule, attack, float(fraction))
+        cell = Cell(rule, attack, float(fraction), per_round)
         if cell.clean:
           cell = Cell(rule, 'none', 0.0)
         out.setdefault(cell.label, cell)
@@ -89,7 +101,7 @@ def configs(config: config_lib.ExperimentConfig, aggregators, attacks,
   invalid: checked for every cell before anything trains)."""
   out = {}
   base = config.algorithm.attack
-  for cell in cells(aggregators, attacks, fractions):
+  for cell in cells(aggregators, attacks, fractions, base.per_round):
     rule = aggregation_config.AggregationConfig(
         cell.rule, parameters or {}, lenient=True)
     # A clean run records the attack flags' defaults, so studies of other
@@ -97,7 +109,8 @@ def configs(config: config_lib.ExperimentConfig, aggregators, attacks,
     attack = attack_config.AttackConfig() if cell.clean else (
         attack_config.AttackConfig(
             kind=cell.attack, malicious_fraction=cell.fraction,
-            scale=base.scale, backdoor_target=base.backdoor_target,
+            per_round=cell.per_round, scale=base.scale,
+            backdoor_target=base.backdoor_target,
             seed=config.seed))
     out[cell.label] = dataclasses.replace(
         config, experiment_name=f'{config.experiment_name}_{cell.label}',
@@ -194,14 +207,16 @@ def run_study(config: config_lib.ExperimentConfig, aggregators, attacks,
               fractions, seeds, parameters=None, log=print) -> str:
   """Trains every cell at every seed; writes and returns the report."""
   runs = configs(config, aggregators, attacks, fractions, parameters)
-  study_cells = cells(aggregators, attacks, fractions)
+  per_round = config.algorithm.attack.per_round
+  study_cells = cells(aggregators, attacks, fractions, per_round)
   seeded = comparison.seeded_configs(runs, seeds)
   train_guarded(comparison.flatten_seeded(seeded), log=log)
   results = {label: {s: run_result(c.run_dir) for s, c in by_seed.items()}
              for label, by_seed in seeded.items()}
   root = os.path.join(config.logdir, REPORT_DIR.format(
       prefix=config.experiment_name, attacks='_'.join(attacks),
-      fractions='_'.join(f'{f:g}' for f in fractions)))
+      fractions='_'.join(f'{f:g}' for f in fractions))
+      + per_round_suffix(per_round))
   os.makedirs(root, exist_ok=True)
   report, _ = comparison.seeds_report(
       {label: {s: {m: r[m] for m in SEED_METRICS} for s, r in by_seed.items()}
@@ -216,7 +231,8 @@ def run_study(config: config_lib.ExperimentConfig, aggregators, attacks,
       f'# Robustness: {comparison.data_description(config)}', '',
       f'Budget: {comparison.budget_text(config)}; seeds'
       f' {", ".join(map(str, seeds))}; attack scale'
-      f' {config.algorithm.attack.scale:g}. Cells: mean and 95 % Student-t'
+      f' {config.algorithm.attack.scale:g}; attackers per round'
+      f' {per_round}. Cells: mean and 95 % Student-t'
       ' interval over seeds; Δ: paired difference over seeds with its'
       ' interval and paired t-test p-value. A diverged run (stopped by the'
       ' divergence guard) has no final accuracy and is counted under'
