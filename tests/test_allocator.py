@@ -61,9 +61,13 @@ def test_binaries_cap_the_arenas_before_tensorflow_starts_its_threads():
 
 
 def test_worker_environment_caps_arenas_unless_the_user_chose():
-  assert worker.thread_environment(None, {})['MALLOC_ARENA_MAX'] == '2'
-  assert worker.thread_environment(
-      3, {'MALLOC_ARENA_MAX': '4'})['MALLOC_ARENA_MAX'] == '4'
+  env = worker.thread_environment(None, {})
+  assert env['MALLOC_ARENA_MAX'] == '2'
+  assert env['MALLOC_MMAP_THRESHOLD_'] == '131072'
+  mine = worker.thread_environment(
+      3, {'MALLOC_ARENA_MAX': '4', 'MALLOC_MMAP_THRESHOLD_': '65536'})
+  assert (mine['MALLOC_ARENA_MAX'], mine['MALLOC_MMAP_THRESHOLD_']) == (
+      '4', '65536')
 
 
 def test_a_user_setting_is_left_to_glibc(monkeypatch):

@@ -48,7 +48,8 @@ def die_with_parent(sig: int = signal.SIGKILL) -> None:
 def thread_environment(intra_op_threads: Optional[int],
                        environ=None) -> dict[str, str]:
   """The worker's environment: `environ` (default ours) with glibc's arenas
-  capped (`allocator`) and TensorFlow's intra-op threads set (None or 0:
+  capped and its mmap threshold fixed (`allocator.environment`) and
+  TensorFlow's intra-op threads set (None or 0:
   left as it is). TensorFlow reads
   `TF_NUM_INTRAOP_THREADS` when a session has no explicit setting, which is
   how TFF's worker creates its sessions."""
