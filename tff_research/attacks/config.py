@@ -65,23 +65,23 @@ class AttackConfig:
     kind: one of `attacks.NAMES`; 'none' = every client honest.
     malicious_fraction: the fraction of the training clients that attack,
       in [0, 1] (`selection.malicious_clients`).
+    scale: sign_flip's s (-s u), gaussian's standard deviation, backdoor's
+      model-replacement boost gamma (1 = no boost); > 0.
+    backdoor_target: the class triggered examples are relabelled to.
+    seed: the run's seed.
     per_round: 'sampled': a round samples its clients uniformly, so its
       number of attackers is hypergeometric; 'exact': every round samples
       exactly `round_count(k)` of the malicious clients and k - that many
       honest ones (`sampling.stratified_sample_clients`), the Byzantine
       model of f attackers among a round's n (Blanchard et al. 2017).
-    scale: sign_flip's s (-s u), gaussian's standard deviation, backdoor's
-      model-replacement boost gamma (1 = no boost); > 0.
-    backdoor_target: the class triggered examples are relabelled to.
-    seed: the run's seed.
   """
 
   kind: str = 'none'
   malicious_fraction: float = 0.0
-  per_round: str = 'sampled'
   scale: float = 1.0
   backdoor_target: int = 0
   seed: int = 0
+  per_round: str = 'sampled'
 
   def __post_init__(self):
     _require(self.kind in NAMES, f'--attack={self.kind} is not valid; valid:'
