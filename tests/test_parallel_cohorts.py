@@ -56,7 +56,8 @@ def test_not_recorded_and_a_bad_value_is_one_line(tmp_path):
 def test_thread_environment():
   env = worker.thread_environment(1, {'PATH': '/bin'})
   assert env == {'PATH': '/bin', 'TF_NUM_INTRAOP_THREADS': '1',
-                 'TF_CPP_MIN_LOG_LEVEL': '1', 'MALLOC_ARENA_MAX': '2'}
+                 'TF_CPP_MIN_LOG_LEVEL': '1', 'MALLOC_ARENA_MAX': '2',
+                 'MALLOC_MMAP_THRESHOLD_': '131072'}
   assert 'TF_NUM_INTRAOP_THREADS' not in worker.thread_environment(
       0, {'PATH': '/bin'})
   with pytest.raises(ValueError, match='--intra_op_threads=0 is not valid'):
