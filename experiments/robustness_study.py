@@ -2,7 +2,7 @@ r"""Robust aggregation against attacks: aggregators x attacks x malicious
 fraction over seeds (docs/robustness.md).
 
   uv run python experiments/robustness_study.py --experiment_name=PREFIX \
-      [--aggregators=mean,median,trimmed_mean,krum,multi_krum,norm_bound] \
+      [--aggregators=mean,median,trimmed_mean,krum,multi_krum,bulyan,norm_bound] \
       [--attacks=sign_flip] [--malicious_fractions=0,0.1,0.2,0.3] \
       [--seeds=3] [--attack_scale=S] [--trim_fraction=B ...] \
       [any experiments/train.py flag except --robust_aggregation, --attack,

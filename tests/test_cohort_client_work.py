@@ -146,6 +146,9 @@ RULES = {
     'multi_krum_label_flip': dict(
         robust_aggregation='multi_krum', multi_krum_m=2,
         attack='label_flip', malicious_fraction=0.3),
+    'bulyan_sign_flip': dict(robust_aggregation='bulyan', byzantine_clients=1,
+                             attack='sign_flip', malicious_fraction=0.3,
+                             attack_scale=10),
 }
 
 

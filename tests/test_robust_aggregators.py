@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_federated as tff
 
 from tff_research.aggregators import collection
+from tff_research.aggregators import bulyan
 from tff_research.aggregators import krum
 from tff_research.aggregators import median
 from tff_research.aggregators import registry
@@ -44,7 +45,7 @@ VALUE_TYPE = tff.to_type(collections.OrderedDict(
 # No subnormals: TensorFlow's CPU kernels flush them to zero.
 FLOAT = st.floats(-1e3, 1e3, allow_nan=False, allow_subnormal=False,
                   width=32)
-COLLECTING = ('median', 'trimmed_mean', 'krum', 'multi_krum')
+COLLECTING = ('median', 'trimmed_mean', 'krum', 'multi_krum', 'bulyan')
 
 
 def _eager(rule_fn, rows, *args):
@@ -176,7 +177,57 @@ def _rules(num_byzantine):
       'trimmed_mean': lambda u: trimmed_mean.trimmed_mean(u, 0.3),
       'krum': lambda u: (*krum.multi_krum(u, num_byzantine, 1), {}),
       'multi_krum': lambda u: (*krum.multi_krum(u, num_byzantine, None), {}),
+      'bulyan': lambda u: bulyan.bulyan(u, num_byzantine),
   }
+
+
+def test_bulyan_on_a_hand_computed_line():
+  # k = 7, f = 1: theta = 5 selections, beta = 3 values a coordinate.
+  # Recursive Krum on 0..5 and 100 (neighbours 4, 3, 2, 1, 1): picks 2
+  # (score 10, tied with 3: first position), 3 (9), 1 (10, tied with 4),
+  # 4 (1), 0 (25, tied with 5). S = {2, 3, 1, 4, 0}, median 2; the 3 values
+  # closest to it are 2, 3, 1 (3 and 1 tie at 1: S's order), mean 2.
+  rows = np.array([[0], [1], [2], [3], [4], [5], [100]], np.float32)
+  np.testing.assert_array_equal(bulyan.select(tf.constant(rows), 1),
+                                [2, 3, 1, 4, 0])
+  agg, kept, extra = _eager(bulyan.bulyan, rows, 1)
+  np.testing.assert_array_equal(agg, [2.0])
+  np.testing.assert_array_equal(kept, [0, 1, 1, 1, 0, 0, 0])
+  assert extra == {'kept_clients': 3.0}
+
+
+def _numpy_bulyan(rows, f):
+  """(aggregate, selected positions in order), straight from the paper."""
+  rows = rows.astype(np.float64)
+  remaining, selected = list(range(len(rows))), []
+  theta = min(max(len(rows) - 2 * f, 1), len(rows))
+  for _ in range(theta):
+    scores = _numpy_krum_scores(rows[remaining], f)
+    selected.append(remaining.pop(int(np.argmin(scores))))
+  chosen = rows[selected]
+  beta = min(max(theta - 2 * f, 1), theta)
+  closest = np.argsort(np.abs(chosen - np.median(chosen, axis=0)), axis=0,
+                       kind='stable')[:beta]
+  return np.take_along_axis(chosen, closest, axis=0).mean(axis=0), selected
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 9), st.integers(1, 4), st.integers(0, 2), st.data())
+def test_bulyan_agrees_with_a_numpy_reference(k, d, f, data):
+  # Small integers: every distance and score is exact in float64, so ties
+  # are exact and both break them by position.
+  rows = np.array(data.draw(st.lists(st.integers(-20, 20), min_size=k * d,
+                                     max_size=k * d)),
+                  np.float32).reshape(k, d)
+  want, selected = _numpy_bulyan(rows, f)
+  np.testing.assert_array_equal(bulyan.select(tf.constant(rows), f),
+                                selected)
+  agg, kept, extra = _eager(bulyan.bulyan, rows, f)
+  np.testing.assert_allclose(agg, want, rtol=1e-6, atol=1e-6)
+  beta = min(max(len(selected) - 2 * f, 1), len(selected))
+  assert extra == {'kept_clients': float(beta)}
+  np.testing.assert_allclose(kept.sum(), beta, rtol=1e-6)
+  assert np.all(kept[np.setdiff1d(np.arange(k), selected)] == 0)
 
 
 @settings(max_examples=20, deadline=None)
@@ -348,13 +399,14 @@ def test_a_sign_flip_attacker_pulls_the_mean_back_but_not_the_robust_rules(
       ('mean', {}), ('median', {}), ('trimmed_mean', dict(trim_fraction=0.2)),
       ('krum', dict(byzantine_clients=1)),
       ('multi_krum', dict(byzantine_clients=1)),
+      ('bulyan', dict(byzantine_clients=1)),
       ('norm_bound', dict(norm_bound=float(np.linalg.norm(g))))):
     results[name] = _flat(_run(name, values, **parameters).result)
   # The mean: (sum of 6 honest - 10 g) / 7 ~ -4/7 g, the wrong way.
   np.testing.assert_allclose(results['mean'], np.mean(sent, axis=0),
                              rtol=1e-5)
   assert np.dot(results['mean'], g) < -0.4 * np.dot(g, g)
-  for name in ('median', 'trimmed_mean', 'krum', 'multi_krum'):
+  for name in ('median', 'trimmed_mean', 'krum', 'multi_krum', 'bulyan'):
     assert np.dot(results[name], g) > 0.9 * np.dot(g, g), name
     assert np.linalg.norm(results[name] - g) < 0.15, name
   # Norm bounding: the attacker now weighs as one honest client, so the
@@ -373,6 +425,7 @@ def test_robust_rules_equal_the_mean_when_all_clients_are_honest_and_equal(
   for name, parameters in (
       ('mean', {}), ('median', {}), ('trimmed_mean', dict(trim_fraction=0.4)),
       ('krum', dict(byzantine_clients=1)), ('multi_krum', {}),
+      ('bulyan', dict(byzantine_clients=0)),
       ('norm_bound', dict(norm_bound=10.0))):
     out = _run(name, values, **parameters)
     np.testing.assert_allclose(_flat(out.result), u, rtol=1e-6, err_msg=name)
@@ -429,7 +482,7 @@ def test_the_median_as_fedavgs_model_aggregator_matches_numpy(tff_worker):
 
 def test_registry_specs_declare_weighting_and_server_dp_soundness():
   assert registry.names() == ('mean', 'median', 'trimmed_mean', 'krum',
-                              'multi_krum', 'norm_bound')
+                              'multi_krum', 'bulyan', 'norm_bound')
   sound = {n for n in registry.names() if registry.get_spec(n).server_dp}
   weighted = {n for n in registry.names() if registry.get_spec(n).weighted}
   assert sound == weighted == {'mean', 'norm_bound'}
@@ -469,9 +522,13 @@ def test_registry_specs_declare_weighting_and_server_dp_soundness():
     ('median', dict(trim_fraction=0.2), dict(weighted=False),
      '--trim_fraction=0.2 does not apply to --robust_aggregation=median; it'
      ' applies to --robust_aggregation=trimmed_mean'),
-    ('bulyan', {}, dict(weighted=False),
-     '--robust_aggregation=bulyan is not valid; valid: mean, median,'
-     ' trimmed_mean, krum, multi_krum, norm_bound'),
+    ('geometric_median', {}, dict(weighted=False),
+     '--robust_aggregation=geometric_median is not valid; valid: mean,'
+     ' median, trimmed_mean, krum, multi_krum, bulyan, norm_bound'),
+    ('bulyan', dict(byzantine_clients=2), dict(weighted=False,
+                                               clients_per_round=10),
+     '--byzantine_clients=2 is not valid with --clients_per_round=10: Bulyan'
+     ' needs at least 4f + 3 = 11 clients per round'),
     ('norm_bound', dict(norm_bound=0.0), dict(weighted=True),
      '--norm_bound=0.0 is not valid: must be > 0'),
 ])

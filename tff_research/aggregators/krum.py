@@ -102,9 +102,9 @@ class KrumFactory(collection.CollectingFactory):
 
 BYZANTINE_CLIENTS = spec.Parameter(
     'byzantine_clients', int, 1,
-    'With --robust_aggregation=krum|multi_krum: f, the most Byzantine'
-    ' clients per round the rule must tolerate (needs 2f + 2 < clients per'
-    ' round).', low=0)
+    'With --robust_aggregation=krum|multi_krum|bulyan: f, the most'
+    ' Byzantine clients per round the rule must tolerate (Krum needs 2f + 2'
+    ' < clients per round, Bulyan 4f + 3 <= clients per round).', low=0)
 MULTI_KRUM_M = spec.Parameter(
     'multi_krum_m', int, None,
     'With --robust_aggregation=multi_krum: m, how many best-scored updates'

@@ -26,6 +26,7 @@ from typing import Any, Optional
 
 import tensorflow_federated as tff
 
+from tff_research.aggregators import bulyan
 from tff_research.aggregators import collection
 from tff_research.aggregators import krum
 from tff_research.aggregators import mean
@@ -58,7 +59,7 @@ def register(spec: spec_lib.AggregatorSpec) -> spec_lib.AggregatorSpec:
 
 
 for _spec in (mean.SPEC, median.SPEC, trimmed_mean.SPEC, *krum.SPECS,
-              norm_bound.SPEC):
+              bulyan.SPEC, norm_bound.SPEC):
   register(_spec)
 
 

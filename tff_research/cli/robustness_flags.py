@@ -20,7 +20,7 @@ from tff_research.aggregators import registry as aggregator_registry
 from tff_research.cli import flags
 
 DEFAULT_AGGREGATORS = ('mean', 'median', 'trimmed_mean', 'krum', 'multi_krum',
-                       'norm_bound')
+                       'bulyan', 'norm_bound')
 SET_BY_STUDY = ('robust_aggregation', 'attack', 'malicious_fraction',
                 'weight_by_size')
 _ATTACK_SETTINGS = ('attack_scale', 'backdoor_target', 'malicious_per_round')
