@@ -313,6 +313,7 @@ def test_processes_exclude_non_finite_updates_and_count_them(tff_worker):
       'trimmed_mean': trimmed_mean.trimmed_mean(rows, 0.2),
       'krum': (*krum.multi_krum(rows, 1, 1), {}),
       'multi_krum': (*krum.multi_krum(rows, 1, 2), {}),
+      'bulyan': bulyan.bulyan(rows, 1),
   }
   for name in COLLECTING:
     parameters = dict(trim_fraction=0.2) if name == 'trimmed_mean' else {}
