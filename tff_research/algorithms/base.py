@@ -83,8 +83,7 @@ class FederatedAlgorithm(abc.ABC):
     """Each client's data beside its attack input (flag and noise seed),
     as a client work wrapped by `attacks.client_work.with_update_attack`
     takes it."""
-    return [collections.OrderedDict([(attack_client_work.DATA, d),
-                                     (attack_client_work.ATTACK, a)])
+    return [attack_client_work.attacked_data(d, a)
             for d, a in zip(data, self.attack.client_inputs(
                 self.malicious, round_num, client_ids))]
 

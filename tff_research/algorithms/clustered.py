@@ -184,9 +184,8 @@ class _Types:
         lambda t: _stack_type(t, k), weights_type)
     data = tff.SequenceType(batch_type)
     if attacked:
-      data = tff.to_type(collections.OrderedDict([
-          (attack_client_work.DATA, data),
-          (attack_client_work.ATTACK, attack_client_work.attack_input_type())]))
+      data = tff.to_type(attack_client_work.attacked_data(
+          data, attack_client_work.attack_input_type()))
     return cls(weights_type, stacked, data, finalizers, k)
 
 
@@ -206,7 +205,6 @@ def _build_client_update(types: _Types, model_fn: ModelFn, client_optimizer,
   """
   weighting = (tff.learning.ClientWeighting.NUM_EXAMPLES if weighted
                else tff.learning.ClientWeighting.UNIFORM)
-  attack_fn = update_fn
 
   @tff.tensorflow.computation(tff.SequenceType(types.weights), types.data)
   def client_update(selected, dataset):
@@ -221,14 +219,14 @@ def _build_client_update(types: _Types, model_fn: ModelFn, client_optimizer,
         model_delta_client_work.build_model_delta_update_with_tff_optimizer(
             model_fn, weighting=weighting,
             loop_implementation=tff.learning.LoopImplementation.DATASET_REDUCE))
-    if attack_fn is not None:
+    if update_fn is not None:
       attack = attack_client_work.read_attack_input(
           dataset[attack_client_work.ATTACK])
       dataset = dataset[attack_client_work.DATA]
     result, metrics = train_fn(client_optimizer, initial, dataset)
     update = list(result.update)
-    if attack_fn is not None:
-      update = list(attack_fn(update, attack))
+    if update_fn is not None:
+      update = list(update_fn(update, attack))
     flat = tf.concat(
         [tf.reshape(tf.cast(u, tf.float32), [-1]) for u in update], axis=0)
     return collections.OrderedDict(
@@ -921,10 +919,8 @@ class ClusteredFedAvg(base.FederatedAlgorithm):
     datasets = list(datasets)
     if self.computations.attacked:
       # Placed for evaluation, not training: nobody attacks.
-      datasets = [collections.OrderedDict([
-          (attack_client_work.DATA, d),
-          (attack_client_work.ATTACK, attack_client_work.attack_input(False))])
-                  for d in datasets]
+      datasets = [attack_client_work.attacked_data(
+          d, attack_client_work.attack_input(False)) for d in datasets]
     clusters, _ = self._descend(
         state, np.zeros(n, np.int32), np.ones(n, np.int32), datasets)
     return clusters

@@ -78,6 +78,13 @@ def attack_input(malicious: bool, seed: Sequence[int] = (0, 0)
       seed=tf.constant(seed, tf.int64)))
 
 
+def attacked_data(data, attack) -> collections.OrderedDict:
+  """<data=data, attack=attack>: a client's data (a dataset, or its type)
+  beside its attack input (`attack_input`, or `attack_input_type()`), as
+  the client work of an update attack takes it."""
+  return collections.OrderedDict([(DATA, data), (ATTACK, attack)])
+
+
 def attack_input_type() -> tff.Type:
   """A*, the type of `attack_input`."""
   return tff.SequenceType(
@@ -142,8 +149,7 @@ def with_update_attack(
       client_work.next.type_signature.parameter)
   attack_type = attack_input_type()
   client_data_type = tff.FederatedType(
-      collections.OrderedDict([(DATA, data_type.member),
-                               (ATTACK, attack_type)]), tff.CLIENTS)
+      attacked_data(data_type.member, attack_type), tff.CLIENTS)
   result_type = client_work.next.type_signature.result.result.member
 
   @tff.tensorflow.computation(attack_type)
